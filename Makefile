@@ -1,0 +1,60 @@
+# fedmsg-wallboard: `make run` (the demo) and `make test` do all the set-up.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= .demo
+DEMO_PORT ?= 8080
+DEMO_BUS ?= tcp://127.0.0.1:9940
+DEMO_RATE ?= 40
+export FEDMSG_CONFIG := $(CURDIR)/fedmsg.d
+
+.PHONY: install sysdeps run test test-faults test-browser bench lint clean
+
+# Debian packages: Kerberos headers (gssapi, via fasjson-client), a real
+# redis-server (tests), chromium (browser tests), fonts for screenshots.
+# Fedora: dnf install krb5-devel redis chromium
+sysdeps:
+	@missing=""; \
+	command -v krb5-config >/dev/null || missing="$$missing libkrb5-dev"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	    echo "installing:$$missing"; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	  else \
+	    echo "please install:$$missing (Fedora: dnf install krb5-devel redis chromium)"; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): setup.py constraints.txt
+	$(MAKE) sysdeps
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt 'setuptools<81' wheel
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The demo: embedded Redis, a looping replay of real messages, listener, page.
+run: $(STAMP)
+	@$(BIN)/python -m listener.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --bus $(DEMO_BUS) --rate $(DEMO_RATE)
+
+## The test suite (real Redis, real ZeroMQ, real websockets, real chromium).
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not faults" tests
+
+## Longer fault injections (Redis outages, dead links, slow clients).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults tests
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run --write docs/BENCHMARKS.md
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info

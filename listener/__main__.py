@@ -1,0 +1,8 @@
+"""``python -m listener``: same as the ``fedmsg-wallboard`` console script."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

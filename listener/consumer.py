@@ -1,0 +1,408 @@
+"""The fedmsg consumer: frames -> envelopes -> users -> pending counts -> Redis.
+
+One :class:`Consumer` per listener process; the single writer of its Redis
+namespace.  The per-message path (:meth:`Consumer.handle_frames`) is synchronous,
+never awaits and never raises: decode, validate, de-duplicate in memory, extract
+users, append to a bounded pending list.  Redis is written by :meth:`flush`
+(one Lua script per flush, idempotent per msg_id and per batch) and windows are
+recomputed by :meth:`step`, never per message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config
+from .envelope import Envelope, Rejected, category_of, decode_frames, envelope_from_dict
+from .snapshot import build_snapshot
+from .store import Counted, Store
+from .users import UserExtractor
+from .windows import Counts, SlidingWindow, bucket_start, choose_bucket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stats:
+    """Counters of one consumer since it started (exported on ``/metrics``).
+
+    Attributes (messages unless noted):
+        received: frame sets or bodies handed to the consumer.
+        accepted: valid, not a duplicate, queued for counting.
+        counted: written to Redis as new.
+        duplicates: skipped because the msg_id was already counted (memory or Redis).
+        rejected: by reason (see ``envelope.REJECT_REASONS``).
+        processor_errors: fedmsg.meta processors that raised (message still counted).
+        future_clamped: timestamps beyond ``max_future_skew_s`` clamped to arrival.
+        pending_overflow: dropped because the pending buffer was full (Redis down).
+        flushes / flush_errors: Lua flushes that succeeded / failed.
+        flush_seconds: duration of the last successful flush, seconds.
+        blink_dropped: messages left out of blink batches (still counted).
+        gaps: messages missing by publisher sequence number ``i``.
+        bus_reconnects: SUB sockets recreated.
+        hwm_drops: messages libzmq dropped at the high-water mark (estimated by gaps).
+    """
+
+    received: int = 0
+    accepted: int = 0
+    counted: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    processor_errors: int = 0
+    future_clamped: int = 0
+    pending_overflow: int = 0
+    flushes: int = 0
+    flush_errors: int = 0
+    flush_seconds: float = 0.0
+    blink_dropped: int = 0
+    gaps: int = 0
+    bus_reconnects: int = 0
+    redis_resets: int = 0
+
+
+class Consumer:
+    """Counts fedmsg messages into Redis and keeps the sliding windows.
+
+    Args:
+        cfg: settings.
+        extractor: users/category/summary of messages.
+        store: the Redis namespace.
+        clock: returns UNIX seconds (``time.time``); injected for tests.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        extractor: UserExtractor,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.extractor = extractor
+        self.store = store
+        self.clock = clock
+        self.stats = Stats()
+        self.pending: deque[Counted] = deque()
+        self._blinks: deque[tuple[Envelope, tuple[str, ...], str]] = deque(
+            maxlen=cfg.blink_batch_max
+        )
+        self._blink_counts: Counter[str] = Counter()
+        self._blink_total = 0
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self.windows = {
+            w: SlidingWindow(w, choose_bucket(w, cfg.buckets_s)) for w in cfg.windows_s
+        }
+        self._lock = asyncio.Lock()
+        self.last_message_at: float | None = None  # newest msg timestamp counted
+        self.last_received_at: float | None = None  # arrival time of newest msg
+        self.redis_ok = False
+        self.epoch: str | None = None
+        self.epoch_started_at: float | None = None
+        self._retry_batch: tuple[str, list[Counted]] | None = None
+        self._rate: deque[tuple[float, int]] = deque(maxlen=120)
+        #: signature check: body -> None when valid, else a reject reason
+        self.validator: Callable[[Any], str | None] | None = None
+
+    # -- the per-message path (sync, never raises) --------------------------
+
+    def handle_frames(self, frames: list[bytes], now: float | None = None) -> bool:
+        """Handle one ZeroMQ multipart message; True if it was accepted."""
+        self.stats.received += 1
+        try:
+            env = decode_frames(frames, self.cfg.max_body_bytes)
+        except Exception as exc:  # defensive: decode_frames should not raise
+            env = Rejected("bad_json", f"{type(exc).__name__}: {exc}"[:120])
+        if isinstance(env, Rejected):
+            self._reject(env)
+            return False
+        return self._accept(env, now, None, True)
+
+    def handle_body(
+        self,
+        body: Any,
+        now: float | None = None,
+        users: Iterable[str] | None = None,
+        blink: bool = True,
+    ) -> bool:
+        """Handle one decoded fedmsg body (JSONL, datagrepper, AMQP); True if accepted.
+
+        Args:
+            users: the message's users when already known (datagrepper's ``users``,
+                AMQP headers); otherwise fedmsg.meta is asked.
+            blink: False for backfill (counted, not shown as live).
+        """
+        self.stats.received += 1
+        env = envelope_from_dict(body)
+        if isinstance(env, Rejected):
+            self._reject(env)
+            return False
+        return self._accept(env, now, users, blink)
+
+    def _reject(self, rej: Rejected) -> None:
+        self.stats.rejected[rej.reason] += 1
+        log.warning("rejected msg_id=%s: %s (%s)", rej.msg_id, rej.reason, rej.detail)
+
+    def _accept(
+        self, env: Envelope, now: float | None, users: Iterable[str] | None, blink: bool
+    ) -> bool:
+        try:
+            return self._accept_unsafe(env, now, users, blink)
+        except Exception as exc:  # never let one message stop the consumer
+            self.stats.rejected["internal_error"] += 1
+            log.exception("internal error on msg_id=%s: %s", env.msg_id, exc)
+            return False
+
+    def _accept_unsafe(
+        self, env: Envelope, now: float | None, users: Iterable[str] | None, blink: bool
+    ) -> bool:
+        now = self.clock() if now is None else now
+        if env.msg_id:
+            if env.msg_id in self._seen:
+                self.stats.duplicates += 1
+                return False
+        if self.validator is not None:
+            reason = self.validator(env.body)
+            if reason is not None:
+                self._reject(Rejected(reason, "signature check failed", env.msg_id or None))
+                return False
+        ts = env.timestamp
+        if ts > now:
+            if ts > now + self.cfg.max_future_skew_s:
+                self.stats.future_clamped += 1
+            ts = now
+        if ts < now - self.cfg.longest_window_s:
+            self.stats.rejected["too_old"] += 1
+            log.debug("too old msg_id=%s ts=%s", env.msg_id, env.timestamp)
+            return False
+        if users is None:
+            before = self.extractor.errors
+            found = self.extractor.usernames(env.body)
+            if self.extractor.errors != before:
+                self.stats.processor_errors += 1
+        else:
+            from .users import clean_usernames
+
+            found = clean_usernames(users)
+        if env.msg_id:
+            self._seen[env.msg_id] = None
+            if len(self._seen) > self.cfg.dedupe_memory:
+                self._seen.popitem(last=False)
+        category = category_of(env.topic)
+        ulist = tuple(sorted(found))
+        self.pending.append(Counted(env.msg_id, int(ts), env.topic, category, ulist))
+        if len(self.pending) > self.cfg.max_pending:
+            self.pending.popleft()
+            self.stats.pending_overflow += 1
+            if self.stats.pending_overflow in (1, 10, 100, 1000) or (
+                self.stats.pending_overflow % 10000 == 0
+            ):
+                log.warning(
+                    "pending buffer full (%d messages): %d dropped so far",
+                    self.cfg.max_pending,
+                    self.stats.pending_overflow,
+                )
+        self.stats.accepted += 1
+        self.last_received_at = now
+        if blink:
+            self._blink_counts[category] += 1
+            self._blink_total += 1
+            self._blinks.append((env, ulist, category))
+        return True
+
+    # -- blinks ----------------------------------------------------------
+
+    def take_blink(self) -> dict[str, Any] | None:
+        """The ``blink`` event for messages accepted since the last call, or None.
+
+        ``{"type": "blink", "msgs": [{"topic", "category", "users", "summary",
+        "ts", "msg_id"}...], "counts": {category: messages}, "total": n,
+        "omitted": n}``: ``msgs`` holds at most ``blink_batch_max`` of the newest
+        messages; ``counts``/``total`` cover all of them.
+        """
+        if not self._blink_total:
+            return None
+        msgs = []
+        for env, users, category in self._blinks:
+            msgs.append(
+                {
+                    "topic": env.topic,
+                    "category": category,
+                    "users": list(users),
+                    "summary": self.extractor.subtitle(env.body),
+                    "ts": env.timestamp,
+                    "msg_id": env.msg_id,
+                }
+            )
+        omitted = self._blink_total - len(msgs)
+        self.stats.blink_dropped += omitted
+        event = {
+            "type": "blink",
+            "msgs": msgs,
+            "counts": dict(self._blink_counts),
+            "total": self._blink_total,
+            "omitted": omitted,
+        }
+        self._blinks.clear()
+        self._blink_counts.clear()
+        self._blink_total = 0
+        return event
+
+    # -- Redis side ------------------------------------------------------
+
+    async def warm_up(self, now: float | None = None) -> None:
+        """Load every window's totals from Redis (at start and after a Redis reset)."""
+        now = self.clock() if now is None else now
+        async with self._lock:
+            self.epoch, created = await self.store.ensure_epoch(now)
+            meta = await self.store.meta()
+            self.epoch_started_at = float(meta.get("epoch_started_at", now))
+            if meta.get("last_message_at"):
+                self.last_message_at = float(meta["last_message_at"])
+            for w, win in self.windows.items():
+                win.reset(await self.store.read_window(w, now), now)
+            self.redis_ok = True
+
+    async def flush(self, now: float | None = None, limit: int = 50_000) -> int:
+        """Write pending messages to Redis in one atomic, idempotent script call.
+
+        Returns the number of messages counted as new.  On a Redis error the batch
+        stays pending (retried with the same batch id, so it never double-counts)
+        and the error propagates.
+        """
+        async with self._lock:
+            if self._retry_batch is not None:
+                batch_id, batch = self._retry_batch
+            else:
+                if not self.pending:
+                    return 0
+                n = min(limit, len(self.pending))
+                batch = [self.pending.popleft() for _ in range(n)]
+                batch_id = uuid.uuid4().hex
+                self._retry_batch = (batch_id, batch)
+            t0 = time.perf_counter()
+            try:
+                flags = await self.store.flush(batch, batch_id)
+            except Exception:
+                self.stats.flush_errors += 1
+                self.redis_ok = False
+                raise
+            self._retry_batch = None
+            self.redis_ok = True
+            self.stats.flushes += 1
+            self.stats.flush_seconds = time.perf_counter() - t0
+            now = self.clock() if now is None else now
+            new = 0
+            per_bucket: dict[tuple[int, int], Counts] = {}
+            sizes = {win.bucket_s for win in self.windows.values()}
+            for m, is_new in zip(batch, flags):
+                if not is_new:
+                    self.stats.duplicates += 1
+                    continue
+                new += 1
+                if self.last_message_at is None or m.timestamp > self.last_message_at:
+                    self.last_message_at = float(m.timestamp)
+                for b in sizes:
+                    key = (b, bucket_start(m.timestamp, b))
+                    per_bucket.setdefault(key, Counts()).add_message(m.topic, m.category, m.users)
+            for win in self.windows.values():
+                gone = win.advance(now)
+                if gone:
+                    for c in await self.store.read_buckets(win.bucket_s, gone):
+                        win.remove(c)
+                for (b, start), c in per_bucket.items():
+                    if b == win.bucket_s:
+                        win.add(start, c)
+            self.stats.counted += new
+            self._rate.append((now, new))
+            return new
+
+    def rate_per_min(self, now: float) -> float:
+        """Messages counted per minute over the last 60 s (from flush records)."""
+        return float(sum(n for t, n in self._rate if t > now - 60))
+
+    async def step(self, now: float | None = None) -> dict[str, Any]:
+        """Advance every window, recompute its metrics, record history, publish a tick.
+
+        Returns the ``tick`` event: ``{"type": "tick", "end", "windows": {window_s:
+        snapshot}, "rate_per_min", "last_message_at", "warming_up": {window_s:
+        bool}, "stats": {...}}``.
+        """
+        now = self.clock() if now is None else now
+        async with self._lock:
+            epoch, created = await self.store.ensure_epoch(now)
+            if created and self.epoch is not None:
+                log.warning("Redis came back empty (epoch missing): windows warm up again")
+                self.stats.redis_resets += 1
+                self.epoch_started_at = now
+                self.epoch = epoch
+                for w, win in self.windows.items():
+                    win.reset(await self.store.read_window(w, now), now)
+            self.epoch = epoch
+            snaps: dict[str, Any] = {}
+            warming: dict[str, bool] = {}
+            for w, win in self.windows.items():
+                gone = win.advance(now)
+                if gone:
+                    for c in await self.store.read_buckets(win.bucket_s, gone):
+                        win.remove(c)
+                snap = build_snapshot(
+                    w, now, win.totals, self.last_message_at, self.cfg.top_users
+                )
+                warm = self.epoch_started_at is not None and (
+                    now - w < self.epoch_started_at
+                )
+                snap["warming_up"] = warm
+                snaps[str(w)] = snap
+                warming[str(w)] = warm
+        for w, snap in snaps.items():
+            await self.store.append_history(
+                int(w),
+                [
+                    now,
+                    snap["longtail"],
+                    snap["longtail_normalized"],
+                    snap["gini"],
+                    snap["messages"],
+                    snap["users"],
+                ],
+                self.cfg.history_len,
+            )
+        tick = {
+            "type": "tick",
+            "end": now,
+            "windows": snaps,
+            "rate_per_min": self.rate_per_min(now),
+            "last_message_at": self.last_message_at,
+            "last_received_at": self.last_received_at,
+            "warming_up": warming,
+            "pending": len(self.pending),
+        }
+        await self.store.set_state(tick)
+        await self.store.publish(tick)
+        return tick
+
+    async def publish_blink(self) -> dict[str, Any] | None:
+        """Publish the pending ``blink`` event (and keep it in the ticker list)."""
+        event = self.take_blink()
+        if event is None:
+            return None
+        await self.store.push_recent(event["msgs"], self.cfg.recent_len)
+        await self.store.publish(event)
+        return event
+
+    def health(self, now: float) -> dict[str, Any]:
+        """Health fields recorded in Redis ``P:meta`` (read by ``/healthz``)."""
+        return {
+            "listener_heartbeat": now,
+            "listener_pending": len(self.pending),
+            "listener_received": self.stats.received,
+            "listener_counted": self.stats.counted,
+            "listener_last_received_at": self.last_received_at or "",
+        }

@@ -1,0 +1,176 @@
+"""Decode fedmsg wire frames into envelopes.  PURE: bytes in, values out.
+
+The fedmsg wire format (fedmsg docs, ``fedmsg.core.FedMsgContext.publish`` and
+``fedmsg.encoding``): a ZeroMQ multipart message of exactly two frames,
+
+1. the full topic, UTF-8, e.g. ``org.fedoraproject.prod.buildsys.build.state.change``;
+2. a JSON object, UTF-8: ``{"topic", "msg", "msg_id", "timestamp", "i",
+   "username", ...}`` plus, when signed, ``crypto``, ``signature`` and
+   ``certificate``.
+
+:func:`decode_frames` never raises on bad input: it returns a :class:`Rejected`
+naming one reason from :data:`REJECT_REASONS`, so the consumer counts and skips it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+#: Every reason a frame set can be rejected for, as counted in metrics.
+REJECT_REASONS = (
+    "frame_count",  # not exactly two frames
+    "too_large",  # body over the size limit
+    "bad_utf8",  # topic or body is not UTF-8
+    "bad_json",  # body is not JSON
+    "not_object",  # body JSON is not an object
+    "topic_mismatch",  # topic frame differs from the body's topic
+    "bad_msg",  # msg missing, null, or not an object
+    "bad_timestamp",  # timestamp missing or not a finite number
+    "unsigned",  # validate_signatures is on and the message carries no signature
+    "bad_signature",  # signature validation failed (forged, tampered, revoked)
+    "too_old",  # older than the longest window
+)
+
+#: Largest body accepted, in bytes (fedmsg messages are a few KiB; koji's biggest
+#: are ~100 KiB).
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One fedmsg message, as published.
+
+    Attributes:
+        topic: the full topic (``org.fedoraproject.prod.bodhi.update.comment``).
+        msg_id: the message's id (``2017-<uuid>``); ``""`` when the publisher sent none.
+        timestamp: publication time, UNIX seconds (UTC), finite float.
+        i: the publisher's sequence number (starts at 1 per publishing process),
+            0 when absent.
+        username: the publishing process's Unix account (e.g. ``apache``): NOT a
+            user of the message.
+        msg: the payload object.
+        body: the whole decoded body (what fedmsg.meta processors take).
+    """
+
+    topic: str
+    msg_id: str
+    timestamp: float
+    i: int
+    username: str | None
+    msg: dict[str, Any]
+    body: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A frame set that was not counted.
+
+    Attributes:
+        reason: one of :data:`REJECT_REASONS`.
+        detail: a short human explanation (never the whole body).
+        msg_id: the message's id when it could be read, else ``None``.
+    """
+
+    reason: str
+    detail: str
+    msg_id: str | None = None
+
+
+def decode_frames(
+    frames: list[bytes], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+) -> Envelope | Rejected:
+    """Decode one ZeroMQ multipart message in the fedmsg wire format.
+
+    Args:
+        frames: the frames as received (``recv_multipart()``).
+        max_body_bytes: bodies larger than this are rejected (``too_large``).
+
+    Returns:
+        An :class:`Envelope`, or a :class:`Rejected` with its reason.  Never raises.
+    """
+    if len(frames) != 2:
+        return Rejected("frame_count", f"{len(frames)} frames, expected 2")
+    topic_b, body_b = frames
+    if len(body_b) > max_body_bytes:
+        return Rejected("too_large", f"body of {len(body_b)} bytes > {max_body_bytes}")
+    try:
+        topic = topic_b.decode("utf-8")
+        body_b.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejected("bad_utf8", str(exc)[:120])
+    try:
+        body = orjson.loads(body_b)
+    except orjson.JSONDecodeError as exc:
+        return Rejected("bad_json", str(exc)[:120])
+    result = envelope_from_dict(body)
+    if isinstance(result, Rejected):
+        return result
+    if result.topic != topic:
+        return Rejected(
+            "topic_mismatch", f"frame topic {topic[:80]!r} != body topic", result.msg_id
+        )
+    return result
+
+
+def envelope_from_dict(body: Any) -> Envelope | Rejected:
+    """Validate a decoded fedmsg body (from the bus, a JSONL file or datagrepper).
+
+    Args:
+        body: the decoded JSON value.  datagrepper's ``/raw`` entries are accepted
+            too (they carry the same fields, plus ``users``/``packages``).
+
+    Returns:
+        An :class:`Envelope`, or a :class:`Rejected`.  Never raises.
+    """
+    if not isinstance(body, dict):
+        return Rejected("not_object", f"body is {type(body).__name__}")
+    raw_id = body.get("msg_id")
+    msg_id = raw_id if isinstance(raw_id, str) else ""
+    topic = body.get("topic")
+    if not isinstance(topic, str) or not topic:
+        return Rejected("bad_msg", "topic missing or not a string", msg_id or None)
+    msg = body.get("msg")
+    if not isinstance(msg, dict):
+        return Rejected("bad_msg", f"msg is {type(msg).__name__}", msg_id or None)
+    ts = body.get("timestamp")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        return Rejected("bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None)
+    seq = body.get("i")
+    i = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
+    user = body.get("username")
+    return Envelope(
+        topic=topic,
+        msg_id=msg_id,
+        timestamp=float(ts),
+        i=i,
+        username=user if isinstance(user, str) else None,
+        msg=msg,
+        body=body,
+    )
+
+
+def encode_frames(body: dict[str, Any]) -> list[bytes]:
+    """Encode a fedmsg body as the two wire frames ``[topic, json]``.
+
+    Raises:
+        KeyError: when ``body`` has no ``topic``.
+    """
+    return [body["topic"].encode("utf-8"), orjson.dumps(body)]
+
+
+def category_of(topic: str) -> str:
+    """The topic's category (service token), exactly as datanommer/datagrepper set it.
+
+    datanommer's ``Message.get_category``: ``topic.split(".")[3]`` (``[2]`` for
+    ``VirtualTopic`` topics), ``"Unclassified"`` when the topic has too few parts.
+    ``org.fedoraproject.prod.buildsys.tag`` -> ``buildsys``.
+    """
+    index = 2 if "VirtualTopic" in topic else 3
+    parts = topic.split(".")
+    if len(parts) > index:
+        return parts[index]
+    return "Unclassified"

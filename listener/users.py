@@ -1,0 +1,233 @@
+"""Who a message is about: a thin, fast, safe wrapper over ``fedmsg.meta``.
+
+Users come from ``fedmsg.meta.msg2usernames`` with the processors of
+``fedmsg_meta_fedora_infrastructure`` (fedmsg docs, "fedmsg.meta").  Two changes,
+both behaviour-preserving:
+
+* **Processor cache.**  ``fedmsg.meta.msg2processor`` scans ~50 processors with a
+  regex each, for every message (93 % of ``msg2usernames``' time).  A processor's
+  ``handle_msg`` only looks at the topic, so the processor is cached per topic
+  (bounded LRU) and ``processor.usernames`` is called directly: the same users.
+* **No surprises.**  ``msg2usernames``' ``graceful`` wrapper only catches
+  ``KeyError``; here any exception from a processor yields an empty set and is
+  counted (``UserExtractor.errors``), so a poison message cannot stop the consumer.
+
+FAS: some processors map IRC nicks and e-mail addresses to FAS usernames via
+``fasshim``, which builds its cache over the network when FAS/fasjson credentials
+are configured.  The wallboard never passes credentials to the processors, so no
+look-up ever runs on the message path; an offline cache (``{nick or email:
+username}`` JSON, e.g. exported once from fasjson) can be loaded instead.  Without
+one, fasshim would log two warnings per such message: they are filtered out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Config keys never handed to fedmsg.meta processors (they trigger network look-ups).
+_NETWORK_KEYS = ("fas_credentials", "fasjson_credentials", "fasjson")
+
+
+class _QuietFasshim(logging.Filter):
+    """Drops fasshim's per-message "No fas_credentials" / "cache" warnings."""
+
+    _NOISE = (
+        "No fas_credentials found",
+        "No previous fas cache found",
+        "No previous fasjson cache found",
+        "No python-fedora installed",
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(n in msg for n in self._NOISE)
+
+
+def ensure_fedmsg_config_dir(config_dir: str | os.PathLike[str] | None) -> None:
+    """Point fedmsg at a ``fedmsg.d/`` folder before any processor is imported.
+
+    Some fedmsg_meta processors call ``fedmsg.config.load_config()`` at import
+    time; fedmsg looks in ``./fedmsg.d`` and ``/etc/fedmsg.d``.  When
+    ``config_dir`` is given and ``FEDMSG_CONFIG`` is not set, this sets it.
+    """
+    if config_dir and not os.environ.get("FEDMSG_CONFIG"):
+        os.environ["FEDMSG_CONFIG"] = str(config_dir)
+
+
+def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Load the fedmsg config (``fedmsg.d/`` convention) without touching ``sys.argv``.
+
+    Args:
+        config_dir: a ``fedmsg.d`` folder, or a single ``.py`` file; ``None`` means
+            fedmsg's own search (``$FEDMSG_CONFIG``, ``./fedmsg.d``, ``/etc/fedmsg.d``).
+
+    Returns:
+        fedmsg's merged config dict.
+
+    Raises:
+        listener.errors.ConfigError: the folder does not exist or fedmsg fails.
+    """
+    from .errors import ConfigError
+
+    filenames = None
+    if config_dir is not None:
+        path = Path(config_dir)
+        if path.is_dir():
+            filenames = sorted(str(p) for p in path.glob("*.py"))
+        elif path.is_file():
+            filenames = [str(path)]
+        else:
+            raise ConfigError(f"fedmsg config {path} does not exist")
+        ensure_fedmsg_config_dir(path)
+    import warnings
+
+    import fedmsg.config
+
+    warnings.filterwarnings("ignore", "Using \"load_config\" is deprecated", DeprecationWarning)
+    try:
+        # invalidate_cache=True: a fresh load each call (fedmsg caches module-wide).
+        config: dict[str, Any] = fedmsg.config.load_config(
+            [], None, filenames=filenames, invalidate_cache=True
+        )
+    except Exception as exc:  # fedmsg raises bare ValueError/IOError/SyntaxError
+        raise ConfigError(f"cannot load fedmsg config: {exc}") from exc
+    return config
+
+
+class UserExtractor:
+    """Users, category, processor name and summary for fedmsg messages.
+
+    Args:
+        config: the fedmsg config dict (``topic_prefix``, ``environment``, ...).
+        fas_cache: optional ``{irc nick or email: FAS username}``; loaded into
+            fasshim so processors resolve names offline.
+        cache_size: topics remembered in the topic -> processor cache.
+
+    ``errors`` counts processor exceptions.  Thread-compatible (no locks needed
+    when one thread uses it).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        fas_cache: Mapping[str, str] | None = None,
+        cache_size: int = 4096,
+    ) -> None:
+        import fedmsg.meta
+        from fedmsg_meta_fedora_infrastructure import fasshim
+
+        self.config = {k: v for k, v in config.items() if k not in _NETWORK_KEYS}
+        logging.getLogger("moksha.hub").addFilter(_QuietFasshim())
+        if fas_cache:
+            fasshim._fas_cache.update(fas_cache)
+        fedmsg.meta.make_processors(**self.config)
+        self._processors = list(fedmsg.meta.processors)
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache_size = cache_size
+        self.errors = 0
+
+    @staticmethod
+    def load_fas_cache(path: str | os.PathLike[str]) -> dict[str, str]:
+        """Read an offline FAS cache: a JSON object ``{nick or email: username}``.
+
+        Raises:
+            listener.errors.ConfigError: unreadable file or not a string map.
+        """
+        from .errors import ConfigError
+
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"fas cache {path}: {exc}") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise ConfigError(f"fas cache {path}: expected a JSON object of strings")
+        return data
+
+    def processor(self, body: Mapping[str, Any]) -> Any:
+        """The fedmsg.meta processor for a message body (cached per topic).
+
+        Same result as ``fedmsg.meta.msg2processor``: the first processor whose
+        ``handle_msg`` is not ``None``, else the last (``DefaultProcessor``).
+        """
+        topic = body.get("topic")
+        if not isinstance(topic, str):
+            return self._processors[-1]
+        proc = self._cache.get(topic)
+        if proc is not None:
+            self._cache.move_to_end(topic)
+            return proc
+        proc = self._processors[-1]
+        probe = {"topic": topic}
+        for candidate in self._processors:
+            try:
+                if candidate.handle_msg(probe, **self.config) is not None:
+                    proc = candidate
+                    break
+            except Exception:  # a processor's regex on odd topics
+                continue
+        self._cache[topic] = proc
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return proc
+
+    def usernames(self, body: Mapping[str, Any]) -> frozenset[str]:
+        """The users a message is about (``msg2usernames`` semantics).
+
+        Args:
+            body: the fedmsg body (``topic``, ``msg``, ...).
+
+        Returns:
+            A frozenset of non-empty usernames; ``None``/empty/non-string entries
+            are dropped.  Empty when the processor raises (counted in ``errors``).
+        """
+        try:
+            raw = self.processor(body).usernames(body, **self.config)
+        except Exception as exc:
+            self.errors += 1
+            log.warning(
+                "processor failed on msg_id=%s topic=%s: %s: %s",
+                body.get("msg_id"),
+                str(body.get("topic"))[:120],
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+            return frozenset()
+        return clean_usernames(raw)
+
+    def processor_name(self, body: Mapping[str, Any]) -> str:
+        """The processor's ``__name__`` (``buildsys``, ``Copr``, ``Default``...)."""
+        return str(getattr(self.processor(body), "__name__", "Default"))
+
+    def subtitle(self, body: Mapping[str, Any], limit: int = 200) -> str:
+        """A one-line human summary (``msg2subtitle``), at most ``limit`` characters.
+
+        Returns the topic when the processor raises or gives nothing.
+        """
+        try:
+            text = self.processor(body).subtitle(body, **self.config)
+        except Exception:
+            text = ""
+        if not isinstance(text, str) or not text:
+            text = str(body.get("topic", ""))
+        text = " ".join(text.split())
+        return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:
+    """Drop ``None``, empty and non-string entries from a processor's result."""
+    if not raw:
+        return frozenset()
+    try:
+        return frozenset(u.strip() for u in raw if isinstance(u, str) and u.strip())
+    except TypeError:
+        return frozenset()
