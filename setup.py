@@ -29,6 +29,8 @@ setup(
         "tqdm>=4.66",
         "pygal>=3",
         "requests>=2.31",
+        # the AMQP input (--bus amqp); 3.9.1 accepts pyOpenSSL 24.2.1
+        "fedora-messaging>=3.5,<4",
     ],
     extras_require={
         "test": [
@@ -39,7 +41,6 @@ setup(
             "playwright>=1.45",
             "psutil>=5.9",
         ],
-        "amqp": ["fedora-messaging>=3.5"],
     },
     entry_points={"console_scripts": ["fedmsg-wallboard = listener.cli:main"]},
     classifiers=[
