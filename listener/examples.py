@@ -7,7 +7,8 @@ Some examples lack a ``msg_id``: those get a stable one derived from the message
 content (``example-<sha1>``) so a replay is de-duplicated like real traffic; an
 example that reuses another's ``msg_id`` with different content gets a suffix.
 
-Files: JSONL (one fedmsg envelope per line, e.g. ``shared/corpus/*.jsonl``) or a
+Files: JSONL (one fedmsg envelope per line, or one wrapper record per line as in
+``shared/corpus/*.jsonl``: see :func:`unwrap_record`) or a
 datagrepper ``/raw`` JSON page (``{"raw_messages": [...]}``; datagrepper API).
 """
 
@@ -83,6 +84,27 @@ def builtin_examples() -> list[Example]:
     return list(seen.values())
 
 
+def unwrap_record(obj: dict[str, Any]) -> dict[str, Any]:
+    """The fedmsg envelope of one JSONL record.
+
+    A record is either the envelope itself, or a wrapper that keeps the whole
+    envelope under ``msg`` beside derived fields (``shared/corpus``'s stream
+    format: ``{"seq", "topic", "msg": <envelope>, "processor", "usernames",
+    "packages"}``).  A wrapper is recognised by having no ``timestamp`` while its
+    ``msg`` has ``topic``, ``msg`` and ``timestamp``.
+    """
+    inner = obj.get("msg")
+    if (
+        "timestamp" not in obj
+        and isinstance(inner, dict)
+        and "topic" in inner
+        and "msg" in inner
+        and "timestamp" in inner
+    ):
+        return inner
+    return obj
+
+
 def load_file(path: str | Path) -> list[dict[str, Any]]:
     """Read fedmsg bodies from a JSONL file or a datagrepper ``/raw`` JSON page.
 
@@ -121,7 +143,7 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
             raise InputError(f"{p}:{lineno}: invalid JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{lineno}: not a JSON object")
-        bodies.append(obj)
+        bodies.append(unwrap_record(obj))
     if not bodies:
         raise InputError(f"{p}: no messages")
     return bodies

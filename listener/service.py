@@ -115,7 +115,7 @@ async def run_listener(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         try:
             loop.add_signal_handler(sig, _on_signal, sig)
-        except (NotImplementedError, RuntimeError):  # not the main thread
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
             pass
 
     fcfg = fedmsg_config if fedmsg_config is not None else load_fedmsg_config(

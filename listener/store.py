@@ -12,6 +12,9 @@ key                            type    content
 ``P:b:<bucket_s>:<start>:u``   hash    username -> messages
 ``P:b:<bucket_s>:<start>:uc``  hash    ``username\\x1fcategory`` -> messages
 ``P:ids:<hour start>``         set     msg_ids seen with a timestamp in that hour
+                                       (a msg_id is looked up in its hour and the
+                                       two neighbours, so a re-sent message whose
+                                       timestamp moved by < 1 h is still caught)
 ``P:batch:<uuid>``             string  a flush already applied (idempotent retry)
 ``P:hist:<window_s>``          list    JSON ``[end, longtail, longtail_normalized,
                                        gini, messages, users]``, oldest first
@@ -80,7 +83,9 @@ for idx, m in ipairs(msgs) do
   if id ~= '' then
     local ib = ts - (ts % cfg.ids_bucket)
     local ik = p .. ':ids:' .. ib
-    if redis.call('SADD', ik, id) == 0 then
+    if redis.call('SISMEMBER', p .. ':ids:' .. (ib - cfg.ids_bucket), id) == 1
+        or redis.call('SISMEMBER', p .. ':ids:' .. (ib + cfg.ids_bucket), id) == 1
+        or redis.call('SADD', ik, id) == 0 then
       new = 0
     else
       id_keys[ik] = ib + cfg.ids_bucket + cfg.ids_ttl

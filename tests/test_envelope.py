@@ -1,0 +1,91 @@
+"""Frame decoding: the fedmsg wire format, and every malformed variant rejected by reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from listener.envelope import Envelope, Rejected, category_of, decode_frames, encode_frames
+
+GOOD = {
+    "topic": "org.fedoraproject.prod.buildsys.tag",
+    "msg": {"tag": "f40", "owner": "ralph"},
+    "msg_id": "2024-abc",
+    "timestamp": 1504643021.0,
+    "i": 3,
+    "username": "apache",
+}
+
+
+def frames(body: object, topic: str | None = None) -> list[bytes]:
+    t = topic if topic is not None else GOOD["topic"]
+    return [t.encode(), json.dumps(body).encode()]
+
+
+def test_good_message_decodes() -> None:
+    env = decode_frames(frames(GOOD))
+    assert isinstance(env, Envelope)
+    assert (env.topic, env.msg_id, env.timestamp, env.i, env.username) == (
+        GOOD["topic"], "2024-abc", 1504643021.0, 3, "apache",
+    )
+    assert env.msg == {"tag": "f40", "owner": "ralph"}
+
+
+def test_encode_then_decode_round_trips() -> None:
+    env = decode_frames(encode_frames(GOOD))
+    assert isinstance(env, Envelope) and env.body == GOOD
+
+
+@pytest.mark.parametrize(
+    "fs, reason",
+    [
+        ([b"org.fedoraproject.prod.x.y"], "frame_count"),
+        ([b"t", b"{}", b"extra"], "frame_count"),
+        ([], "frame_count"),
+        ([GOOD["topic"].encode(), b"{not json"], "bad_json"),
+        ([GOOD["topic"].encode(), b"[1, 2]"], "not_object"),
+        ([GOOD["topic"].encode(), b'"a string"'], "not_object"),
+        (frames({**GOOD, "msg": None}), "bad_msg"),
+        (frames({**GOOD, "msg": "a string body"}), "bad_msg"),
+        (frames({k: v for k, v in GOOD.items() if k != "msg"}), "bad_msg"),
+        (frames({**GOOD, "topic": 7}), "bad_msg"),
+        (frames(GOOD, topic="org.fedoraproject.prod.other"), "topic_mismatch"),
+        ([b"\xff\xfe", json.dumps(GOOD).encode()], "bad_utf8"),
+        ([GOOD["topic"].encode(), b'{"a": "\xff"}'], "bad_utf8"),
+        (frames({**GOOD, "timestamp": "yesterday"}), "bad_timestamp"),
+        (frames({**GOOD, "timestamp": None}), "bad_timestamp"),
+        (frames({**GOOD, "timestamp": True}), "bad_timestamp"),
+    ],
+)
+def test_malformed_frames_are_rejected_by_reason(fs: list[bytes], reason: str) -> None:
+    res = decode_frames(fs)
+    assert isinstance(res, Rejected)
+    assert res.reason == reason
+
+
+def test_ten_megabyte_body_is_rejected_before_parsing() -> None:
+    big = {**GOOD, "msg": {"blob": "x" * (10 * 1024 * 1024)}}
+    res = decode_frames(frames(big))
+    assert isinstance(res, Rejected) and res.reason == "too_large"
+
+
+def test_nan_timestamp_rejected() -> None:
+    body = json.dumps(GOOD).replace("1504643021.0", "NaN").encode()
+    res = decode_frames([GOOD["topic"].encode(), body])
+    assert isinstance(res, Rejected) and res.reason in ("bad_json", "bad_timestamp")
+
+
+@pytest.mark.parametrize(
+    "topic, category",
+    [
+        ("org.fedoraproject.prod.buildsys.build.state.change", "buildsys"),
+        ("org.fedoraproject.stg.bodhi.update.comment", "bodhi"),
+        ("org.fedoraproject.prod.copr.build.end", "copr"),
+        ("io.pagure.prod.pagure.issue.new", "pagure"),
+        ("/topic/VirtualTopic.eng.ci.koji-build.test.complete", "ci"),
+        ("short.topic", "Unclassified"),
+    ],
+)
+def test_category_is_datanommers(topic: str, category: str) -> None:
+    assert category_of(topic) == category

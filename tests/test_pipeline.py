@@ -1,0 +1,287 @@
+"""The pipeline end to end: real ZeroMQ sockets -> consumer -> real Redis -> windows.
+
+In-process tests drive :class:`listener.bus.Bus` and :class:`listener.consumer.Consumer`
+directly (so their counters can be read); the subprocess tests run
+``python -m listener listen`` and ``python -m listener replay`` exactly as a user
+would, and read the result with ``python -m listener snapshot --json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import fedmsg.meta
+import pytest
+import zmq
+
+from listener.bus import Bus
+from listener.config import Config
+from listener.consumer import Consumer
+from listener.envelope import encode_frames
+from listener.replay import wire_body
+from listener.store import Store
+from tests.conftest import CORPUS, ROOT, TIMEOUT_FACTOR, free_port, run_cli, wait_for
+
+
+def rebased(examples: list[Any], now: float) -> list[dict[str, Any]]:
+    out = []
+    for k, ex in enumerate(examples):
+        body = wire_body(ex.body)
+        body["timestamp"] = now - 600 + k * 0.5
+        out.append(body)
+    return out
+
+
+def expected_counts(bodies: list[dict[str, Any]], config: dict[str, Any]) -> tuple[Counter, Counter]:
+    """Per-topic and per-user counts as fedmsg.meta gives them, message by message.
+
+    Each body goes through JSON first, as on the wire: fedmsg_meta's tagger
+    processor compares ``user is 'anonymous'`` by identity, so its answer differs
+    between the shipped dict literal and the same message decoded from the bus.
+    """
+    topics: Counter[str] = Counter()
+    users: Counter[str] = Counter()
+    for b in (json.loads(json.dumps(x)) for x in bodies):
+        topics[b["topic"]] += 1
+        for u in fedmsg.meta.msg2usernames(b, **config):
+            if u:
+                users[u] += 1
+    return topics, users
+
+
+class Harness:
+    """A Consumer + Bus on a fresh key prefix, fed by a real PUB socket."""
+
+    def __init__(self, redis_url: str, extractor: Any, **cfg: Any) -> None:
+        self.port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.cfg = Config(
+            redis_url=redis_url, key_prefix=f"p{uuid.uuid4().hex[:8]}", step_s=1.0, **cfg
+        )
+        self.store = Store.from_url(
+            redis_url, prefix=self.cfg.key_prefix, buckets_s=self.cfg.buckets_s,
+            windows_s=self.cfg.windows_s,
+        )
+        self.consumer = Consumer(self.cfg, extractor, self.store)
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, 0)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(self.endpoint)
+        self.bus: Bus | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, probe: dict[str, Any]) -> None:
+        await self.consumer.warm_up()
+        self.bus = Bus(self.cfg, [self.endpoint], "", self.consumer)
+        self.task = asyncio.create_task(self.bus.run())
+        # republish one real message until the SUB is joined (no sleep-and-hope)
+        deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
+        while self.consumer.stats.received == 0:
+            assert time.monotonic() < deadline, "SUB never joined"
+            self.pub.send_multipart(encode_frames(probe))
+            await asyncio.sleep(0.05)
+
+    async def wait_received(self, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
+        while self.consumer.stats.received < n:
+            assert time.monotonic() < deadline, (
+                f"received {self.consumer.stats.received} of {n}"
+            )
+            await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        if self.bus:
+            self.bus.stop()
+        if self.task:
+            await self.task
+        if self.bus:
+            self.bus.close()
+        self.pub.close()
+        self.ctx.term()
+        await self.store.close()
+
+
+async def test_replay_of_real_messages_gives_fedmsg_meta_counts(
+    redis_url: str, extractor: Any, examples: list[Any]
+) -> None:
+    now = time.time()
+    bodies = rebased(examples, now)
+    h = Harness(redis_url, extractor)
+    await h.start(bodies[0])
+    probes = h.consumer.stats.received
+    for b in bodies:
+        h.pub.send_multipart(encode_frames(b))
+    await h.wait_received(probes + len(bodies))
+    await h.consumer.flush()
+    counts = await h.store.read_window(3600, time.time())
+    topics, users = expected_counts(bodies, extractor.config)
+    assert counts.messages == len(bodies) == 553
+    assert dict(counts.topics) == dict(topics)
+    assert dict(counts.users) == dict(users)
+    # the listener's own running window agrees with a fresh read of Redis
+    tick = await h.consumer.step()
+    assert tick["windows"]["3600"]["messages"] == 553
+    assert tick["windows"]["3600"]["topics"] == dict(
+        sorted(topics.items(), key=lambda kv: (-kv[1], kv[0]))
+    )
+    # every probe copy after the first, and bodies[0] sent again, are duplicates
+    assert h.consumer.stats.duplicates == probes
+    await h.close()
+
+
+async def test_malformed_frames_are_counted_and_the_consumer_keeps_going(
+    redis_url: str, extractor: Any, examples: list[Any]
+) -> None:
+    now = time.time()
+    bodies = rebased(examples[:20], now)
+    h = Harness(redis_url, extractor, max_body_bytes=1 << 20)
+    await h.start(bodies[0])
+    base = h.consumer.stats.received
+    good_topic = bodies[1]["topic"].encode()
+    bad = [
+        [b"org.fedoraproject.prod.only.one.frame"],
+        [good_topic, b"{}", b"three"],
+        [good_topic, b"{not json"],
+        [good_topic, b"[1, 2, 3]"],
+        [good_topic, json.dumps({**bodies[1], "msg": None, "msg_id": "null-msg"}).encode()],
+        [good_topic, json.dumps({**bodies[1], "msg": "str", "msg_id": "str-msg"}).encode()],
+        [b"org.fedoraproject.prod.other.topic", json.dumps(bodies[1]).encode()],
+        [good_topic, b'{"topic": "\xff\xfe"}'],
+        [good_topic, json.dumps({**bodies[1], "pad": "x" * (10 * 1024 * 1024)}).encode()],
+    ]
+    for fs in bad:
+        h.pub.send_multipart(fs)
+    for b in bodies[1:]:
+        h.pub.send_multipart(encode_frames(b))
+    await h.wait_received(base + len(bad) + len(bodies) - 1)
+    await h.consumer.flush()
+    rej = h.consumer.stats.rejected
+    assert rej == Counter(
+        {
+            "frame_count": 2,
+            "bad_json": 1,
+            "not_object": 1,
+            "bad_msg": 2,
+            "topic_mismatch": 1,
+            "bad_utf8": 1,
+            "too_large": 1,
+        }
+    )
+    counts = await h.store.read_window(3600, time.time())
+    assert counts.messages == 20  # every good message, nothing from the bad ones
+    await h.close()
+
+
+async def test_poison_message_counted_by_topic_with_no_users(
+    redis_url: str, extractor: Any, examples: list[Any]
+) -> None:
+    now = time.time()
+    probe = rebased(examples[:1], now)[0]
+    h = Harness(redis_url, extractor)
+    await h.start(probe)
+    base = h.consumer.stats.received
+    poison = {
+        "topic": "org.fedoraproject.prod.bodhi.update.comment",
+        "msg": {"comment": None},  # the bodhi processor expects nested keys
+        "msg_id": "poison-1",
+        "timestamp": now,
+        "i": 1,
+        "username": "apache",
+    }
+    h.pub.send_multipart(encode_frames(poison))
+    await h.wait_received(base + 1)
+    await h.consumer.flush()
+    counts = await h.store.read_window(3600, time.time())
+    assert counts.topics["org.fedoraproject.prod.bodhi.update.comment"] >= 1
+    assert h.consumer.stats.processor_errors >= 1
+    await h.close()
+
+
+# -- the commands, as a user runs them -----------------------------------------
+
+
+def start_listener(redis_url: str, endpoint: str, prefix: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "listener", "listen",
+            "--redis-url", redis_url, "--endpoint", endpoint,
+            "--key-prefix", prefix, "--step", "1",
+        ],
+        cwd=str(ROOT),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def snapshot(redis_url: str, prefix: str, window: int = 3600) -> dict[str, Any]:
+    res = run_cli(
+        "snapshot", "--window", str(window), "--json", "--all-users",
+        "--redis-url", redis_url, "--key-prefix", prefix,
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def replay(endpoint: str, *args: str) -> None:
+    res = run_cli("replay", "--endpoint", endpoint, "--wait-subscribers", "1", *args, timeout=120)
+    assert res.returncode == 0, res.stderr
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30 * TIMEOUT_FACTOR)
+    assert proc.returncode == 0, out
+    return out
+
+
+@pytest.mark.slow
+def test_listen_replay_snapshot_twice_and_restart(redis_url: str, extractor: Any) -> None:
+    prefix = f"e{uuid.uuid4().hex[:8]}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    stream = str(CORPUS / "fedmsg_sample_datanommer_stream.jsonl")
+    lines = [json.loads(x) for x in open(stream, encoding="utf-8")]
+    proc = start_listener(redis_url, endpoint, prefix)
+    try:
+        replay(endpoint, stream, "--rebase-time", "--rate", "200")
+        snap = wait_for(
+            lambda: (s := snapshot(redis_url, prefix)) and s["messages"] == 25 and s,
+            30, interval=0.5, what="25 messages counted",
+        )
+        # per-user counts equal the corpus' recorded fedmsg.meta usernames
+        users: Counter[str] = Counter(u for line in lines for u in line["usernames"])
+        assert dict(snap["top_users"]) == dict(users)
+        assert snap["users"] == 7
+        topics = Counter(line["topic"] for line in lines)
+        assert snap["topics"] == dict(topics)
+        # the same replay again (same msg_ids): counted once
+        replay(endpoint, stream, "--rebase-time", "--rate", "200")
+        time.sleep(1.5)
+        assert snapshot(redis_url, prefix)["messages"] == 25
+    finally:
+        out = stop(proc)
+    assert "listener stopped" in out
+    # a restart keeps the counts, and the new listener's windows start from them
+    proc = start_listener(redis_url, endpoint, prefix)
+    try:
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+
+        def tick_has_25() -> bool:
+            raw = r.get("{" + prefix + "}:state")
+            return bool(raw) and json.loads(raw)["windows"]["3600"]["messages"] == 25
+
+        wait_for(tick_has_25, 30, interval=0.3, what="restarted listener's tick")
+        assert snapshot(redis_url, prefix)["messages"] == 25
+    finally:
+        stop(proc)

@@ -1,0 +1,119 @@
+"""The Redis store against a real redis-server: idempotent flushes, windows, expiry."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from listener.store import Counted, Store
+from listener.windows import Counts, bucket_start
+
+
+def make_store(url: str, **kw: object) -> Store:
+    return Store.from_url(url, prefix=f"t{uuid.uuid4().hex[:8]}", **kw)  # type: ignore[arg-type]
+
+
+def msgs(now: int) -> list[Counted]:
+    return [
+        Counted("m1", now, "org.fedoraproject.prod.buildsys.tag", "buildsys", ("ralph", "kevin")),
+        Counted("m2", now - 30, "org.fedoraproject.prod.bodhi.update.comment", "bodhi", ("ralph",)),
+        Counted("m3", now - 7200, "org.fedoraproject.prod.copr.build.end", "copr", ()),
+        Counted("", now, "org.fedoraproject.prod.git.receive", "git", ("pingou",)),
+    ]
+
+
+async def test_flush_counts_and_windows(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    flags = await st.flush(msgs(now))
+    assert flags == [True, True, True, True]
+    hour = await st.read_window(3600, now)
+    assert hour.messages == 3  # m3 is two hours old
+    assert hour.topics["org.fedoraproject.prod.buildsys.tag"] == 1
+    assert dict(hour.users) == {"ralph": 2, "kevin": 1, "pingou": 1}
+    assert hour.usercat[("ralph", "bodhi")] == 1
+    day = await st.read_window(86400, now)
+    assert day.messages == 4 and day.categories["copr"] == 1
+    meta = await st.meta()
+    assert float(meta["last_message_at"]) == now
+    await st.close()
+
+
+async def test_duplicate_msg_ids_count_once(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    await st.flush(msgs(now))
+    again = await st.flush(msgs(now))
+    # msg_ids m1..m3 are known; the message without msg_id cannot be de-duplicated
+    assert again == [False, False, False, True]
+    hour = await st.read_window(3600, now)
+    assert hour.users["ralph"] == 2
+    await st.close()
+
+
+async def test_retried_batch_changes_nothing_and_returns_recorded_flags(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    batch = msgs(now)
+    first = await st.flush(batch, "batch-1")
+    retry = await st.flush(batch, "batch-1")
+    assert retry == first
+    hour = await st.read_window(3600, now)
+    assert hour.messages == 3 and hour.users["pingou"] == 1
+    await st.close()
+
+
+async def test_bucket_keys_expire_when_no_window_needs_them(redis_url: str) -> None:
+    st = make_store(redis_url, windows_s=(3600, 86400, 604800), retention_s=14 * 86400)
+    now = int(time.time())
+    await st.flush(msgs(now)[:1])
+    b60 = bucket_start(now, 60)
+    b3600 = bucket_start(now, 3600)
+    at60 = await st.r.expiretime(st.key("b", 60, b60, "t"))
+    at3600 = await st.r.expiretime(st.key("b", 3600, b3600, "u"))
+    assert at60 == b60 + 60 + 3600  # the 1 h window reads 60 s buckets
+    assert at3600 == b3600 + 3600 + 14 * 86400  # retention of the coarse buckets
+    await st.close()
+
+
+async def test_history_is_bounded(redis_url: str) -> None:
+    st = make_store(redis_url)
+    for i in range(30):
+        await st.append_history(3600, [i, 1.0, 0.1, 0.2, 5, 3], maxlen=10)
+    hist = await st.history(3600)
+    assert [p[0] for p in hist] == list(range(20, 30))
+    await st.close()
+
+
+async def test_read_buckets_round_trip(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    await st.flush(msgs(now))
+    [c] = await st.read_buckets(60, [bucket_start(now, 60)])
+    expected = Counts()
+    for m in msgs(now):
+        if bucket_start(m.timestamp, 60) == bucket_start(now, 60):
+            expected.add_message(m.topic, m.category, m.users)
+    assert c == expected
+    await st.close()
+
+
+async def test_epoch_detects_a_flushed_redis(redis_url: str) -> None:
+    st = make_store(redis_url)
+    e1, created1 = await st.ensure_epoch(1.0)
+    e2, created2 = await st.ensure_epoch(2.0)
+    assert created1 and not created2 and e1 == e2
+    await st.r.flushall()
+    _, created3 = await st.ensure_epoch(3.0)
+    assert created3
+    await st.close()
+
+
+def test_unknown_window_is_an_error() -> None:
+    import redis.asyncio as aioredis
+
+    st = Store(aioredis.Redis(), buckets_s=(60, 3600))
+    with pytest.raises(ValueError):
+        st.bucket_for(90)
