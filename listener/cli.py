@@ -51,11 +51,17 @@ COMMAND_MODULES = (
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr; no timestamps under journald (``$JOURNAL_STREAM`` set)."""
+    """Log to stderr; no timestamps under journald (``$JOURNAL_STREAM`` set), and
+    ``<N>`` priority prefixes when stderr is that journal stream."""
+    from .systemd import journal_handler, stderr_is_journal
+
     fmt = "%(levelname)s %(name)s: %(message)s"
     if not os.environ.get("JOURNAL_STREAM"):
         fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    if stderr_is_journal():  # "<N>" priority prefixes for journald
+        logging.basicConfig(level=level.upper(), handlers=[journal_handler()], force=True)
+    else:
+        logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     logging.getLogger("moksha.hub").setLevel(logging.ERROR)
 
 
@@ -69,7 +75,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def load_config(args: argparse.Namespace, **extra: Any) -> Any:
-    """Build the Config from ``--config`` and the common flags.
+    """Build the Config from ``--config`` and the common flags, and apply its log level.
+
+    The log level is ``--log-level``, else ``$FEDMSG_WALLBOARD_LOG_LEVEL``, else the
+    file's ``log_level``, else INFO.
 
     Raises:
         ConfigError: see :func:`listener.config.load`.
@@ -77,14 +86,20 @@ def load_config(args: argparse.Namespace, **extra: Any) -> Any:
     from . import config
 
     path = getattr(args, "config", None) or os.environ.get("FEDMSG_WALLBOARD_CONFIG")
-    return config.load(
+    cfg = config.load(
         path,
         redis_url=getattr(args, "redis_url", None),
         state_dir=getattr(args, "state_dir", None),
         key_prefix=getattr(args, "key_prefix", None),
         fedmsg_config=getattr(args, "fedmsg_config", None),
+        log_level=getattr(args, "log_level", None)
+        or os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")
+        or None,
         **extra,
     )
+    if cfg.log_level:
+        logging.getLogger().setLevel(cfg.log_level.upper())
+    return cfg
 
 
 def _listen_parser(sub: Any) -> None:
@@ -102,14 +117,14 @@ def _listen_parser(sub: Any) -> None:
 def _run_listen(args: argparse.Namespace) -> int:
     from .service import run_listener
 
-    cfg = load_config(
-        args,
-        endpoints=tuple(args.endpoint) if args.endpoint else None,
-        topic_prefix=args.topic_prefix,
-        step_s=args.step_s,
-        metrics_port=args.metrics_port,
-    )
-    return asyncio.run(run_listener(cfg))
+    overrides = {
+        "endpoints": tuple(args.endpoint) if args.endpoint else None,
+        "topic_prefix": args.topic_prefix,
+        "step_s": args.step_s,
+        "metrics_port": args.metrics_port,
+    }
+    cfg = load_config(args, **overrides)
+    return asyncio.run(run_listener(cfg, reload=lambda: load_config(args, **overrides)))
 
 
 def _snapshot_parser(sub: Any) -> None:
@@ -214,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
-        default=os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING, ERROR (default INFO)",
+        help="DEBUG, INFO, WARNING, ERROR (default: $FEDMSG_WALLBOARD_LOG_LEVEL, else the "
+        "config's log_level, else INFO)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -237,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (see module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL") or "INFO")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:

@@ -82,6 +82,8 @@ class Config:
         metrics_port: listener's Prometheus ``/metrics`` port (0: none).
         redis_timeout_s: socket timeout of every Redis call.
         fas_cache: JSON ``{nick or email: username}`` for offline FAS look-ups.
+        log_level: DEBUG, INFO, WARNING or ERROR (empty: INFO); ``--log-level`` and
+            ``$FEDMSG_WALLBOARD_LOG_LEVEL`` override it.  Re-read on SIGHUP.
     """
 
     redis_url: str = ""
@@ -122,6 +124,7 @@ class Config:
     metrics_port: int = 0
     redis_timeout_s: float = 5.0
     fas_cache: str = ""
+    log_level: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -137,6 +140,8 @@ class Config:
             problems.append("max_pending must be >= 1")
         if not 0 < self.web_port < 65536 and self.web_port != 0:
             problems.append("web_port out of range")
+        if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if not problems:
             from .windows import choose_bucket
 

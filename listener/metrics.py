@@ -1,28 +1,59 @@
-"""Prometheus metrics (prometheus-client) built from a consumer's :class:`Stats`.
+"""The listener's monitoring port: Prometheus ``/metrics`` and ``/healthz``.  I/O, small.
 
-A custom collector reads the live counters at scrape time, so no global metric
-objects are shared between consumers (tests run several in one process).
-Metric names: ``fedmsg_wallboard_<what>_total`` for counters (messages unless
-named otherwise), gauges without ``_total``.
+``/metrics`` is prometheus-client's text exposition format.  A custom collector
+reads the live counters of one :class:`listener.consumer.Consumer` at scrape
+time, so no global metric objects are shared between consumers (tests run several
+in one process).  Metric names: ``fedmsg_wallboard_<what>_total`` for counters
+(messages unless named otherwise), gauges without ``_total``, times in seconds.
+
+``/healthz`` (also ``/ready``) answers JSON, status 200 when ready, else 503::
+
+    {"live": true, "ready": true, "redis_ok": true, "last_message_at": 1504643075.0,
+     "last_message_age_s": 3.2, "lag_s": 0.4, "pending": 0, "received": 25,
+     "counted": 25}
+
+``live``: the event loop ran a no-op within :data:`PROBE_TIMEOUT_S`; ``redis_ok``:
+Redis answered PING through the listener's own connection within that time;
+``ready`` = both.  ``last_message_at``: timestamp of the newest counted message
+(UNIX s); ``last_message_age_s``: seconds since the newest message *arrived*;
+``lag_s``: seconds between a message's timestamp and its arrival, for the newest
+one (bus + publisher delay; None before the first).  ``/live`` answers 200 while
+the loop is live.  The server runs in a thread, so a stuck loop still gets
+a (503) answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+#: Longest wait for the event loop / Redis in a health probe, seconds.
+PROBE_TIMEOUT_S = 2.0
+
 
 class ConsumerCollector(Collector):
-    """Exports a :class:`listener.consumer.Consumer`'s counters."""
+    """Exports a :class:`listener.consumer.Consumer`'s counters (read at scrape time).
+
+    Args:
+        consumer: the running consumer (its ``stats``, ``pending``, ``windows``,
+            ``redis_ok``, ``last_message_at``, ``last_received_at``).
+    """
 
     def __init__(self, consumer: Any) -> None:
         self.consumer = consumer
 
     def collect(self) -> Iterator[Any]:
+        """The metric families, from one read of the consumer's counters."""
         s = self.consumer.stats
         for name, doc, value in (
             ("received", "Messages received from the bus (valid or not)", s.received),
@@ -45,18 +76,50 @@ class ConsumerCollector(Collector):
         rej = CounterMetricFamily(
             "fedmsg_wallboard_rejected", "Messages rejected, by reason", labels=["reason"]
         )
-        for reason, n in sorted(s.rejected.items()):
+        # dict() copies atomically under the GIL; the loop may add a reason meanwhile
+        for reason, n in sorted(dict(s.rejected).items()):
             rej.add_metric([reason], n)
         yield rej
         g = GaugeMetricFamily("fedmsg_wallboard_pending", "Messages waiting for Redis")
         g.add_metric([], len(self.consumer.pending))
         yield g
-        g = GaugeMetricFamily("fedmsg_wallboard_flush_seconds", "Duration of the last flush")
+        g = GaugeMetricFamily(
+            "fedmsg_wallboard_flush_seconds", "Duration of the last successful flush, seconds"
+        )
         g.add_metric([], s.flush_seconds)
         yield g
         g = GaugeMetricFamily("fedmsg_wallboard_redis_up", "1 when the last Redis call worked")
         g.add_metric([], 1.0 if self.consumer.redis_ok else 0.0)
         yield g
+        for name, doc, value in (
+            (
+                "last_message_timestamp_seconds",
+                "Timestamp of the newest counted message (UNIX s)",
+                self.consumer.last_message_at,
+            ),
+            (
+                "last_received_timestamp_seconds",
+                "Arrival time of the newest accepted message (UNIX s)",
+                self.consumer.last_received_at,
+            ),
+        ):
+            if value is not None:
+                g = GaugeMetricFamily(f"fedmsg_wallboard_{name}", doc)
+                g.add_metric([], float(value))
+                yield g
+        wm = GaugeMetricFamily(
+            "fedmsg_wallboard_window_messages", "Messages in each sliding window", labels=["window_s"]
+        )
+        wu = GaugeMetricFamily(
+            "fedmsg_wallboard_window_users", "Distinct users in each sliding window",
+            labels=["window_s"],
+        )
+        for window_s, win in sorted(dict(self.consumer.windows).items()):
+            totals = win.totals
+            wm.add_metric([str(window_s)], totals.messages)
+            wu.add_metric([str(window_s)], len(totals.users))
+        yield wm
+        yield wu
 
 
 def registry_for(consumer: Any) -> CollectorRegistry:
@@ -66,7 +129,120 @@ def registry_for(consumer: Any) -> CollectorRegistry:
     return reg
 
 
-def serve_metrics(consumer: Any, port: int, addr: str = "127.0.0.1") -> Any:
-    """Serve ``/metrics`` on ``addr:port`` in a thread; returns the server (``.shutdown()``)."""
-    server, _thread = start_http_server(port, addr=addr, registry=registry_for(consumer))
+def _probe(loop: asyncio.AbstractEventLoop | None, coro_fn: Any) -> bool:
+    """Run ``coro_fn()`` on ``loop`` from another thread; True if it returned truthy in time."""
+    if loop is None or loop.is_closed():
+        return False
+    try:
+        fut = asyncio.run_coroutine_threadsafe(coro_fn(), loop)
+    except RuntimeError:  # loop closed meanwhile
+        return False
+    try:
+        return bool(fut.result(timeout=PROBE_TIMEOUT_S))
+    except Exception:
+        fut.cancel()
+        return False
+
+
+def health(consumer: Any, loop: asyncio.AbstractEventLoop | None, now: float) -> dict[str, Any]:
+    """The ``/healthz`` object (module docstring); probes the loop and Redis.
+
+    Args:
+        consumer: the running consumer.
+        loop: the event loop the consumer runs on (None: not live).
+        now: UNIX seconds.
+    """
+
+    async def noop() -> bool:
+        return True
+
+    async def ping() -> bool:
+        return bool(await consumer.store.ping())
+
+    live = _probe(loop, noop)
+    redis_ok = live and _probe(loop, ping)
+    last_at = consumer.last_message_at
+    received_at = consumer.last_received_at
+    return {
+        "live": live,
+        "ready": live and redis_ok,
+        "redis_ok": redis_ok,
+        "last_message_at": last_at,
+        "last_message_age_s": None if received_at is None else round(now - received_at, 3),
+        "lag_s": (
+            None
+            if last_at is None or received_at is None
+            else round(max(0.0, received_at - last_at), 3)
+        ),
+        "pending": len(consumer.pending),
+        "received": consumer.stats.received,
+        "counted": consumer.stats.counted,
+    }
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+    def shutdown(self) -> None:
+        """Stop serving and close the listening socket."""
+        super().shutdown()
+        self.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        pass
+
+
+def make_app(consumer: Any, loop: asyncio.AbstractEventLoop | None) -> Any:
+    """The WSGI app: ``/healthz``, ``/ready``, ``/live`` and, on any other path,
+    prometheus-client's ``/metrics`` app."""
+    metrics_app = make_wsgi_app(registry_for(consumer))
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path in ("/healthz", "/ready", "/live"):
+            obj = health(consumer, loop, time.time())
+            ok = obj["live"] if path == "/live" else obj["ready"]
+            body = json.dumps(obj).encode()
+            start_response(
+                "200 OK" if ok else "503 Service Unavailable",
+                [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
+def serve_metrics(
+    consumer: Any,
+    port: int,
+    addr: str = "127.0.0.1",
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Any:
+    """Serve ``/metrics`` and ``/healthz`` on ``addr:port`` in a daemon thread.
+
+    Args:
+        consumer: the running consumer.
+        port: TCP port (0: any free one; read ``server.server_port``).
+        addr: address to bind (default loopback only).
+        loop: the consumer's event loop (default: the running loop, if any).
+
+    Returns:
+        The server; ``.shutdown()`` stops it and closes its socket.
+
+    Raises:
+        OSError: the port cannot be bound.
+    """
+    if loop is None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+    server = make_server(
+        addr, port, make_app(consumer, loop), _ThreadingWSGIServer, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
     return server

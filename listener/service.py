@@ -7,7 +7,8 @@ blinker (every ``blink_interval_s``), heartbeat (watchdog + ``STATUS=``).
 
 Shutdown (SIGTERM/SIGINT): ``STOPPING=1``, stop the bus, flush what is pending
 (bounded by ``SHUTDOWN_FLUSH_S``), stop the tasks, close.  A second SIGINT exits
-at once.  SIGHUP reloads the log level from ``$FEDMSG_WALLBOARD_LOG_LEVEL``.
+at once.  SIGHUP re-reads the config: the log level and ``fas_cache`` apply at
+once, other changed settings are logged as needing a restart.
 """
 
 from __future__ import annotations
@@ -82,8 +83,13 @@ async def run_listener(
     fedmsg_config: dict[str, Any] | None = None,
     notifier: Notifier | None = None,
     stop: asyncio.Event | None = None,
+    reload: Callable[[], Config] | None = None,
 ) -> int:
     """Run the listener until ``stop`` is set or a signal arrives.
+
+    ``reload`` rebuilds the config on SIGHUP (see
+    :func:`listener.systemd.reload_settings`); None: SIGHUP only re-reads the log
+    level from ``$FEDMSG_WALLBOARD_LOG_LEVEL``.
 
     Returns:
         The exit code: 0 after a clean shutdown.
@@ -99,6 +105,11 @@ async def run_listener(
 
     def _on_signal(sig: signal.Signals) -> None:
         nonlocal interrupts
+        if sig == signal.SIGHUP and reload is not None:
+            from .systemd import reload_settings
+
+            reload_settings(cfg, reload, notifier)
+            return
         if sig == signal.SIGHUP:
             level = os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")
             if level:
