@@ -23,7 +23,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("FEDMSG_CONFIG", str(ROOT / "fedmsg.d"))
-CORPUS = ROOT.parent / "shared" / "corpus"
+
+def _find_corpus() -> Path:
+    """``shared/corpus`` beside the checkout (as CI lays it out), else ``$WALLBOARD_CORPUS``."""
+    for cand in (
+        os.environ.get("WALLBOARD_CORPUS"),
+        ROOT.parent / "shared" / "corpus",
+        Path("/work/shared/corpus"),
+    ):
+        if cand and (Path(cand) / "fedmsg_sample_datanommer_stream.jsonl").exists():
+            return Path(cand)
+    return ROOT.parent / "shared" / "corpus"
+
+
+CORPUS = _find_corpus()
 
 TIMEOUT_FACTOR = float(os.environ.get("WALLBOARD_TIMEOUT_FACTOR", "1"))
 
