@@ -171,7 +171,8 @@ def _run_snapshot(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(snap, indent=2))
         return EXIT_OK
-    print(f"window {snap['window_s']} s ending {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(snap['end']))} UTC")
+    ending = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(snap["end"]))
+    print(f"window {snap['window_s']} s ending {ending} UTC")
     print(f"messages {snap['messages']}  users {snap['users']}")
     lt = snap["longtail"]
     print(

@@ -301,7 +301,7 @@ class Consumer:
             new = 0
             per_bucket: dict[tuple[int, int], Counts] = {}
             sizes = {win.bucket_s for win in self.windows.values()}
-            for m, is_new in zip(batch, flags):
+            for m, is_new in zip(batch, flags, strict=True):
                 if not is_new:
                     self.stats.duplicates += 1
                     continue

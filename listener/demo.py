@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 stopping = True
                 code = 1
         time.sleep(0.5)
-    for name, proc in reversed(children):
+    for _name, proc in reversed(children):
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-    for name, proc in reversed(children):
+    for _name, proc in reversed(children):
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:

@@ -71,7 +71,7 @@ def schedule(
     rnd = 0
     offset = 0.0
     while True:
-        for idx, body in enumerate(bodies):
+        for body in bodies:
             if count is not None and sent >= count:
                 return
             if rate:

@@ -43,7 +43,8 @@ def seed_longtail(data: dict[str, float]) -> float:
         ([7], 0.0),  # one user: the line is flat at the head
         ([4, 4, 4, 4], 0.0),  # flat: slope 0, every diff 0
         ([2, 1], 0.25),  # slope -0.5: ideals 2, 1.5 -> diffs 0, 0.5
-        ([100, 1, 1, 1], (0 + 74.25 + 49.5 + 24.75) / 4),  # slope -24.75: ideals 100, 75.25, 50.5, 25.75
+        # slope -24.75: ideals 100, 75.25, 50.5, 25.75
+        ([100, 1, 1, 1], (0 + 74.25 + 49.5 + 24.75) / 4),
     ],
 )
 def test_hand_worked(counts: list[int], expected: float) -> None:

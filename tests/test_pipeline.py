@@ -40,7 +40,9 @@ def rebased(examples: list[Any], now: float) -> list[dict[str, Any]]:
     return out
 
 
-def expected_counts(bodies: list[dict[str, Any]], config: dict[str, Any]) -> tuple[Counter, Counter]:
+def expected_counts(
+    bodies: list[dict[str, Any]], config: dict[str, Any]
+) -> tuple[Counter[str], Counter[str]]:
     """Per-topic and per-user counts as fedmsg.meta gives them, message by message.
 
     Each body goes through JSON first, as on the wire: fedmsg_meta's tagger
