@@ -455,6 +455,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
     p.add_argument("--timeout", type=float, default=60.0, dest="timeout_s",
                    help="datagrepper request time-out, s (default 60)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries of a failing datagrepper request (default 4)")
     p.add_argument("--workers", type=int, default=4,
                    help="parallel datagrepper requests (default 4)")
     p.set_defaults(func=run)
@@ -491,6 +493,7 @@ def run(args: argparse.Namespace) -> int:
             client = DatagrepperClient(
                 args.datagrepper,
                 timeout_s=args.timeout_s,
+                retries=max(0, args.retries),
                 workers=max(1, args.workers),
                 progress=progress_wanted(),
             )
