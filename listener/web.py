@@ -331,13 +331,18 @@ class WebServer:
                 except Exception:
                     pass
 
-    async def _push_snapshot(self) -> None:
-        try:
-            data = await self.snapshot_bytes(fresh=True)
-        except Exception as exc:
-            log.warning("cannot build a fresh snapshot: %s", exc)
+    async def _push_snapshot(self, attempts: int = 5) -> None:
+        """Broadcast a fresh ``snapshot``; retried (pooled connections may be stale
+        right after a Redis restart)."""
+        for i in range(attempts):
+            try:
+                data = await self.snapshot_bytes(fresh=True)
+            except Exception as exc:
+                log.warning("cannot build a fresh snapshot (%s: %s)", type(exc).__name__, exc)
+                await asyncio.sleep(0.2 * 2**i)
+                continue
+            self.hub.broadcast(data)
             return
-        self.hub.broadcast(data)
 
     async def _status_loop(self) -> None:
         """Every :data:`STATUS_INTERVAL_S`: check Redis, broadcast ``status``, WATCHDOG=1."""
