@@ -108,10 +108,13 @@ class ConsumerCollector(Collector):
                 g.add_metric([], float(value))
                 yield g
         wm = GaugeMetricFamily(
-            "fedmsg_wallboard_window_messages", "Messages in each sliding window", labels=["window_s"]
+            "fedmsg_wallboard_window_messages",
+            "Messages in each sliding window",
+            labels=["window_s"],
         )
         wu = GaugeMetricFamily(
-            "fedmsg_wallboard_window_users", "Distinct users in each sliding window",
+            "fedmsg_wallboard_window_users",
+            "Distinct users in each sliding window",
             labels=["window_s"],
         )
         for window_s, win in sorted(dict(self.consumer.windows).items()):
@@ -190,7 +193,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

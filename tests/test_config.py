@@ -1,0 +1,249 @@
+"""The config file: strict keys, types, exit 78, ``check-config``, flag precedence, docs.
+
+Every CLI case runs ``python -m listener`` as a real subprocess (``run_cli``), so the
+exit codes are the ones systemd sees.  ``docs/CONFIG.md`` and the example
+``systemd/wallboard.toml`` are checked against ``listener.config.Config`` so they
+cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tomllib
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from listener.config import FIELD_NAMES, Config, load
+from listener.errors import ConfigError
+from tests.conftest import ROOT, run_cli
+
+EXIT_CONFIG = 78
+
+
+def write(tmp_path: Path, text: str, name: str = "wallboard.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def default_of(name: str) -> Any:
+    f = Config.__dataclass_fields__[name]
+    return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+
+
+# -- exit 78 on bad files -------------------------------------------------------
+
+
+def test_unknown_key_exits_78_and_lists_every_valid_key(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:1/0"\nwindow_s = [3600]\n')
+    r = run_cli("check-config", "--config", str(cfg), timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert "unknown config key(s) window_s" in r.stderr
+    listed = r.stderr.split("valid keys:", 1)[1]
+    assert [k.strip() for k in listed.strip().splitlines()[0].split(",")] == list(FIELD_NAMES)
+    assert r.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('windows_s = "3600"\n', "windows_s must be a list"),
+        ('step_s = "fast"\n', "step_s must be a number, got 'fast'"),
+        ("web_port = 80.5\n", "web_port must be an integer, got 80.5"),
+        ("hwm = true\n", "hwm must be an integer, got True"),
+        ("redis_url = 6379\n", "redis_url must be a string, got 6379"),
+        ("windows_s = [90]\n", "no bucket size in [60, 3600] divides a 90 s window"),
+        ("retention_s = 3600\n", "retention_s must be >= the longest window"),
+        ("max_pending = 0\n", "max_pending must be >= 1"),
+        ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING or ERROR"),
+        ("step_s = \n", "invalid TOML"),
+    ],
+)
+def test_bad_value_exits_78_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
+    cfg = write(tmp_path, text)
+    r = run_cli("check-config", "--config", str(cfg), timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert "configuration error" in r.stderr
+    assert message in r.stderr
+
+
+def test_missing_file_exits_78(tmp_path: Path) -> None:
+    r = run_cli("check-config", "--config", str(tmp_path / "nope.toml"), timeout=60)
+    assert r.returncode == EXIT_CONFIG
+    assert "cannot read config" in r.stderr and "nope.toml" in r.stderr
+
+
+def test_listen_with_bad_config_exits_78_before_touching_redis(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:1/0"\nbogus = 1\n')
+    r = run_cli("listen", "--config", str(cfg), timeout=60)
+    assert r.returncode == EXIT_CONFIG
+    assert "unknown config key(s) bogus" in r.stderr
+
+
+# -- check-config ok, precedence ------------------------------------------------------
+
+
+def test_check_config_ok_prints_json(tmp_path: Path) -> None:
+    cfg = write(
+        tmp_path,
+        'redis_url = "redis://127.0.0.1:6379/3"\n'
+        'endpoints = ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"]\n'
+        "windows_s = [3600, 86400]\n",
+    )
+    r = run_cli("check-config", "--config", str(cfg), timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {
+        "ok": True,
+        "endpoints": ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"],
+        "windows_s": [3600, 86400],
+        "redis": "redis://127.0.0.1:6379/3",
+        "validate_signatures": False,
+    }
+
+
+def test_check_config_without_endpoints_uses_fedmsg_d(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/0"\n')
+    r = run_cli(
+        "check-config",
+        "--config",
+        str(cfg),
+        "--fedmsg-config",
+        str(ROOT / "fedmsg.d"),
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["endpoints"] == ["tcp://127.0.0.1:9940"]
+
+
+def test_cli_flag_overrides_the_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/0"\n')
+    r = run_cli(
+        "check-config",
+        "--config",
+        str(cfg),
+        "--redis-url",
+        "redis://10.0.0.9:6380/2",
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["redis"] == "redis://10.0.0.9:6380/2"
+
+
+def test_config_from_environment_variable(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/5"\n')
+    r = run_cli("check-config", env={"FEDMSG_WALLBOARD_CONFIG": str(cfg)}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["redis"] == "redis://127.0.0.1:6379/5"
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "file_level", "expected"),
+    [
+        (None, None, "", ""),
+        (None, None, "WARNING", "WARNING"),
+        (None, "ERROR", "WARNING", "ERROR"),
+        ("DEBUG", "ERROR", "WARNING", "DEBUG"),
+    ],
+)
+def test_log_level_precedence(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str | None,
+    env: str | None,
+    file_level: str,
+    expected: str,
+) -> None:
+    import logging
+
+    from listener.cli import load_config
+
+    cfg_path = write(tmp_path, f'log_level = "{file_level}"\n')
+    if env is None:
+        monkeypatch.delenv("FEDMSG_WALLBOARD_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("FEDMSG_WALLBOARD_LOG_LEVEL", env)
+    root = logging.getLogger()
+    before = root.level
+    try:
+        cfg = load_config(argparse.Namespace(config=str(cfg_path), log_level=flag))
+        assert cfg.log_level == expected
+        if expected:
+            assert logging.getLevelName(root.level) == expected
+    finally:
+        root.setLevel(before)
+
+
+def test_load_rejects_unknown_override() -> None:
+    with pytest.raises(ConfigError, match="unknown setting nope"):
+        load(None, nope=1)
+
+
+# -- docs and the example file ---------------------------------------------------
+
+
+def _toml_value(text: str) -> Any:
+    return tomllib.loads(f"v = {text}")["v"]
+
+
+def config_md_rows() -> dict[str, tuple[str, str]]:
+    """``docs/CONFIG.md``'s key table: ``{key: (type, default column)}``."""
+    rows = {}
+    for line in (ROOT / "docs" / "CONFIG.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^\| `(\w+)` \| ([^|]+) \| ([^|]+) \| [^|]+ \| .+ \|$", line)
+        if m:
+            rows[m.group(1)] = (m.group(2).strip(), m.group(3).strip())
+    return rows
+
+
+def test_config_md_documents_every_key_with_its_default() -> None:
+    rows = config_md_rows()
+    assert list(rows) == list(FIELD_NAMES), "docs/CONFIG.md must list every Config key, in order"
+    kinds = {"str": "string", "int": "integer", "float": "number"}
+    for f in fields(Config):
+        kind, default_col = rows[f.name]
+        if f.name == "state_dir":
+            assert "$STATE_DIRECTORY" in default_col
+            continue
+        want = "list of " + ("integers" if "int" in str(f.type) else "strings")
+        assert kind == (kinds.get(str(f.type)) or want), f.name
+        shown = re.match(r"`([^`]*)`", default_col)
+        assert shown, f.name
+        value = _toml_value(shown.group(1))
+        default = default_of(f.name)
+        if isinstance(default, tuple):
+            value = tuple(value)
+        assert value == default, f"{f.name}: docs say {value!r}, code says {default!r}"
+
+
+def test_example_wallboard_toml_is_valid_and_its_comments_are_the_defaults(
+    tmp_path: Path,
+) -> None:
+    example = ROOT / "systemd" / "wallboard.toml"
+    r = run_cli("check-config", "--config", str(example), timeout=60)
+    assert r.returncode == 0, r.stderr
+    commented = {}
+    for line in example.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^# (\w+) = (.+)$", line)
+        if m and m.group(1) in FIELD_NAMES:
+            commented[m.group(1)] = tomllib.loads(f"{m.group(1)} = {m.group(2)}")[m.group(1)]
+    active = tomllib.loads(example.read_text(encoding="utf-8"))
+    # every key appears, active or commented (state_dir is left to systemd)
+    assert set(commented) | set(active) == set(FIELD_NAMES) - {"state_dir"}
+    for name, value in commented.items():
+        default = default_of(name)
+        assert (tuple(value) if isinstance(default, tuple) else value) == default, name
+    # uncommenting every line still gives a valid config
+    full = write(
+        tmp_path,
+        "\n".join(
+            re.sub(r"^# (\w+ = )", r"\1", line)
+            for line in example.read_text(encoding="utf-8").splitlines()
+        ),
+    )
+    assert load(full).windows_s == default_of("windows_s")

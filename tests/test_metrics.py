@@ -1,0 +1,272 @@
+"""The listener's ``/metrics`` and ``/healthz`` against a real replay.
+
+A real ``python -m listener listen`` subprocess (real Redis, real ZeroMQ) counts
+the recorded corpus published by ``python -m listener replay``; ``/metrics`` is
+parsed with prometheus-client's own text parser and its counters are compared
+with ``fedmsg-wallboard snapshot --json`` (what is in Redis) and with the messages
+sent.  Malformed frames come from a real PUB socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import CORPUS, ROOT, TIMEOUT_FACTOR, free_port, run_cli, wait_for
+
+STREAM = CORPUS / "fedmsg_sample_datanommer_stream.jsonl"
+CORPUS_MESSAGES = 25
+CORPUS_USERS = 7  # distinct usernames in the corpus (shared/corpus/README.md)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """``/metrics`` parsed by prometheus-client: ``{name{label=value}: value}``."""
+    status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+    return out
+
+
+def healthz(port: int) -> tuple[int, dict[str, Any]]:
+    status, body = http_get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    return status, json.loads(body)
+
+
+class Listener:
+    """``python -m listener listen`` on a free endpoint with a free metrics port."""
+
+    def __init__(self, redis_url: str, tmp: Path) -> None:
+        self.redis_url = redis_url
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.metrics_port = free_port()
+        self.key_prefix = f"m{uuid.uuid4().hex[:8]}"
+        self.stderr_path = tmp / "listener.err"
+        self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "listener",
+                "listen",
+                "--redis-url",
+                redis_url,
+                "--endpoint",
+                self.endpoint,
+                "--metrics-port",
+                str(self.metrics_port),
+                "--key-prefix",
+                self.key_prefix,
+                "--state-dir",
+                str(tmp / "state"),
+                "--fedmsg-config",
+                str(ROOT / "fedmsg.d"),
+                "--step",
+                "0.5",
+            ],
+            cwd=str(ROOT),
+            env=dict(os.environ),
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+        )
+
+        def up() -> bool:
+            assert self.proc.poll() is None, self.stderr
+            try:
+                return healthz(self.metrics_port)[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, 30, interval=0.2, what="listener /healthz")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def metrics(self) -> dict[str, float]:
+        return scrape(self.metrics_port)
+
+    def wait_metric(self, name: str, value: float, timeout: float = 15) -> dict[str, float]:
+        return wait_for(
+            lambda: (m := self.metrics()).get(name) == value and m,
+            timeout,
+            interval=0.1,
+            what=f"{name} == {value}",
+        )
+
+    def replay(self, *extra: str) -> None:
+        r = run_cli(
+            "replay",
+            str(STREAM),
+            "--endpoint",
+            self.endpoint,
+            "--wait-timeout",
+            "20",
+            *extra,
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        assert f"published {CORPUS_MESSAGES} messages" in r.stderr
+
+    def snapshot(self) -> dict[str, Any]:
+        r = run_cli(
+            "snapshot",
+            "--redis-url",
+            self.redis_url,
+            "--key-prefix",
+            self.key_prefix,
+            "--window",
+            "3600",
+            "--json",
+            timeout=60,
+        )
+        assert r.returncode == 0, r.stderr
+        return dict(json.loads(r.stdout))
+
+    def stop(self) -> int:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+            return self.proc.wait(30 * TIMEOUT_FACTOR)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            self._err.close()
+
+
+@pytest.fixture
+def listener(redis_url: str, tmp_path: Path) -> Iterator[Listener]:
+    lst = Listener(redis_url, tmp_path)
+    yield lst
+    lst.stop()
+
+
+def test_metrics_match_the_snapshot_after_a_replay(listener: Listener) -> None:
+    before = listener.metrics()
+    assert before["fedmsg_wallboard_received_total"] == 0
+    assert before["fedmsg_wallboard_redis_up"] == 1
+
+    listener.replay("--rebase-time")
+    m = listener.wait_metric("fedmsg_wallboard_counted_total", CORPUS_MESSAGES)
+    snap = listener.snapshot()
+    assert snap["messages"] == CORPUS_MESSAGES
+    assert m["fedmsg_wallboard_counted_total"] == snap["messages"]
+    assert m["fedmsg_wallboard_received_total"] == CORPUS_MESSAGES
+    assert m["fedmsg_wallboard_accepted_total"] == CORPUS_MESSAGES
+    assert m["fedmsg_wallboard_duplicates_total"] == 0
+    assert not [k for k in m if k.startswith("fedmsg_wallboard_rejected_total")]
+    assert m["fedmsg_wallboard_window_messages{window_s=3600}"] == snap["messages"]
+    assert m["fedmsg_wallboard_window_users{window_s=3600}"] == snap["users"] == CORPUS_USERS
+    assert m["fedmsg_wallboard_pending"] == 0
+    assert m["fedmsg_wallboard_flushes_total"] >= 1
+    assert m["fedmsg_wallboard_flush_seconds"] > 0
+    assert m["fedmsg_wallboard_redis_errors_total"] == 0
+    assert abs(m["fedmsg_wallboard_last_message_timestamp_seconds"] - time.time()) < 60
+
+    status, health = healthz(listener.metrics_port)
+    assert status == 200
+    assert health["live"] is health["ready"] is health["redis_ok"] is True
+    assert health["counted"] == CORPUS_MESSAGES and health["received"] == CORPUS_MESSAGES
+    assert 0 <= health["last_message_age_s"] < 60
+    assert 0 <= health["lag_s"] < 60
+
+    # the same file again: same msg_ids, all duplicates, nothing counted twice
+    listener.replay("--rebase-time")
+    m = listener.wait_metric("fedmsg_wallboard_duplicates_total", CORPUS_MESSAGES)
+    assert m["fedmsg_wallboard_received_total"] == 2 * CORPUS_MESSAGES
+    assert m["fedmsg_wallboard_counted_total"] == CORPUS_MESSAGES
+    assert listener.snapshot()["messages"] == CORPUS_MESSAGES
+
+    # malformed frames from a real PUB socket: counted by reason, never counted
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(listener.endpoint)
+    try:
+        topic = b"org.fedoraproject.prod.wallboard.test"
+
+        def first_arrived() -> bool:  # republish until the SUB has reconnected
+            pub.send_multipart([topic, b"{not json"])
+            return listener.metrics().get("fedmsg_wallboard_rejected_total{reason=bad_json}", 0) > 0
+
+        wait_for(first_arrived, 20, interval=0.2, what="first malformed frame")
+        time.sleep(0.3)  # let republished copies still in flight arrive
+        bad_json = listener.metrics()["fedmsg_wallboard_rejected_total{reason=bad_json}"]
+        for _ in range(5):
+            pub.send_multipart([topic, b"[1, 2, 3]"])
+        for _ in range(3):
+            pub.send_multipart(
+                [topic, json.dumps({"topic": topic.decode(), "msg": {}, "timestamp": "x"}).encode()]
+            )
+        m = listener.wait_metric("fedmsg_wallboard_rejected_total{reason=bad_timestamp}", 3)
+    finally:
+        pub.close()
+        ctx.term()
+    assert m["fedmsg_wallboard_rejected_total{reason=not_object}"] == 5
+    assert m["fedmsg_wallboard_rejected_total{reason=bad_json}"] == bad_json
+    assert m["fedmsg_wallboard_received_total"] == 2 * CORPUS_MESSAGES + bad_json + 5 + 3
+    assert m["fedmsg_wallboard_counted_total"] == CORPUS_MESSAGES
+
+    assert listener.stop() == 0
+    log = listener.stderr
+    # bad messages are logged at WARNING; counted ones are not logged at INFO
+    assert log.count("WARNING listener.consumer: rejected") == bad_json + 5 + 3
+    first_id = json.loads(STREAM.read_text().splitlines()[0])["msg"]["msg_id"]  # an envelope
+    assert first_id not in log
+
+
+@pytest.mark.faults
+def test_healthz_and_metrics_while_redis_is_down(listener: Listener, redis_server: Any) -> None:
+    """Redis stops: /healthz says not ready (503) but live; pending messages and
+    Redis errors show on /metrics; after Redis is back everything is counted."""
+    redis_server.stop()
+    try:
+        status, health = wait_for(
+            lambda: (h := healthz(listener.metrics_port))[0] == 503 and h, 15, what="503"
+        )
+        assert health["live"] is True and health["redis_ok"] is False
+        assert health["ready"] is False
+        listener.replay("--rebase-time")
+        m = wait_for(
+            lambda: (x := listener.metrics())["fedmsg_wallboard_redis_errors_total"] > 0 and x,
+            20,
+            what="a failed flush",
+        )
+        assert m["fedmsg_wallboard_redis_up"] == 0
+        assert m["fedmsg_wallboard_pending"] + m["fedmsg_wallboard_counted_total"] <= 25
+        assert m["fedmsg_wallboard_accepted_total"] == CORPUS_MESSAGES
+    finally:
+        redis_server.start()  # same port
+    m = listener.wait_metric("fedmsg_wallboard_counted_total", CORPUS_MESSAGES, timeout=30)
+    assert m["fedmsg_wallboard_redis_up"] == 1 and m["fedmsg_wallboard_pending"] == 0
+    status, health = wait_for(
+        lambda: (h := healthz(listener.metrics_port))[0] == 200 and h, 15, what="200"
+    )
+    assert health["ready"] is True
+    assert listener.stop() == 0
