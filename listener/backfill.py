@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -130,7 +130,7 @@ class BackfillLock:
 
 async def _batches(
     client: DatagrepperClient, start: float, end: float, batch_size: int
-) -> AsyncIterator[list[dict[str, Any]]]:
+) -> AsyncGenerator[list[dict[str, Any]], None]:
     """Messages of ``[start, end]`` in batches, fetched by a daemon thread (the
     HTTP client is blocking) and handed over through a bounded queue."""
     loop = asyncio.get_running_loop()

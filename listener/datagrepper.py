@@ -40,7 +40,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -370,7 +370,9 @@ class DatagrepperClient:
         edges = [start + i * step for i in range(n)] + [end]
         return [(edges[i], edges[i + 1]) for i in range(n) if edges[i + 1] >= edges[i]]
 
-    def iter_messages(self, start: float, end: float) -> Iterator[dict[str, Any]]:
+    def iter_messages(
+        self, start: float, end: float
+    ) -> Generator[dict[str, Any], None, None]:
         """Every message with ``start <= timestamp <= end``, each ``msg_id`` once.
 
         Args:

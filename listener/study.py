@@ -32,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def sliding_windows(
     Raises:
         ValueError: ``ends`` not ascending.
     """
-    if any(b < a for a, b in zip(ends, ends[1:])):
+    if any(b < a for a, b in pairwise(ends)):
         raise ValueError("window ends must be ascending")
     evs = sorted(events, key=lambda e: e[0])
     stamps = [e[0] for e in evs]
@@ -350,7 +351,7 @@ def render_table(points: Sequence[WindowPoint], range_s: float) -> str:
 
     def line(r: Sequence[str]) -> str:
         cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in
-                 enumerate(zip(r, widths))]
+                 enumerate(zip(r, widths, strict=True))]
         return "  ".join(cells).rstrip()
 
     out = [f"longtail study: {len(points)} windows of {range_s:g} s", line(head)]
@@ -397,6 +398,11 @@ def render_svg(points: Sequence[WindowPoint], range_s: float, title: str | None 
 
     The seed's longtail (messages) on the left axis; ``longtail_normalized`` and
     ``gini`` (dimensionless, 0..1) on the right.  No external JavaScript.
+
+    Args:
+        points: the windows, in order.
+        range_s: window length, seconds (for the default title).
+        title: the chart's title (default: names the window count and length).
     """
     import pygal
 
@@ -413,11 +419,14 @@ def render_svg(points: Sequence[WindowPoint], range_s: float, title: str | None 
         js=[],
         width=1000,
         height=500,
+        secondary_range=(0, 1),
+        value_formatter=lambda v: f"{v:.3g}",
     )
     chart.x_labels = [time.strftime("%m-%d %H:%M", time.gmtime(p.end)) for p in points]
     chart.add("longtail (messages)", [p.stats.longtail for p in points])
-    chart.add("longtail / head", [p.stats.longtail_normalized for p in points], secondary=True)
-    chart.add("gini", [p.stats.gini for p in points], secondary=True)
+    chart.add("longtail / head (right axis)", [p.stats.longtail_normalized for p in points],
+              secondary=True)
+    chart.add("gini (right axis)", [p.stats.gini for p in points], secondary=True)
     svg: str = chart.render(is_unicode=True)
     return svg
 
@@ -452,6 +461,7 @@ def add_parser(sub: Any) -> None:
     out.add_argument("--json", action="store_true", help="print JSON")
     out.add_argument("--csv", action="store_true", help="print CSV")
     p.add_argument("--svg", metavar="FILE", help="also write a pygal SVG chart")
+    p.add_argument("--title", help="the SVG chart's title")
     p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
     p.add_argument("--timeout", type=float, default=60.0, dest="timeout_s",
                    help="datagrepper request time-out, s (default 60)")
@@ -521,7 +531,8 @@ def run(args: argparse.Namespace) -> int:
              len(points), time.perf_counter() - t0)
     if args.svg:
         try:
-            Path(args.svg).write_text(render_svg(points, args.range_s), encoding="utf-8")
+            Path(args.svg).write_text(render_svg(points, args.range_s, args.title),
+                                      encoding="utf-8")
         except OSError as exc:
             log.error("cannot write %s: %s", args.svg, exc)
             return 2
