@@ -49,21 +49,28 @@ def test_unknown_key_exits_78_and_lists_every_valid_key(tmp_path: Path) -> None:
     assert r.stdout == ""
 
 
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ('windows_s = "3600"\n', "windows_s must be a list"),
-        ('step_s = "fast"\n', "step_s must be a number, got 'fast'"),
-        ("web_port = 80.5\n", "web_port must be an integer, got 80.5"),
-        ("hwm = true\n", "hwm must be an integer, got True"),
-        ("redis_url = 6379\n", "redis_url must be a string, got 6379"),
-        ("windows_s = [90]\n", "no bucket size in [60, 3600] divides a 90 s window"),
-        ("retention_s = 3600\n", "retention_s must be >= the longest window"),
-        ("max_pending = 0\n", "max_pending must be >= 1"),
-        ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING or ERROR"),
-        ("step_s = \n", "invalid TOML"),
-    ],
-)
+BAD_VALUES = [
+    ('windows_s = "3600"\n', "windows_s must be a list"),
+    ('step_s = "fast"\n', "step_s must be a number, got 'fast'"),
+    ("web_port = 80.5\n", "web_port must be an integer, got 80.5"),
+    ("hwm = true\n", "hwm must be an integer, got True"),
+    ("redis_url = 6379\n", "redis_url must be a string, got 6379"),
+    ("windows_s = [90]\n", "no bucket size in [60, 3600] divides a 90 s window"),
+    ("retention_s = 3600\n", "retention_s must be >= the longest window"),
+    ("max_pending = 0\n", "max_pending must be >= 1"),
+    ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING or ERROR"),
+    ("step_s = \n", "invalid TOML"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_VALUES)
+def test_bad_value_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(("text", "message"), [BAD_VALUES[1], BAD_VALUES[5], BAD_VALUES[-1]])
 def test_bad_value_exits_78_with_the_reason(tmp_path: Path, text: str, message: str) -> None:
     cfg = write(tmp_path, text)
     r = run_cli("check-config", "--config", str(cfg), timeout=60)
@@ -203,7 +210,9 @@ def config_md_rows() -> dict[str, tuple[str, str]]:
 
 def test_config_md_documents_every_key_with_its_default() -> None:
     rows = config_md_rows()
-    assert list(rows) == list(FIELD_NAMES), "docs/CONFIG.md must list every Config key, in order"
+    missing = [k for k in FIELD_NAMES if k not in rows]
+    assert not missing, f"document these Config keys in docs/CONFIG.md: {missing}"
+    assert set(rows) == set(FIELD_NAMES), f"not Config keys: {set(rows) - set(FIELD_NAMES)}"
     kinds = {"str": "string", "int": "integer", "float": "number"}
     for f in fields(Config):
         kind, default_col = rows[f.name]

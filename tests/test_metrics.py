@@ -67,6 +67,10 @@ class Listener:
         self.metrics_port = free_port()
         self.key_prefix = f"m{uuid.uuid4().hex[:8]}"
         self.stderr_path = tmp / "listener.err"
+        # libzmq backs off reconnecting up to reconnect_ivl_max_ms (10 s by default)
+        # while no publisher is bound; each replay binds anew, so keep it short
+        config = tmp / "wallboard.toml"
+        config.write_text("reconnect_ivl_max_ms = 200\n", encoding="utf-8")
         self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [
@@ -74,6 +78,8 @@ class Listener:
                 "-m",
                 "listener",
                 "listen",
+                "--config",
+                str(config),
                 "--redis-url",
                 redis_url,
                 "--endpoint",

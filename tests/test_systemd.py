@@ -321,6 +321,8 @@ def listener_config(tmp_path: Path, redis_url: str) -> dict[str, Any]:
         "metrics_port": free_port(),
         "step_s": 0.5,
         "fedmsg_config": str(ROOT / "fedmsg.d"),
+        # each replay binds anew: keep libzmq's reconnect backoff (10 s) short
+        "reconnect_ivl_max_ms": 200,
     }
 
 
