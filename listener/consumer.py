@@ -109,6 +109,9 @@ class Consumer:
         self._rate: deque[tuple[float, int]] = deque(maxlen=120)
         #: signature check: body -> None when valid, else a reject reason
         self.validator: Callable[[Any], str | None] | None = None
+        #: called with every envelope decoded from bus frames (the bus follows
+        #: publishers' sequence numbers with it); must not raise
+        self.on_envelope: Callable[[Envelope], None] | None = None
 
     # -- the per-message path (sync, never raises) --------------------------
 
@@ -122,6 +125,8 @@ class Consumer:
         if isinstance(env, Rejected):
             self._reject(env)
             return False
+        if self.on_envelope is not None:
+            self.on_envelope(env)
         return self._accept(env, now, None, True)
 
     def handle_body(

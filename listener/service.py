@@ -155,7 +155,10 @@ async def run_listener(
 
     async def heartbeat() -> None:
         now = time.time()
-        notifier.watchdog()
+        if bus.alive(now):  # fed only while the bus loop turns (listener.bus.STUCK_S)
+            notifier.watchdog()
+        else:
+            log.error("bus loop stuck for %.0f s: not feeding the watchdog", now - bus.loop_at)
         rate = consumer.rate_per_min(now)
         lag = (now - consumer.last_message_at) if consumer.last_message_at else None
         notifier.status(
@@ -166,6 +169,7 @@ async def run_listener(
         )
         health = consumer.health(now)
         health["listener_links"] = len(bus.links)
+        health.update(bus.health_fields(now))
         health["listener_redis_ok"] = int(consumer.redis_ok)
         await store.set_health(health)
 
