@@ -197,3 +197,18 @@ def test_cli_bad_input(tmp_path: Path, examples: list[Any]) -> None:
     assert missing.returncode == 2 and "cannot read" in missing.stderr
     assert run_cli("longtail", "--input", str(f), "--windows", "0").returncode == 2
     assert run_cli("longtail").returncode == 2
+
+
+def test_benchmark_section_leaves_other_sections_alone(tmp_path: Path) -> None:
+    from bench.bench_study import HEADING, write_section
+
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\n## Pipeline\n\nother engineer's numbers\n")
+    write_section(doc, f"{HEADING}\n\nfirst run\n")
+    write_section(doc, f"{HEADING}\n\nsecond run\n")
+    text = doc.read_text()
+    assert text.count(HEADING) == 1 and "second run" in text and "first run" not in text
+    assert text.startswith("# Benchmarks\n\n## Pipeline\n\nother engineer's numbers\n")
+    doc.write_text(text + "\n## Later\n\nkept\n")
+    write_section(doc, f"{HEADING}\n\nthird run\n")
+    assert doc.read_text().endswith("third run\n\n## Later\n\nkept\n")
