@@ -21,6 +21,9 @@ sysdeps:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	command -v gource >/dev/null || missing="$$missing gource"; \
+	command -v xvfb-run >/dev/null || missing="$$missing xvfb"; \
+	command -v xauth >/dev/null || missing="$$missing xauth"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
