@@ -538,6 +538,10 @@ async def run_web(
     notifier = notifier or Notifier()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    if not log.isEnabledFor(logging.DEBUG):
+        # websockets logs every HTTP response and connection at INFO: too chatty
+        # for a wall that reconnects and polls; our own INFO lines remain.
+        logging.getLogger("websockets.server").setLevel(logging.WARNING)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)

@@ -21,6 +21,7 @@
   const VIEWS = ["live", "longtail", "radar", "diff"];
   const HISTORY_MAX = 720;
   const FLASH_KEYS_MAX = 512;
+  const LIGHTS_KEPT_MAX = 256;
   const RECONNECT_BASE_MS = 500;
   const RECONNECT_MAX_MS = 30000;
   const SILENT_SOCKET_MS = 20000;
@@ -326,12 +327,19 @@
       lightKeys = key;
       const box = $("lights");
       box.replaceChildren(...keep.map((c) => lightFor(c).el));
-      for (const cat of [...lights.keys()]) if (!keep.includes(cat)) lights.delete(cat);
+      // Lights off the board keep their rate (they may come back), within a bound.
+      if (lights.size > LIGHTS_KEPT_MAX) {
+        const spare = [...lights.entries()].filter(([c]) => !keep.includes(c));
+        spare.sort((a, b) => a[1].rate - b[1].rate);
+        for (const [c] of spare.slice(0, lights.size - LIGHTS_KEPT_MAX)) lights.delete(c);
+      }
       layoutLights(keep.length);
     }
     const snap = S.windows[win()] || {};
     const cats = snap.categories || {};
-    for (const [cat, l] of lights) l.count.textContent = fmtInt(cats[cat] || 0) + " in " + fmtWindow(win());
+    for (const [cat, l] of lights) {
+      if (l.el.isConnected) l.count.textContent = fmtInt(cats[cat] || 0) + " in " + fmtWindow(win());
+    }
     levelLights();
   }
 
@@ -356,7 +364,7 @@
   function flash(l, n) {
     l.flashes += 1;
     l.el.dataset.flashes = String(l.flashes);
-    if (!visible()) return; // a hidden tab queues nothing
+    if (!visible() || !l.el.isConnected) return; // a hidden tab queues nothing
     if (l.anim) l.anim.cancel();
     if (l.glow) l.glow.cancel();
     const k = Math.min(1, 0.55 + Math.log10(1 + n) / 2);
@@ -389,7 +397,7 @@
     if (S.recent.length > P.rows) S.recent.splice(0, S.recent.length - P.rows);
   }
   let tickerTop = null;
-  function renderTicker() {
+  function renderTicker(animate = true) {
     const newest = S.recent.slice().reverse();
     tickerRows.forEach((r, i) => {
       const m = newest[i];
@@ -408,7 +416,7 @@
       r.li.dataset.msgId = String(m.msg_id || "");
     });
     const top = newest[0] && newest[0].msg_id;
-    if (top && top !== tickerTop && visible() && S.view === "live") {
+    if (animate && top && top !== tickerTop && visible() && S.view === "live") {
       tickerRows[0].li.animate([{ backgroundColor: withAlpha("#51a2da", 0.18) }, { backgroundColor: "rgba(0,0,0,0)" }], { duration: 800 });
     }
     tickerTop = top;
@@ -714,7 +722,7 @@
     if (added) renderLights();
     for (const [cat, n] of Object.entries(counts)) {
       const l = lights.get(cat);
-      if (l && l.el.isConnected) flash(l, Number(n) || 1);
+      if (l) flash(l, Number(n) || 1);
     }
     if (visible()) renderTicker();
   }
@@ -746,7 +754,7 @@
   function renderAll(animate) {
     renderLights();
     if (!animate) for (const l of lights.values()) if (l.anim) l.anim.cancel();
-    renderTicker();
+    renderTicker(animate);
     renderBars();
     renderStrip();
     renderCards();
