@@ -486,6 +486,42 @@ def test_listener_unit_ready_watchdog_status_stopping(
     assert json.loads(r.stdout)["messages"] == 25
 
 
+def test_listener_unit_sigterm_writes_pending_counts(
+    tmp_path: Path, notify: NotifySocket, listener_config: dict[str, Any]
+) -> None:
+    """SIGTERM while messages wait for their Redis flush: they are written, exit 0."""
+    values = dict(listener_config, flush_interval_s=3600.0)
+    cfg = write_config(tmp_path / "wallboard.toml", **values)
+    svc = Service(LISTENER_UNIT, cfg, notify, tmp_path)
+    try:
+        notify.wait("READY=1", timeout=30)
+        replay(values["endpoints"][0], "--rebase-time")
+        m = wait_for(
+            lambda: (
+                (c := counters(values["metrics_port"]))["fedmsg_wallboard_accepted_total"] == 25
+                and c
+            ),
+            15,
+            what="25 accepted",
+        )
+        assert m["fedmsg_wallboard_pending"] == 25 and m["fedmsg_wallboard_counted_total"] == 0
+        svc.signal(signal.SIGTERM)
+        assert svc.wait(30) == 0, svc.stderr
+    finally:
+        svc.kill()
+    assert "listener stopped: counted 25 messages" in svc.stderr
+    r = run_cli(
+        "snapshot",
+        "--redis-url",
+        values["redis_url"],
+        "--key-prefix",
+        values["key_prefix"],
+        "--json",
+        timeout=60,
+    )
+    assert json.loads(r.stdout)["messages"] == 25
+
+
 def test_listener_unit_runs_without_writable_executable_memory(
     tmp_path: Path, notify: NotifySocket, listener_config: dict[str, Any]
 ) -> None:
@@ -668,6 +704,8 @@ def test_web_unit_ready_watchdog_close_1001_stopping(
         async def client() -> tuple[int | None, float]:
             async with websockets.connect(f"ws://127.0.0.1:{port}/ws") as ws:
                 await asyncio.wait_for(ws.recv(), 10)  # the snapshot
+                m = await asyncio.to_thread(counters, port)
+                assert m["fedmsg_wallboard_web_clients"] == 1
                 t0 = time.monotonic()
                 svc.signal(signal.SIGTERM)
                 try:
