@@ -411,26 +411,37 @@ def run_radar(args: argparse.Namespace) -> int:
     users = [u.strip() for u in args.users.split(",") if u.strip()] if args.users else None
 
     async def go(store: Any, cfg: Any) -> Any:
-        return await radar(store, args.window, end, users, args.top)
+        counts = await read_radar_counts(store, args.window, end)
+        return counts, radar_from_counts(counts, args.window, end, users, args.top)
 
     try:
-        result = asyncio.run(_with_store(args, go))
+        counts, result = asyncio.run(_with_store(args, go))
     except ValueError as exc:
         log.error("%s", exc)
         return 2
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    cats = result["categories"]
+    # one row per category (the radar's axes), one column per user
+    totals = category_totals(counts)
+    names = list(result["users"])
     print(f"radar: window {result['window_s']} s ending {_fmt_time(end)} UTC")
     print("share(u, c) = count(u, c) / count(all users, c), in percent")
-    if not cats or not result["users"]:
-        print("(no user-attributed messages in this window)")
+    if not result["categories"]:
+        print("(no message in this window)")
         return 0
-    width = max(8, *(len(n) for n in result["users"]))
-    print(" " * width + "".join(f" {c[:10]:>10}" for c in cats))
-    for name, row in result["users"].items():
-        print(f"{name:<{width}}" + "".join(f" {100 * s:>9.1f}%" for s in row))
+    width = max(8, *(len(c) for c in result["categories"]))
+    cols = [max(7, len(n)) for n in names]
+    print(
+        f"{'category':<{width}} {'all users':>9}"
+        + "".join(f" {n:>{w}}" for n, w in zip(names, cols, strict=True))
+    )
+    for i, c in enumerate(result["categories"]):
+        shares = [result["users"][n][i] for n in names]
+        print(
+            f"{c:<{width}} {totals[c]:>9}"
+            + "".join(f" {100 * s:>{w - 1}.1f}%" for s, w in zip(shares, cols, strict=True))
+        )
     return 0
 
 
