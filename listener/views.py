@@ -155,22 +155,22 @@ def diff_rows(
         "previous", "delta": current - previous, "pct": 100 * delta / previous
         or None when previous is 0}``, sorted by ``|delta|`` descending, then name.
     """
-    rows = []
+    ranked = []
     for name in set(current) | set(previous):
         cur = int(current.get(name, 0))
         prev = int(previous.get(name, 0))
-        delta = cur - prev
-        rows.append(
-            {
-                key: name,
-                "current": cur,
-                "previous": prev,
-                "delta": delta,
-                "pct": (100.0 * delta / prev) if prev else None,
-            }
-        )
-    rows.sort(key=lambda r: (-abs(r["delta"]), r[key]))
-    return rows
+        ranked.append((-abs(cur - prev), name, cur, prev))
+    ranked.sort()
+    return [
+        {
+            key: name,
+            "current": cur,
+            "previous": prev,
+            "delta": cur - prev,
+            "pct": (100.0 * (cur - prev) / prev) if prev else None,
+        }
+        for _, name, cur, prev in ranked
+    ]
 
 
 def diff_bounds(period_s: int, end: float, bucket_s: int) -> tuple[range, range]:
