@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
+from websockets.typing import Origin
 
 from . import webapi
 from .config import Config
@@ -178,7 +179,7 @@ class WebServer:
             self.cfg.web_port if port is None else port,
             process_request=self.process_request,
             compression=None,
-            origins=list(self.cfg.allowed_origins) or None,
+            origins=[Origin(o) for o in self.cfg.allowed_origins] or None,
             max_size=MAX_INBOUND_BYTES,
             ping_interval=self.cfg.ping_interval_s,
             ping_timeout=self.cfg.ping_timeout_s,
@@ -248,7 +249,9 @@ class WebServer:
                 snap["warming_up"] = now - w < started
                 windows[str(w)] = snap
             source = "redis"
-        history = {str(w): await self.store.history(w, self.cfg.history_len) for w in self.cfg.windows_s}
+        history = {
+            str(w): await self.store.history(w, self.cfg.history_len) for w in self.cfg.windows_s
+        }
         recent = await self.store.recent(self.cfg.recent_len)
         health = webapi.health(
             meta, now, self.cfg.step_s, True, self.pubsub_ok, len(self.hub.clients)
@@ -327,7 +330,7 @@ class WebServer:
                 delay = min(RESUBSCRIBE_MAX_S, delay * 2)
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
 
@@ -362,9 +365,9 @@ class WebServer:
             if self.redis_ok:
                 log.warning("Redis unreachable: %s", exc)
             self.redis_ok = False
-        return webapi.health(
-            meta, self.clock(), self.cfg.step_s, self.redis_ok, self.pubsub_ok, len(self.hub.clients)
-        )
+        clients = len(self.hub.clients)
+        now = self.clock()
+        return webapi.health(meta, now, self.cfg.step_s, self.redis_ok, self.pubsub_ok, clients)
 
     # -- websocket ------------------------------------------------------------
 

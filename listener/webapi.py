@@ -119,9 +119,7 @@ def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:
     return values[0]
 
 
-def parse_window(
-    query: Mapping[str, Sequence[str]], default_s: int, max_s: int
-) -> int:
+def parse_window(query: Mapping[str, Sequence[str]], default_s: int, max_s: int) -> int:
     """``window=SECONDS`` (a positive integer, at most ``max_s``), else ``default_s``.
 
     Raises:

@@ -59,7 +59,9 @@ async def feed(consumer: Consumer, examples: list[Any], n: int, now: float) -> l
     return bodies
 
 
-async def http(port: int, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def http(
+    port: int, target: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One raw HTTP/1.1 GET (the target is sent byte for byte, unnormalised)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
@@ -168,8 +170,12 @@ def test_thin_keeps_ends(n: int, limit: int, expected: list[int]) -> None:
 
 
 def test_health_judgement() -> None:
-    meta = {"listener_heartbeat": "100", "last_message_at": "40", "messages_total": "7",
-            "listener_redis_ok": "1"}
+    meta = {
+        "listener_heartbeat": "100",
+        "last_message_at": "40",
+        "messages_total": "7",
+        "listener_redis_ok": "1",
+    }
     h = webapi.health(meta, 110.0, 5.0, True, True, 3)
     assert h["ok"] is True and h["listener"]["heartbeat_age_s"] == 10.0
     assert h["bus"] == {"last_message_at": 40.0, "lag_s": 70.0, "messages_total": 7}
@@ -200,8 +206,17 @@ async def test_api_snapshot_equals_cli(stack: Any, examples: list[Any]) -> None:
         assert status == 200 and hdrs["content-type"] == "application/json"
         api = json.loads(body)
         proc = await asyncio.to_thread(
-            run_cli, "snapshot", "--redis-url", stack.cfg.redis_url, "--key-prefix",
-            stack.cfg.key_prefix, "--window", str(window), "--end", str(end), "--json",
+            run_cli,
+            "snapshot",
+            "--redis-url",
+            stack.cfg.redis_url,
+            "--key-prefix",
+            stack.cfg.key_prefix,
+            "--window",
+            str(window),
+            "--end",
+            str(end),
+            "--json",
         )
         assert proc.returncode == 0, proc.stderr
         assert api == json.loads(proc.stdout)
@@ -275,7 +290,8 @@ async def test_radar_and_diff_api_call_views(stack: Any, examples: list[Any]) ->
     want = await views.radar(stack.store, 3600, end, None, 5)
     assert json.loads(body) == want and len(want["users"]) == 5
     user = next(iter(want["users"]))
-    status, _, body = await http(stack.port, f"/api/radar?window=3600&end={end}&users={user},nobody-here")
+    target = f"/api/radar?window=3600&end={end}&users={user},nobody-here"
+    status, _, body = await http(stack.port, target)
     got = json.loads(body)
     assert list(got["users"]) == [user, "nobody-here"]
     assert got["users"]["nobody-here"] == [0.0] * len(got["categories"])
@@ -344,8 +360,9 @@ async def test_inbound_frames_ignored_and_capped(stack: Any) -> None:
         await recv_type(ws, "snapshot")
         await ws.send("hello")  # ignored
         await ws.send(b"x" * 100)
-        await stack.store.publish({"type": "blink", "msgs": [], "counts": {"a": 1}, "total": 1,
-                                   "omitted": 0})
+        await stack.store.publish(
+            {"type": "blink", "msgs": [], "counts": {"a": 1}, "total": 1, "omitted": 0}
+        )
         assert (await recv_type(ws, "blink"))["counts"] == {"a": 1}
         await ws.send("x" * 5000)  # over MAX_INBOUND_BYTES
         with pytest.raises(ConnectionClosed) as exc:
@@ -464,14 +481,25 @@ async def test_many_clients_one_never_reads(redis_url: str) -> None:
     pad = "x" * size
     try:
         for seq in range(n_events):
-            await store.publish({"type": "blink", "seq": seq, "msgs": [], "counts": {},
-                                 "total": 0, "omitted": 0, "pad": pad})
+            await store.publish(
+                {
+                    "type": "blink",
+                    "seq": seq,
+                    "msgs": [],
+                    "counts": {},
+                    "total": 0,
+                    "omitted": 0,
+                    "pad": pad,
+                }
+            )
             await asyncio.sleep(0.004)
         results = await asyncio.wait_for(asyncio.gather(*reading), 60 * T)
     finally:
         sampler.cancel()
-    print(f"peak queued bytes: per client {peak['client_bytes']}, total {peak['total_bytes']}, "
-          f"write buffer {peak['write_buffer']}; broadcast {n_events * size} bytes")
+    print(
+        f"peak queued bytes: per client {peak['client_bytes']}, total {peak['total_bytes']}, "
+        f"write buffer {peak['write_buffer']}; broadcast {n_events * size} bytes"
+    )
     for seqs in results:
         assert seqs == list(range(n_events))
     assert web.hub.stats.cut == 1  # the one that never reads, nobody else
@@ -533,9 +561,22 @@ def test_web_process_sigterm_closes_1001_and_exits_0(redis_url: str, tmp_path: P
     port = free_port()
     env = dict(os.environ, NOTIFY_SOCKET=notify_path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "listener", "web", "--redis-url", redis_url, "--key-prefix",
-         "sig" + uuid.uuid4().hex[:6], "--port", str(port)],
-        cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "listener",
+            "web",
+            "--redis-url",
+            redis_url,
+            "--key-prefix",
+            "sig" + uuid.uuid4().hex[:6],
+            "--port",
+            str(port),
+        ],
+        cwd=str(ROOT),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         got = b""

@@ -13,7 +13,8 @@
  *
  * URL parameters: window=3600|86400|604800 (or 1h|24h|7d), theme=dark|light,
  * view=live|longtail|radar|diff, rotate=SECONDS, views=a,b (rotation order),
- * users=a,b (radar), top=N (bars), lights=N, rows=N (ticker), stale=SECONDS.
+ * users=a,b and axes=N (radar), top=N (bars), lights=N, rows=N (ticker),
+ * stale=SECONDS.
  */
 "use strict";
 
@@ -47,6 +48,7 @@
     lights: intParam("lights", 24, 4, 80),
     rows: intParam("rows", 8, 3, 30),
     stale: intParam("stale", 120, 5, 86400),
+    axes: intParam("axes", 16, 3, 64),
   };
   document.documentElement.dataset.theme = P.theme;
 
@@ -292,7 +294,9 @@
     const lamp = el("div", "lamp");
     const name = el("div", "name", cat);
     const count = el("div", "count", "");
-    e.append(lamp, name, count);
+    const label = el("div", "label");
+    label.append(name, count);
+    e.append(lamp, label);
     l = { el: e, lamp, name, count, color, rate: 0, pending: 0, anim: null, glow: null, flashes: 0 };
     const snap = S.windows["3600"];
     if (snap && snap.categories && snap.categories[cat]) l.rate = snap.categories[cat] / 60;
@@ -314,7 +318,7 @@
     let best = 1, bestScore = -1;
     for (let c = 1; c <= Math.max(1, n); c++) {
       const rows = Math.ceil(n / c);
-      const score = Math.min(W / c, (H / rows) * 1.25);
+      const score = Math.min(W / c, (H / rows) * 2.6); // tiles about 2.6:1
       if (score > bestScore) { bestScore = score; best = c; }
     }
     box.style.setProperty("--cols", String(best));
@@ -369,7 +373,7 @@
     if (l.glow) l.glow.cancel();
     const k = Math.min(1, 0.55 + Math.log10(1 + n) / 2);
     l.anim = l.lamp.animate(
-      [{ transform: `scale(${1 + 0.5 * k})`, filter: `brightness(${1.6 + k})`, opacity: 1 },
+      [{ transform: `scale(${1 + 0.25 * k})`, filter: `brightness(${1.6 + k})`, opacity: 1 },
         { transform: "scale(1)", filter: "brightness(1)" }],
       { duration: 700, easing: "cubic-bezier(.2,.8,.3,1)" });
     l.glow = l.el.animate(
@@ -600,12 +604,30 @@
     }));
     const c = charts.radar;
     if (!c) return;
-    c.data.labels = (data.categories || []).map(String);
+    const axes = radarAxes(data);
+    S.radarAxes = axes;
+    c.data.labels = axes.map((i) => String(data.categories[i]));
     c.data.datasets = users.map(([name, shares], i) => {
       const col = USER_COLORS[i % USER_COLORS.length];
-      return { label: name, data: shares.map(Number), borderColor: col, backgroundColor: withAlpha(col, 0.16), borderWidth: 3, pointRadius: 3, pointBackgroundColor: col };
+      return { label: name, data: axes.map((a) => Number(shares[a])), borderColor: col, backgroundColor: withAlpha(col, 0.16), borderWidth: 3, pointRadius: 3, pointBackgroundColor: col };
     });
     updateChart(c, S.view === "radar");
+  }
+
+  /** Indices of the categories drawn as axes: those where a shown user has a
+   *  share, in the API's order (busiest first), at most P.axes; padded with the
+   *  next categories to 3 (a radar needs three axes). */
+  function radarAxes(data) {
+    const cats = data.categories || [];
+    const rows = Object.values(data.users || {});
+    const used = [];
+    for (let i = 0; i < cats.length && used.length < P.axes; i++) {
+      if (rows.some((r) => Number(r[i]) > 0)) used.push(i);
+    }
+    for (let i = 0; i < cats.length && used.length < Math.min(3, cats.length); i++) {
+      if (!used.includes(i)) used.push(i);
+    }
+    return used.sort((a, b) => a - b);
   }
 
   async function loadDiff() {
