@@ -22,9 +22,9 @@ from typing import Any
 from .config import Config
 from .envelope import Envelope, Rejected, category_of, decode_frames, envelope_from_dict
 from .snapshot import build_snapshot
-from .store import Counted, Store
+from .store import Counted, Store, aggregate
 from .users import UserExtractor
-from .windows import Counts, SlidingWindow, bucket_start, choose_bucket
+from .windows import SlidingWindow, choose_bucket
 
 log = logging.getLogger(__name__)
 
@@ -292,8 +292,10 @@ class Consumer:
                 batch_id = uuid.uuid4().hex
                 self._retry_batch = (batch_id, batch)
             t0 = time.perf_counter()
+            # aggregated once: written to Redis and added to the windows
+            agg = aggregate(batch, self.store.buckets_s)
             try:
-                flags = await self.store.flush(batch, batch_id)
+                flags = await self.store.flush(batch, batch_id, agg)
             except Exception:
                 self.stats.flush_errors += 1
                 self.redis_ok = False
@@ -303,19 +305,20 @@ class Consumer:
             self.stats.flushes += 1
             self.stats.flush_seconds = time.perf_counter() - t0
             now = self.clock() if now is None else now
-            new = 0
-            per_bucket: dict[tuple[int, int], Counts] = {}
             sizes = {win.bucket_s for win in self.windows.values()}
-            for m, is_new in zip(batch, flags, strict=True):
-                if not is_new:
-                    self.stats.duplicates += 1
-                    continue
-                new += 1
-                if self.last_message_at is None or m.timestamp > self.last_message_at:
-                    self.last_message_at = float(m.timestamp)
-                for b in sizes:
-                    key = (b, bucket_start(m.timestamp, b))
-                    per_bucket.setdefault(key, Counts()).add_message(m.topic, m.category, m.users)
+            per_bucket = {k: c for k, c in agg.items() if k[0] in sizes}
+            missing = sizes.difference(self.store.buckets_s)
+            if missing:  # a window on a bucket size the store does not keep
+                per_bucket.update(aggregate(batch, missing))
+            dups = [m for m, is_new in zip(batch, flags, strict=True) if not is_new]
+            new = len(batch) - len(dups)
+            self.stats.duplicates += len(dups)
+            for key, c in aggregate(dups, sizes).items():
+                per_bucket[key].merge(c, -1)
+            if new:
+                newest = max(m.timestamp for m, is_new in zip(batch, flags, strict=True) if is_new)
+                if self.last_message_at is None or newest > self.last_message_at:
+                    self.last_message_at = float(newest)
             for win in self.windows.values():
                 gone = win.advance(now)
                 if gone:

@@ -30,10 +30,13 @@ retention of a bucket size is the longest window read from it (the coarsest keep
 
 All counter writes go through one Lua script per flush (:data:`FLUSH_LUA`): it
 checks the flush's batch id (a retried flush changes nothing and returns the
-flags it recorded), ``SADD``s every msg_id
-into its hour's id set (a duplicate is skipped), aggregates the increments of the
-new messages in Lua and issues one ``HINCRBY`` per distinct field.  The script is
-atomic, so a flush is counted entirely or not at all.
+flags it recorded), ``SADD``s every msg_id into its hour's id set (a duplicate is
+skipped), and adds the batch's increments, aggregated per bucket and field on the
+Python side (:func:`aggregate`), with one ``HINCRBY`` per distinct field; the
+increments of the duplicates, if any, are taken out first.  The script is atomic,
+so a flush is counted entirely or not at all.  Keys whose expiry time has already
+passed (a backfill older than a window's retention) are not written: ``EXPIREAT``
+would delete them at once.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -56,73 +59,107 @@ log = logging.getLogger(__name__)
 FLUSH_LUA = r"""
 local p = ARGV[1]
 local cfg = cjson.decode(ARGV[2])
-local msgs = cjson.decode(ARGV[3])
+local ids = cjson.decode(ARGV[3])
 local bk = p .. ':batch:' .. cfg.batch
 local prev = redis.call('GET', bk)
 if prev then
   return {-1, prev}
 end
-local acc = {}
-local expire_at = {}
-local id_keys = {}
+local now = tonumber(redis.call('TIME')[1])
+local ib_size = cfg.ids_bucket
 local flags = {}
+local dups = {}
+local id_keys = {}
+local known = {}
+local function exists(key)
+  local e = known[key]
+  if e == nil then
+    e = redis.call('EXISTS', key) == 1
+    known[key] = e
+  end
+  return e
+end
 local last_ts = 0
 local new_count = 0
-local function inc(key, field, at)
-  local h = acc[key]
-  if not h then
-    h = {}
-    acc[key] = h
-    expire_at[key] = at
-  end
-  h[field] = (h[field] or 0) + 1
-end
-for idx, m in ipairs(msgs) do
-  local id, ts, topic, cat, users = m[1], m[2], m[3], m[4], m[5]
+for idx, m in ipairs(ids) do
+  local id, ts = m[1], m[2]
   local new = 1
   if id ~= '' then
-    local ib = ts - (ts % cfg.ids_bucket)
+    local ib = ts - (ts % ib_size)
     local ik = p .. ':ids:' .. ib
-    if redis.call('SISMEMBER', p .. ':ids:' .. (ib - cfg.ids_bucket), id) == 1
-        or redis.call('SISMEMBER', p .. ':ids:' .. (ib + cfg.ids_bucket), id) == 1
+    local pk = p .. ':ids:' .. (ib - ib_size)
+    local nk = p .. ':ids:' .. (ib + ib_size)
+    if (exists(pk) and redis.call('SISMEMBER', pk, id) == 1)
+        or (exists(nk) and redis.call('SISMEMBER', nk, id) == 1)
         or redis.call('SADD', ik, id) == 0 then
       new = 0
     else
-      id_keys[ik] = ib + cfg.ids_bucket + cfg.ids_ttl
+      known[ik] = true
+      id_keys[ik] = ib + ib_size + cfg.ids_ttl
     end
   end
   flags[idx] = new
   if new == 1 then
     new_count = new_count + 1
     if ts > last_ts then last_ts = ts end
-    for _, spec in ipairs(cfg.buckets) do
-      local size, keep = spec[1], spec[2]
-      local b = ts - (ts % size)
-      local base = p .. ':b:' .. size .. ':' .. b
-      local at = b + size + keep
-      inc(base .. ':n', 'messages', at)
-      inc(base .. ':t', topic, at)
-      inc(base .. ':c', cat, at)
-      for _, u in ipairs(users) do
-        inc(base .. ':u', u, at)
-        inc(base .. ':uc', u .. '\031' .. cat, at)
+  else
+    dups[#dups + 1] = idx
+  end
+end
+local aggs = cjson.decode(ARGV[4])
+if #dups > 0 then
+  local details = cjson.decode(ARGV[5])
+  local index = {}
+  for _, a in ipairs(aggs) do index[a[1]] = a end
+  local function dec(h, field)
+    h[field] = (h[field] or 0) - 1
+  end
+  for _, idx in ipairs(dups) do
+    local ts = ids[idx][2]
+    local d = details[idx]
+    local topic, cat, users = d[1], d[2], d[3]
+    for _, size in ipairs(cfg.buckets) do
+      local a = index[p .. ':b:' .. size .. ':' .. (ts - (ts % size))]
+      if a then
+        a[3] = a[3] - 1
+        dec(a[4], topic)
+        dec(a[5], cat)
+        for _, u in ipairs(users) do
+          dec(a[6], u)
+          dec(a[7], u .. '\031' .. cat)
+        end
       end
     end
   end
 end
-for key, h in pairs(acc) do
-  for f, n in pairs(h) do
-    redis.call('HINCRBY', key, f, n)
+local suffixes = {':t', ':c', ':u', ':uc'}
+for _, a in ipairs(aggs) do
+  local base, at = a[1], a[2]
+  if at > now then
+    if a[3] ~= 0 then
+      redis.call('HINCRBY', base .. ':n', 'messages', a[3])
+      redis.call('EXPIREAT', base .. ':n', at)
+    end
+    for k, suffix in ipairs(suffixes) do
+      local key = base .. suffix
+      local wrote = false
+      for f, n in pairs(a[k + 3]) do
+        if n ~= 0 then
+          redis.call('HINCRBY', key, f, n)
+          wrote = true
+        end
+      end
+      if wrote then redis.call('EXPIREAT', key, at) end
+    end
   end
-  redis.call('EXPIREAT', key, expire_at[key])
 end
 for key, at in pairs(id_keys) do
   redis.call('EXPIREAT', key, at)
 end
 if new_count > 0 then
   redis.call('HINCRBY', p .. ':meta', 'messages_total', new_count)
-  local prev = tonumber(redis.call('HGET', p .. ':meta', 'last_message_at') or '0')
-  if last_ts > prev then
+  local prev_ts = tonumber(redis.call('HGET', p .. ':meta', 'last_message_at') or '0')
+  if last_ts > prev_ts then
     redis.call('HSET', p .. ':meta', 'last_message_at', last_ts)
   end
 end
@@ -131,9 +168,11 @@ return flags
 """
 
 
-@dataclass(frozen=True)
-class Counted:
+class Counted(NamedTuple):
     """One message ready to be written: the unit of a flush.
+
+    A named tuple (immutable, built on every message: cheaper than a frozen
+    dataclass).
 
     Attributes:
         msg_id: fedmsg msg_id ("" when missing: then never de-duplicated).
@@ -147,6 +186,39 @@ class Counted:
     topic: str
     category: str
     users: tuple[str, ...]
+
+
+def aggregate(batch: Iterable[Counted], buckets_s: Iterable[int]) -> dict[tuple[int, int], Counts]:
+    """Per-bucket counts of a batch: what a flush adds to Redis.
+
+    Args:
+        batch: messages (duplicates included: the flush takes them out).
+        buckets_s: bucket sizes, seconds.
+
+    Returns:
+        ``{(bucket_s, bucket start): Counts}`` for every bucket a message falls in.
+    """
+    batch = list(batch)
+    out: dict[tuple[int, int], Counts] = {}
+    for b in buckets_s:
+        groups: dict[int, list[Counted]] = {}
+        for m in batch:
+            ts = int(m.timestamp)
+            group = groups.get(ts - ts % b)
+            if group is None:
+                groups[ts - ts % b] = [m]
+            else:
+                group.append(m)
+        for start, group in groups.items():
+            # Counter(list) counts in C: much cheaper than one increment per message
+            out[(b, start)] = Counts(
+                len(group),
+                Counter([m.topic for m in group]),
+                Counter([m.category for m in group]),
+                Counter([u for m in group for u in m.users]),
+                Counter([(u, m.category) for m in group for u in m.users]),
+            )
+    return out
 
 
 def open_embedded(state_dir: str) -> tuple[Any, str]:
@@ -234,13 +306,20 @@ class Store:
 
     # -- writes ------------------------------------------------------------
 
-    async def flush(self, batch: Sequence[Counted], batch_id: str | None = None) -> list[bool]:
+    async def flush(
+        self,
+        batch: Sequence[Counted],
+        batch_id: str | None = None,
+        counts: dict[tuple[int, int], Counts] | None = None,
+    ) -> list[bool]:
         """Write a batch of messages atomically and idempotently.
 
         Args:
             batch: messages to count.
             batch_id: identifies this flush; a retry with the same id is a no-op.
                 ``None`` makes a fresh one.
+            counts: ``aggregate(batch, self.buckets_s)`` when the caller already
+                has it (the consumer needs it for its windows); not modified.
 
         Returns:
             One flag per message: True if it was counted as new, False if its
@@ -249,16 +328,35 @@ class Store:
         """
         if not batch:
             return []
+        if counts is None:
+            counts = aggregate(batch, self.buckets_s)
         cfg = {
             "batch": batch_id or uuid.uuid4().hex,
             "batch_ttl": 86400,
             "ids_bucket": 3600,
             "ids_ttl": self.dedupe_s,
-            "buckets": [[b, self.keep_s[b]] for b in self.buckets_s],
+            "buckets": list(self.buckets_s),
         }
-        msgs = [[m.msg_id, int(m.timestamp), m.topic, m.category, list(m.users)] for m in batch]
+        p = self.p
+        keep = self.keep_s
+        aggs = [
+            [
+                f"{p}:b:{b}:{start}",
+                start + b + keep[b],
+                c.messages,
+                c.topics,
+                c.categories,
+                c.users,
+                {u + UC_SEP + cat: n for (u, cat), n in c.usercat.items()},
+            ]
+            for (b, start), c in counts.items()
+        ]
+        ids = [[m.msg_id, int(m.timestamp)] for m in batch]
+        details = [[m.topic, m.category, m.users] for m in batch]
         res = await self._flush(
-            keys=[self.key("meta")], args=[self.p, orjson.dumps(cfg), orjson.dumps(msgs)]
+            keys=[self.key("meta")],
+            args=[p, orjson.dumps(cfg), orjson.dumps(ids), orjson.dumps(aggs),
+                  orjson.dumps(details)],
         )
         if res and res[0] == -1:
             # already applied (a retry after a lost reply): the recorded flags

@@ -228,6 +228,6 @@ def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:
     if not raw:
         return frozenset()
     try:
-        return frozenset(u.strip() for u in raw if isinstance(u, str) and u.strip())
+        return frozenset(s for u in raw if isinstance(u, str) and (s := u.strip()))
     except TypeError:
         return frozenset()

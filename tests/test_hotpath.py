@@ -1,0 +1,262 @@
+"""Hot-path optimisations (issue 9) keep behaviour: flush state, windows, snapshots.
+
+The flush script now takes increments aggregated in Python and skips keys that
+would expire at once; :data:`REFERENCE_FLUSH_LUA` is the script it replaced (per
+message increments in Lua), kept here as the reference: both must leave Redis in
+exactly the same state (every key, field, value and expiry time) and return the
+same flags, over batches with duplicates inside and across batches, messages
+without msg_id, neighbouring hours, and timestamps up to 8 days old.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from listener.store import Counted, Store, aggregate
+from listener.windows import Counts
+
+REFERENCE_FLUSH_LUA = r"""
+local p = ARGV[1]
+local cfg = cjson.decode(ARGV[2])
+local msgs = cjson.decode(ARGV[3])
+local bk = p .. ':batch:' .. cfg.batch
+local prev = redis.call('GET', bk)
+if prev then
+  return {-1, prev}
+end
+local acc = {}
+local expire_at = {}
+local id_keys = {}
+local flags = {}
+local last_ts = 0
+local new_count = 0
+local function inc(key, field, at)
+  local h = acc[key]
+  if not h then
+    h = {}
+    acc[key] = h
+    expire_at[key] = at
+  end
+  h[field] = (h[field] or 0) + 1
+end
+for idx, m in ipairs(msgs) do
+  local id, ts, topic, cat, users = m[1], m[2], m[3], m[4], m[5]
+  local new = 1
+  if id ~= '' then
+    local ib = ts - (ts % cfg.ids_bucket)
+    local ik = p .. ':ids:' .. ib
+    if redis.call('SISMEMBER', p .. ':ids:' .. (ib - cfg.ids_bucket), id) == 1
+        or redis.call('SISMEMBER', p .. ':ids:' .. (ib + cfg.ids_bucket), id) == 1
+        or redis.call('SADD', ik, id) == 0 then
+      new = 0
+    else
+      id_keys[ik] = ib + cfg.ids_bucket + cfg.ids_ttl
+    end
+  end
+  flags[idx] = new
+  if new == 1 then
+    new_count = new_count + 1
+    if ts > last_ts then last_ts = ts end
+    for _, spec in ipairs(cfg.buckets) do
+      local size, keep = spec[1], spec[2]
+      local b = ts - (ts % size)
+      local base = p .. ':b:' .. size .. ':' .. b
+      local at = b + size + keep
+      inc(base .. ':n', 'messages', at)
+      inc(base .. ':t', topic, at)
+      inc(base .. ':c', cat, at)
+      for _, u in ipairs(users) do
+        inc(base .. ':u', u, at)
+        inc(base .. ':uc', u .. '\031' .. cat, at)
+      end
+    end
+  end
+end
+for key, h in pairs(acc) do
+  for f, n in pairs(h) do
+    redis.call('HINCRBY', key, f, n)
+  end
+  redis.call('EXPIREAT', key, expire_at[key])
+end
+for key, at in pairs(id_keys) do
+  redis.call('EXPIREAT', key, at)
+end
+if new_count > 0 then
+  redis.call('HINCRBY', p .. ':meta', 'messages_total', new_count)
+  local prev = tonumber(redis.call('HGET', p .. ':meta', 'last_message_at') or '0')
+  if last_ts > prev then
+    redis.call('HSET', p .. ':meta', 'last_message_at', last_ts)
+  end
+end
+redis.call('SET', bk, table.concat(flags), 'EX', cfg.batch_ttl)
+return flags
+"""
+
+
+async def run_reference(r: aioredis.Redis, store: Store, batch: list[Counted], batch_id: str) -> list[bool]:
+    """The flush as it was before issue 9 (same arguments as then)."""
+    script = r.register_script(REFERENCE_FLUSH_LUA)
+    cfg = {
+        "batch": batch_id,
+        "batch_ttl": 86400,
+        "ids_bucket": 3600,
+        "ids_ttl": store.dedupe_s,
+        "buckets": [[b, store.keep_s[b]] for b in store.buckets_s],
+    }
+    msgs = [[m.msg_id, int(m.timestamp), m.topic, m.category, list(m.users)] for m in batch]
+    res = await script(keys=[store.key("meta")], args=[store.p, orjson.dumps(cfg), orjson.dumps(msgs)])
+    if res and res[0] == -1:
+        return [c == "1" for c in res[1].decode()]
+    return [bool(x) for x in res]
+
+
+async def dump(r: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key of a namespace (prefix stripped): value and expiry time."""
+    out: dict[str, Any] = {}
+    async for raw in r.scan_iter(match="{" + prefix + "}:*", count=1000):
+        key = raw.decode()
+        kind = (await r.type(raw)).decode()
+        if kind == "hash":
+            value: Any = {k.decode(): v.decode() for k, v in (await r.hgetall(raw)).items()}
+        elif kind == "set":
+            value = sorted(m.decode() for m in await r.smembers(raw))
+        else:
+            value = (await r.get(raw)).decode()
+        short = key.split("}", 1)[1]
+        if short.startswith(":meta"):
+            value.pop("epoch", None)
+        at = await r.expiretime(raw)
+        if short.startswith(":batch:"):  # EX 86400: relative, may straddle a second
+            at = "1 day" if 86000 < at - time.time() <= 86402 else at
+        out[short] = (kind, value, at)
+    return out
+
+
+def random_batches(now: int, seed: int) -> list[list[Counted]]:
+    rng = random.Random(seed)
+    users = [f"u{k}" for k in range(40)] + ["ralph", "kevin", "nobody"]
+    topics = [
+        ("org.fedoraproject.prod.buildsys.build.state.change", "buildsys"),
+        ("org.fedoraproject.prod.copr.build.end", "copr"),
+        ("org.fedoraproject.prod.git.receive", "git"),
+        ("org.fedoraproject.prod.bodhi.update.comment", "bodhi"),
+        ("/topic/VirtualTopic.eng.ci.x", "ci"),
+    ]
+    ages = [0, 1, 59, 61, 300, 3599, 3601, 7200, 86399, 90000, 6 * 86400, 8 * 86400]
+    hour = now - now % 3600
+    ids = [f"2017-{k}" for k in range(120)]
+    batches = []
+    for _ in range(8):
+        batch = []
+        for _ in range(rng.randint(1, 60)):
+            topic, cat = rng.choice(topics)
+            if rng.random() < 0.3:
+                ts = hour - rng.choice([1, 2, 3599, 3600, 3601]) + rng.randint(-1, 1)
+            else:
+                ts = now - rng.choice(ages) - rng.randint(0, 30)
+            msg_id = "" if rng.random() < 0.1 else rng.choice(ids)
+            k = rng.choice([0, 1, 1, 1, 2, 3])
+            batch.append(Counted(msg_id, ts, topic, cat, tuple(sorted(rng.sample(users, k)))))
+        batches.append(batch)
+    return batches
+
+
+async def test_flush_leaves_exactly_the_state_of_the_reference_script(redis_url: str) -> None:
+    now = int(time.time())
+    for seed in range(6):
+        p_ref, p_new = f"ref{uuid.uuid4().hex[:6]}", f"new{uuid.uuid4().hex[:6]}"
+        ref = Store.from_url(redis_url, prefix=p_ref)
+        new = Store.from_url(redis_url, prefix=p_new)
+        dup_seen = 0
+        for k, batch in enumerate(random_batches(now, seed)):
+            flags_ref = await run_reference(ref.r, ref, batch, f"b{k}")
+            flags_new = await new.flush(batch, f"b{k}")
+            assert flags_new == flags_ref
+            dup_seen += flags_new.count(False)
+            if k == 3:  # a retried batch id: no change, the recorded flags
+                assert await new.flush(batch, f"b{k}") == flags_ref
+                assert await run_reference(ref.r, ref, batch, f"b{k}") == flags_ref
+        assert dup_seen > 0  # the batches did exercise the duplicate path
+        assert await dump(new.r, p_new) == await dump(ref.r, p_ref)
+        await ref.close()
+        await new.close()
+
+
+async def test_flush_skips_keys_that_would_expire_at_once(redis_url: str) -> None:
+    st = Store.from_url(redis_url, prefix=f"x{uuid.uuid4().hex[:6]}")
+    now = int(time.time())
+    old = now - 3 * 3600  # its 60 s bucket is kept 1 h: already gone
+    assert await st.flush([Counted("a", old, "org.fedoraproject.prod.git.receive", "git", ("u",))])
+    assert await st.r.exists(st.key("b", 60, old - old % 60, "u")) == 0
+    hour = old - old % 3600
+    assert await st.r.hget(st.key("b", 3600, hour, "u"), "u") == b"1"
+    await st.close()
+
+
+def test_aggregate_equals_counting_message_by_message() -> None:
+    now = int(time.time())
+    batch = [m for b in random_batches(now, 7) for m in b]
+    agg = aggregate(batch, (60, 3600))
+    expected: dict[tuple[int, int], Counts] = {}
+    for m in batch:
+        for b in (60, 3600):
+            key = (b, int(m.timestamp // b) * b)
+            expected.setdefault(key, Counts()).add_message(m.topic, m.category, m.users)
+    assert agg == expected
+
+
+def _reference_decode_reason(frames: list[bytes]) -> str | None:
+    """How decode_frames named bad bytes before issue 9 (UTF-8 checked first)."""
+    try:
+        frames[0].decode("utf-8")
+        frames[1].decode("utf-8")
+    except UnicodeDecodeError:
+        return "bad_utf8"
+    try:
+        orjson.loads(frames[1])
+    except orjson.JSONDecodeError:
+        return "bad_json"
+    return None
+
+
+def test_decode_frames_names_bad_bytes_as_before() -> None:
+    from listener.envelope import Rejected, decode_frames
+
+    topic = b"org.fedoraproject.prod.git.receive"
+    bodies = [
+        b'{"a": "\xff"}',  # valid JSON shape, invalid UTF-8
+        b'{"a": "\xff"',  # invalid UTF-8 and invalid JSON
+        b'{"a": "\xed\xa0\x80"}',  # an encoded surrogate: invalid UTF-8
+        b'{"a": "\\ud800"}',  # an escaped lone surrogate: ASCII
+        b"{not json",
+        b"\xc3\xa9",  # valid UTF-8, not JSON
+        b"",
+    ]
+    for body in bodies:
+        res = decode_frames([topic, body])
+        expected = _reference_decode_reason([topic, body])
+        got = res.reason if isinstance(res, Rejected) else None
+        if expected is None:  # decodes: later checks (not_object, bad_msg) decide
+            assert got not in ("bad_utf8", "bad_json"), body
+        else:
+            assert got == expected, body
+
+
+def test_category_of_is_cached_and_unchanged() -> None:
+    from listener.envelope import category_of
+
+    cases = {
+        "org.fedoraproject.prod.buildsys.tag": "buildsys",
+        "/topic/VirtualTopic.eng.ci.x": "ci",
+        "org.fedoraproject": "Unclassified",
+        "": "Unclassified",
+    }
+    for _ in range(2):
+        assert {t: category_of(t) for t in cases} == cases
+    assert category_of.cache_info().hits >= len(cases)
