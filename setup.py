@@ -33,6 +33,7 @@ setup(
         "requests>=2.31",
         # the AMQP input (--bus amqp); 3.9.1 accepts pyOpenSSL 24.2.1
         "fedora-messaging>=3.5,<4",
+        "pika>=1.2,<2",
     ],
     extras_require={
         "test": [
@@ -42,6 +43,8 @@ setup(
             "hypothesis>=6.100",
             "playwright>=1.45",
             "psutil>=5.9",
+            # a real fedora-messaging schema package (AMQP input tests)
+            "bodhi-messages>=8",
         ],
     },
     entry_points={"console_scripts": ["fedmsg-wallboard = listener.cli:main"]},

@@ -63,6 +63,9 @@ def setup_logging(level: str) -> None:
     else:
         logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     logging.getLogger("moksha.hub").setLevel(logging.ERROR)
+    # pika logs each failed connection attempt at ERROR (7 records); listener.amqp
+    # reports each failure once
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -111,6 +114,10 @@ def _listen_parser(sub: Any) -> None:
     p.add_argument("--topic-prefix", help="subscribe to topics starting with this only")
     p.add_argument("--step", type=float, dest="step_s", help="recompute windows every N s")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument(
+        "--bus", choices=("zmq", "amqp", "both"), help="input: fedmsg ZeroMQ, AMQP, or both"
+    )
+    p.add_argument("--amqp-url", help="AMQP broker URL (docs/AMQP.md)")
     p.set_defaults(func=_run_listen)
 
 
@@ -122,6 +129,8 @@ def _run_listen(args: argparse.Namespace) -> int:
         "topic_prefix": args.topic_prefix,
         "step_s": args.step_s,
         "metrics_port": args.metrics_port,
+        "bus": args.bus,
+        "amqp_url": args.amqp_url,
     }
     cfg = load_config(args, **overrides)
     return asyncio.run(run_listener(cfg, reload=lambda: load_config(args, **overrides)))

@@ -84,6 +84,16 @@ class Config:
         fas_cache: JSON ``{nick or email: username}`` for offline FAS look-ups.
         log_level: DEBUG, INFO, WARNING or ERROR (empty: INFO); ``--log-level`` and
             ``$FEDMSG_WALLBOARD_LOG_LEVEL`` override it.  Re-read on SIGHUP.
+        bus: which input ``listen`` runs: ``zmq`` (fedmsg endpoints), ``amqp``
+            (fedora-messaging broker) or ``both`` (de-duplicated by msg_id).
+        amqp_url: AMQP broker URL; empty: fedora-messaging's own config file's
+            (``$FEDORA_MESSAGING_CONF``, ``/etc/fedora-messaging/config.toml``),
+            else ``amqp://`` on localhost (see docs/AMQP.md).
+        amqp_bindings: routing keys bound on ``amq.topic`` (``#`` = all topics).
+        amqp_queue: AMQP queue name; empty: a fresh UUID queue per connection
+            (exclusive, auto-deleted); a name makes a durable queue.
+        amqp_ca_cert / amqp_certfile / amqp_keyfile: TLS files for ``amqps://``
+            (empty: fedora-messaging's ``[tls]`` when ``amqp_url`` is empty).
     """
 
     redis_url: str = ""
@@ -125,6 +135,13 @@ class Config:
     redis_timeout_s: float = 5.0
     fas_cache: str = ""
     log_level: str = ""
+    bus: str = "zmq"
+    amqp_url: str = ""
+    amqp_bindings: tuple[str, ...] = ("#",)
+    amqp_queue: str = ""
+    amqp_ca_cert: str = ""
+    amqp_certfile: str = ""
+    amqp_keyfile: str = ""
 
     def __post_init__(self) -> None:
         problems = []
@@ -140,6 +157,8 @@ class Config:
             problems.append("max_pending must be >= 1")
         if not 0 < self.web_port < 65536 and self.web_port != 0:
             problems.append("web_port out of range")
+        if self.bus not in ("zmq", "amqp", "both"):
+            problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
         if not problems:

@@ -145,7 +145,12 @@ async def run_listener(
     consumer = Consumer(cfg, extractor, store)
     consumer.validator = validator
     await consumer.warm_up()
-    bus = Bus(cfg, endpoints, prefix, consumer)
+    bus = Bus(cfg, endpoints, prefix, consumer) if cfg.bus != "amqp" else None
+    amqp = None
+    if cfg.bus != "zmq":
+        from .amqp import AmqpInput
+
+        amqp = AmqpInput(cfg, consumer)
 
     metrics_server = None
     if cfg.metrics_port:
@@ -155,7 +160,8 @@ async def run_listener(
 
     async def heartbeat() -> None:
         now = time.time()
-        if bus.alive(now):  # fed only while the bus loop turns (listener.bus.STUCK_S)
+        # fed only while the bus loop turns (listener.bus.STUCK_S)
+        if bus is None or bus.alive(now):
             notifier.watchdog()
         else:
             log.error("bus loop stuck for %.0f s: not feeding the watchdog", now - bus.loop_at)
@@ -168,13 +174,15 @@ async def run_listener(
             f"redis {'ok' if consumer.redis_ok else 'DOWN'}"
         )
         health = consumer.health(now)
-        health["listener_links"] = len(bus.links)
-        health.update(bus.health_fields(now))
+        health["listener_links"] = len(bus.links) if bus is not None else 0
+        if bus is not None:
+            health.update(bus.health_fields(now))
+        if amqp is not None:
+            health.update(amqp.health_fields())
         health["listener_redis_ok"] = int(consumer.redis_ok)
         await store.set_health(health)
 
     tasks = [
-        asyncio.create_task(bus.run(), name="bus"),
         asyncio.create_task(_every(cfg.flush_interval_s, consumer.flush, "flush"), name="flush"),
         asyncio.create_task(_every(cfg.step_s, consumer.step, "step"), name="step"),
         asyncio.create_task(
@@ -185,14 +193,23 @@ async def run_listener(
             name="heartbeat",
         ),
     ]
-    notifier.ready(f"listening on {len(endpoints)} endpoint(s)")
-    log.info("listener ready: %d endpoint(s), windows %s", len(endpoints), list(cfg.windows_s))
+    if bus is not None:
+        tasks.append(asyncio.create_task(bus.run(), name="bus"))
+    if amqp is not None:
+        tasks.append(asyncio.create_task(amqp.run(), name="amqp"))
+    n_links = len(endpoints) if bus is not None else 0
+    where = f"{n_links} endpoint(s)" + (", AMQP" if amqp is not None else "")
+    notifier.ready(f"listening on {where}")
+    log.info("listener ready: %s, windows %s", where, list(cfg.windows_s))
 
     stop_task = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
     crashed = [t for t in done if t is not stop_task and t.exception() is not None]
     notifier.stopping()
-    bus.stop()
+    if bus is not None:
+        bus.stop()
+    if amqp is not None:
+        amqp.stop()
     deadline = time.monotonic() + SHUTDOWN_FLUSH_S
     while (consumer.pending or consumer._retry_batch) and time.monotonic() < deadline:
         try:
@@ -202,11 +219,14 @@ async def run_listener(
             await asyncio.sleep(0.5)
     if consumer.pending:
         log.error("shutdown: %d messages could not be written", len(consumer.pending))
+    if amqp is not None:
+        await amqp.close()  # acknowledges what the final flush wrote
     for t in tasks:
         t.cancel()
     stop_task.cancel()
     await asyncio.gather(*tasks, stop_task, return_exceptions=True)
-    bus.close()
+    if bus is not None:
+        bus.close()
     if metrics_server is not None:
         metrics_server.shutdown()
     await store.close()
