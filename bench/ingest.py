@@ -92,7 +92,8 @@ class Profile:
 
 QUICK = Profile(
     reps=1, duration_s=1.0, listener_start=2_000, naive_start=300, refine=0,
-    max_rate=2_000, burst=3_000, hwm_burst=2_000, hwm_burst_rate=2_000, drain=3_000, backfill=3_000, n_users=500,
+    max_rate=2_000, burst=3_000, hwm_burst=2_000, hwm_burst_rate=2_000, drain=3_000,
+    backfill=3_000, n_users=500,
 )
 
 

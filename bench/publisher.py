@@ -60,7 +60,9 @@ def wait_sub(sock: zmq.Socket[Any], timeout_s: float) -> int:
     return got
 
 
-def send(sock: zmq.Socket[Any], frames: list[tuple[bytes, bytes]], rate: float) -> tuple[float, float]:
+def send(
+    sock: zmq.Socket[Any], frames: list[tuple[bytes, bytes]], rate: float
+) -> tuple[float, float]:
     """Send every frame pair, paced at ``rate`` msgs/s (0: as fast as possible).
 
     Returns:

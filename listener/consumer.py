@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import Config
 from .envelope import Envelope, Rejected, category_of, decode_frames, envelope_from_dict
-from .snapshot import build_snapshot
+from .livesnapshot import live_snapshot
 from .store import Counted, Store, aggregate
 from .users import UserExtractor
 from .windows import SlidingWindow, choose_bucket
@@ -360,7 +360,7 @@ class Consumer:
                 if gone:
                     for c in await self.store.read_buckets(win.bucket_s, gone):
                         win.remove(c)
-                snap = build_snapshot(
+                snap = live_snapshot(  # build_snapshot's object, without sorting users
                     w, now, win.totals, self.last_message_at, self.cfg.top_users
                 )
                 warm = self.epoch_started_at is not None and (

@@ -99,7 +99,9 @@ return flags
 """
 
 
-async def run_reference(r: aioredis.Redis, store: Store, batch: list[Counted], batch_id: str) -> list[bool]:
+async def run_reference(
+    r: aioredis.Redis, store: Store, batch: list[Counted], batch_id: str
+) -> list[bool]:
     """The flush as it was before issue 9 (same arguments as then)."""
     script = r.register_script(REFERENCE_FLUSH_LUA)
     cfg = {
@@ -110,7 +112,9 @@ async def run_reference(r: aioredis.Redis, store: Store, batch: list[Counted], b
         "buckets": [[b, store.keep_s[b]] for b in store.buckets_s],
     }
     msgs = [[m.msg_id, int(m.timestamp), m.topic, m.category, list(m.users)] for m in batch]
-    res = await script(keys=[store.key("meta")], args=[store.p, orjson.dumps(cfg), orjson.dumps(msgs)])
+    res = await script(
+        keys=[store.key("meta")], args=[store.p, orjson.dumps(cfg), orjson.dumps(msgs)]
+    )
     if res and res[0] == -1:
         return [c == "1" for c in res[1].decode()]
     return [bool(x) for x in res]
@@ -260,3 +264,54 @@ def test_category_of_is_cached_and_unchanged() -> None:
     for _ in range(2):
         assert {t: category_of(t) for t in cases} == cases
     assert category_of.cache_info().hits >= len(cases)
+
+
+def _window(rng: random.Random, n_users: int, kind: str) -> Counts:
+    c = Counts()
+    for k in range(n_users):
+        if kind == "zipf":
+            m = max(1, 1000 // (k + 1))
+        elif kind == "flat":
+            m = 7
+        elif kind == "ties":
+            m = rng.choice([1, 1, 2, 3, 3])
+        else:
+            m = rng.randint(1, 10_000)
+        name = f"user{rng.randrange(10**6):06d}"
+        c.users[name] += m
+        c.usercat[(name, "git")] += m
+        c.topics[f"org.fedoraproject.prod.t{k % 13}"] += m
+        c.categories[rng.choice(["git", "copr", "buildsys"])] += m
+        c.messages += m
+    return c
+
+
+def test_live_snapshot_equals_build_snapshot_but_for_rounding() -> None:
+    import math
+
+    from listener.livesnapshot import live_snapshot
+    from listener.snapshot import build_snapshot
+
+    rng = random.Random(9)
+    cases = [Counts()]
+    for n in (1, 2, 3, 19, 20, 21, 200, 5000):
+        for kind in ("zipf", "flat", "ties", "random"):
+            cases.append(_window(rng, n, kind))
+    odd = _window(rng, 50, "ties")
+    odd.users["gone"] = 0  # ignored, as by longtail.stats
+    cases.append(odd)
+    for counts in cases:
+        for top_n in (None, 0, 1, 20):
+            want = build_snapshot(3600, 1.5e9, counts, 1.4e9, top_n)
+            got = live_snapshot(3600, 1.5e9, counts, 1.4e9, top_n)
+            assert list(got) == list(want)
+            for key in want:
+                if key in ("longtail", "longtail_normalized") and want[key] is not None:
+                    scale = abs(want[key]) if key == "longtail_normalized" else max(
+                        abs(want[key]), want["head"][1]
+                    )
+                    assert math.isclose(got[key], want[key], rel_tol=1e-9, abs_tol=1e-12 * scale)
+                    if abs(want[key]) > 1e-6 * want["head"][1]:
+                        assert math.isclose(got[key], want[key], rel_tol=1e-9)
+                else:
+                    assert got[key] == want[key], key

@@ -1,0 +1,100 @@
+"""The snapshot of the live step, without sorting users.  PURE.
+
+:func:`live_snapshot` returns the same object as
+:func:`listener.snapshot.build_snapshot` (same keys, same order of ``top_users``,
+``topics`` and ``categories``, same head, tail, users and gini) in time linear in
+the number of users, for the listener's step (every ``step_s``, for every
+window).  The one difference: ``longtail`` comes from the closed form
+:func:`listener.longtail.longtail_closed_form` (``slope*(n-1)/2 + head - sum/n``,
+no sort) instead of the seed's loop over ranks; the two agree to about 1e-12
+relative (float rounding), and the seed's exact loop stays what the study and the
+API use.  Measured in ``docs/BENCHMARKS.md``: at 10,000 users per window the
+seed's sort-and-loop snapshot costs tens of ms per window, this one a few ms.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from .longtail import LongtailStats, gini_from_histogram, longtail_closed_form
+from .snapshot import top_items
+from .windows import Counts
+
+
+def live_stats(per_user: Mapping[str, int]) -> LongtailStats:
+    """:func:`listener.longtail.stats` with the closed-form longtail.
+
+    Args:
+        per_user: ``{username: messages}`` of one window; counts <= 0 are ignored.
+
+    Returns:
+        The same :class:`LongtailStats` as ``stats`` (head and tail ties broken by
+        username, ascending), ``longtail`` within float rounding of the seed's.
+    """
+    values = [c for c in per_user.values() if c > 0]
+    if not values:
+        return LongtailStats(0, None, None, None, None, None)
+    n = len(values)
+    high, low = max(values), min(values)
+    lt = longtail_closed_form(n, float(high), float(low), float(sum(values)))
+    assert lt is not None
+    head = min(u for u, c in per_user.items() if c == high)
+    tail = min(u for u, c in per_user.items() if c == low)
+    return LongtailStats(
+        users=n,
+        longtail=lt,
+        longtail_normalized=lt / high,
+        gini=gini_from_histogram(Counter(values)),
+        head=(head, high),
+        tail=(tail, low),
+    )
+
+
+def top_users(per_user: Mapping[str, int], n: int | None) -> list[list[Any]]:
+    """``top_items(per_user, n)`` without sorting every user.
+
+    The ``n``-th largest count is found with a heap over the counts; only users at
+    or above it are sorted (count descending, then name).
+    """
+    if n is None or n >= len(per_user):
+        return top_items(dict(per_user), n)
+    if n <= 0:
+        return []
+    threshold = heapq.nlargest(n, per_user.values())[-1]
+    found = [(u, c) for u, c in per_user.items() if c >= threshold]
+    found.sort(key=lambda kv: (-kv[1], kv[0]))
+    return [[u, c] for u, c in found[:n]]
+
+
+def live_snapshot(
+    window_s: int,
+    end: float,
+    counts: Counts,
+    last_message_at: float | None,
+    top_n: int | None = 20,
+    topics_n: int | None = None,
+) -> dict[str, Any]:
+    """The snapshot object of one window (``listener/snapshot.py``'s format).
+
+    Arguments and result as :func:`listener.snapshot.build_snapshot`; see the
+    module docstring for the one (rounding-level) difference.
+    """
+    st = live_stats(counts.users)
+    return {
+        "window_s": int(window_s),
+        "end": float(end),
+        "messages": int(counts.messages),
+        "users": st.users,
+        "topics": dict(top_items(dict(counts.topics), topics_n)),
+        "categories": dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "top_users": top_users(counts.users, top_n),
+        "longtail": st.longtail,
+        "longtail_normalized": st.longtail_normalized,
+        "gini": st.gini,
+        "head": list(st.head) if st.head else None,
+        "tail": list(st.tail) if st.tail else None,
+        "last_message_at": last_message_at,
+    }
