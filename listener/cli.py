@@ -115,6 +115,11 @@ def _listen_parser(sub: Any) -> None:
     p.add_argument("--step", type=float, dest="step_s", help="recompute windows every N s")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
     p.add_argument(
+        "--datagrepper",
+        dest="datagrepper_url",
+        help="backfill the gap since the last counted message from this datagrepper at start",
+    )
+    p.add_argument(
         "--bus", choices=("zmq", "amqp", "both"), help="input: fedmsg ZeroMQ, AMQP, or both"
     )
     p.add_argument("--amqp-url", help="AMQP broker URL (docs/AMQP.md)")
@@ -131,6 +136,7 @@ def _run_listen(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
         "bus": args.bus,
         "amqp_url": args.amqp_url,
+        "datagrepper_url": args.datagrepper_url,
     }
     cfg = load_config(args, **overrides)
     return asyncio.run(run_listener(cfg, reload=lambda: load_config(args, **overrides)))

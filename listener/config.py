@@ -69,6 +69,10 @@ class Config:
         silence_s: no message on a link for this long -> the link is checked and
             its socket recreated.
         reconnect_ivl_ms / reconnect_ivl_max_ms: libzmq reconnect backoff.
+        heartbeat_ivl_s / heartbeat_timeout_s: ZMTP heartbeats on SUB sockets (a
+            PING every ``heartbeat_ivl_s``; no answer within ``heartbeat_timeout_s``
+            -> the link is dead and reconnected; 0 turns them off).  A connected
+            link silent for longer than ``heartbeat_timeout_s`` is "quiet".
         max_body_bytes: larger bodies are rejected (``too_large``).
         blink_interval_s: cadence of ``blink`` batches.
         blink_batch_max: most messages in one ``blink`` batch (rest counted).
@@ -92,6 +96,10 @@ class Config:
         amqp_bindings: routing keys bound on ``amq.topic`` (``#`` = all topics).
         amqp_queue: AMQP queue name; empty: a fresh UUID queue per connection
             (exclusive, auto-deleted); a name makes a durable queue.
+        datagrepper_url: datagrepper base URL (e.g.
+            ``https://apps.fedoraproject.org/datagrepper``); when set, ``listen``
+            backfills the gap since the newest counted message at start-up (bounded
+            by the longest window, no blinks, de-duplicated by msg_id).  Empty: off.
         amqp_ca_cert / amqp_certfile / amqp_keyfile: TLS files for ``amqps://``
             (empty: fedora-messaging's ``[tls]`` when ``amqp_url`` is empty).
     """
@@ -118,6 +126,8 @@ class Config:
     tcp_keepalive_cnt: int = 6
     silence_s: float = 300.0
     reconnect_ivl_ms: int = 100
+    heartbeat_ivl_s: float = 10.0
+    heartbeat_timeout_s: float = 30.0
     reconnect_ivl_max_ms: int = 10_000
     max_body_bytes: int = 1 << 20
     blink_interval_s: float = 0.25
@@ -142,6 +152,7 @@ class Config:
     amqp_ca_cert: str = ""
     amqp_certfile: str = ""
     amqp_keyfile: str = ""
+    datagrepper_url: str = ""
 
     def __post_init__(self) -> None:
         problems = []

@@ -197,8 +197,18 @@ async def run_listener(
         tasks.append(asyncio.create_task(bus.run(), name="bus"))
     if amqp is not None:
         tasks.append(asyncio.create_task(amqp.run(), name="amqp"))
-    n_links = len(endpoints) if bus is not None else 0
-    where = f"{n_links} endpoint(s)" + (", AMQP" if amqp is not None else "")
+    backfill_task = None
+    if cfg.datagrepper_url:
+        from .backfill import backfill_after_gap
+
+        # Outside ``tasks``: its end must not end the listener.
+        backfill_task = asyncio.create_task(
+            backfill_after_gap(consumer, cfg.datagrepper_url), name="backfill"
+        )
+    inputs = [f"{len(endpoints)} endpoint(s)"] if bus is not None else []
+    if amqp is not None:
+        inputs.append(f"AMQP {amqp.settings.url.split('@')[-1]}")
+    where = ", ".join(inputs)
     notifier.ready(f"listening on {where}")
     log.info("listener ready: %s, windows %s", where, list(cfg.windows_s))
 
@@ -210,6 +220,8 @@ async def run_listener(
         bus.stop()
     if amqp is not None:
         amqp.stop()
+    if backfill_task is not None and not backfill_task.done():
+        backfill_task.cancel()
     deadline = time.monotonic() + SHUTDOWN_FLUSH_S
     while (consumer.pending or consumer._retry_batch) and time.monotonic() < deadline:
         try:
