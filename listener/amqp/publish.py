@@ -144,7 +144,13 @@ def add_parser(sub: Any) -> None:
         ),
         help="broker URL (default amqp://guest:guest@127.0.0.1:5672/%%2F)",
     )
-    p.add_argument("--file", help="JSONL or datagrepper page (default: fedmsg_meta's examples)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--file", help="JSONL or datagrepper page (default: fedmsg_meta's examples)")
+    src.add_argument(
+        "--builtin-examples",
+        action="store_true",
+        help="the ~557 real messages shipped with fedmsg_meta (the default)",
+    )
     p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: max)")
     p.add_argument("--loop", action="store_true", help="replay forever with fresh msg_ids")
     p.add_argument("--count", type=int, help="stop after N messages")
