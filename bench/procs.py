@@ -171,29 +171,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / tick
 
 
-class Publisher:
-    """The benchmark publisher (``python -m bench.publisher``), driven over pipes.
+class LineProcess:
+    """A helper process driven by one JSON command per line (stdin -> stdout).
 
     Args:
-        endpoint: ZeroMQ address it binds.
-        hwm: its send high-water mark (1000 = libzmq's default, as fedmsg's
-            ``high_water_mark = 0`` leaves it).
-        n_users / zipf_s / seed: the workload (see :class:`bench.workload.Workload`).
+        args: arguments after ``python`` (``["-m", "bench.publisher", ...]``).
+        log_name: its stderr goes to ``bench/out/<log_name>``.
+        ready_s: wait this long for its first line (``{"ok": "ready", ...}``),
+            kept in :attr:`info`.
+
+    Raises:
+        BenchError: no answer in time, the process exited, or it reported an error.
     """
 
-    def __init__(
-        self, endpoint: str, hwm: int = 1000, n_users: int = 5000, zipf_s: float = 1.0,
-        seed: int = 9,
-    ) -> None:
+    def __init__(self, args: list[str], log_name: str, ready_s: float = 60.0) -> None:
         OUT.mkdir(parents=True, exist_ok=True)
-        self.endpoint = endpoint
-        self._err = open(OUT / "publisher.log", "wb")  # noqa: SIM115
+        self.log_name = log_name
+        self._err = open(OUT / log_name, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "bench.publisher",
-                "--endpoint", endpoint, "--hwm", str(hwm), "--n-users", str(n_users),
-                "--zipf-s", str(zipf_s), "--seed", str(seed),
-            ],
+            [sys.executable, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._err,
@@ -203,32 +199,62 @@ class Publisher:
         self._sel = selectors.DefaultSelector()
         assert self.proc.stdout is not None
         self._sel.register(self.proc.stdout, selectors.EVENT_READ)
-        self.info = self._read(60)
+        self.info = self._read(ready_s)
 
     def _read(self, timeout_s: float) -> dict[str, Any]:
         assert self.proc.stdout is not None
         if not self._sel.select(timeout_s):
-            raise BenchError(f"publisher gave no answer within {timeout_s:.0f} s")
+            raise BenchError(f"{self.log_name}: no answer within {timeout_s:.0f} s")
         line = self.proc.stdout.readline()
         if not line:
-            raise BenchError(f"publisher exited ({self.proc.poll()}); see bench/out/publisher.log")
+            raise BenchError(
+                f"{self.log_name}: exited ({self.proc.poll()}); see bench/out/{self.log_name}"
+            )
         reply: dict[str, Any] = json.loads(line)
         if "error" in reply:
-            raise BenchError(f"publisher: {reply['error']}")
+            raise BenchError(f"{self.log_name}: {reply['error']}")
         return reply
 
     def cmd(self, wait_s: float = 120, **command: Any) -> dict[str, Any]:
-        """Send one command (see :mod:`bench.publisher`); its reply, within ``wait_s``."""
+        """Send one command; its reply, within ``wait_s``."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(command).encode() + b"\n")
         self.proc.stdin.flush()
         return self._read(wait_s)
 
     def close(self) -> None:
-        """Ask it to quit; kill it if it does not."""
+        """Ask it to quit; terminate it if it does not."""
         try:
-            self.cmd(wait_s=10, cmd="quit")
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(b'{"cmd": "quit"}\n')
+            self.proc.stdin.flush()
+            self.proc.wait(10)
         except Exception:
             pass
         stop_process(self.proc)
         self._err.close()
+
+
+class Publisher(LineProcess):
+    """The benchmark publisher (``python -m bench.publisher``), driven over pipes.
+
+    Args:
+        endpoint: ZeroMQ address it binds.
+        hwm: its send high-water mark (0 = unlimited; 1000 = libzmq's default, as
+            fedmsg's ``high_water_mark = 0`` leaves it).
+        n_users / zipf_s / seed: the workload (see :class:`bench.workload.Workload`).
+    """
+
+    def __init__(
+        self, endpoint: str, hwm: int = 0, n_users: int = 5000, zipf_s: float = 1.0,
+        seed: int = 9,
+    ) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            [
+                "-m", "bench.publisher",
+                "--endpoint", endpoint, "--hwm", str(hwm), "--n-users", str(n_users),
+                "--zipf-s", str(zipf_s), "--seed", str(seed),
+            ],
+            "publisher.log",
+        )

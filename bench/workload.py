@@ -117,9 +117,12 @@ def build_templates(
         body = orjson.loads(orjson.dumps(wire_body(body)))  # as decoded from the wire
         users = sorted(extractor.usernames(body))
         probe = dict(body, msg_id="@@ID@@", timestamp="@@TS@@", i="@@I@@")
+        if "username" in body:  # the publisher's account: never a swapped user
+            probe["username"] = "@@NAME@@"
         raw = orjson.dumps(probe)
         for k, u in enumerate(users):
             raw = raw.replace(orjson.dumps(u), b'"@@U%d@@"' % k)
+        raw = raw.replace(b'"@@NAME@@"', orjson.dumps(body.get("username")))
         pieces = _SLOT.split(raw)
         slots = tuple(_SLOT_CODES.get(s) or int(s[1:]) for s in pieces[1::2])
         tmpl = Template(

@@ -292,8 +292,9 @@ class Consumer:
                 batch_id = uuid.uuid4().hex
                 self._retry_batch = (batch_id, batch)
             t0 = time.perf_counter()
-            # aggregated once: written to Redis and added to the windows
-            agg = aggregate(batch, self.store.buckets_s)
+            # aggregated once: written to Redis and added to the windows; buckets
+            # that would expire at once (by the wall clock, as Redis) are left out
+            agg = aggregate(batch, self.store.buckets_s, self.store.oldest_starts(time.time()))
             try:
                 flags = await self.store.flush(batch, batch_id, agg)
             except Exception:
@@ -314,7 +315,8 @@ class Consumer:
             new = len(batch) - len(dups)
             self.stats.duplicates += len(dups)
             for key, c in aggregate(dups, sizes).items():
-                per_bucket[key].merge(c, -1)
+                if key in per_bucket:  # else a bucket left out as expired
+                    per_bucket[key].merge(c, -1)
             if new:
                 newest = max(m.timestamp for m, is_new in zip(batch, flags, strict=True) if is_new)
                 if self.last_message_at is None or newest > self.last_message_at:

@@ -36,7 +36,8 @@ Python side (:func:`aggregate`), with one ``HINCRBY`` per distinct field; the
 increments of the duplicates, if any, are taken out first.  The script is atomic,
 so a flush is counted entirely or not at all.  Keys whose expiry time has already
 passed (a backfill older than a window's retention) are not written: ``EXPIREAT``
-would delete them at once.
+would delete them at once; an id set in that case is kept in a Lua table for the
+script's duration instead (duplicates inside the batch are still caught).
 """
 
 from __future__ import annotations
@@ -79,6 +80,17 @@ local function exists(key)
   end
   return e
 end
+-- an id set whose expiry time has passed would be deleted at the end of this
+-- script: it is kept in this table instead (same flags, no Redis calls)
+local gone = {}
+local function member(ib, id)
+  local key = p .. ':ids:' .. ib
+  if ib + ib_size + cfg.ids_ttl <= now then
+    local g = gone[key]
+    return g ~= nil and g[id] ~= nil
+  end
+  return exists(key) and redis.call('SISMEMBER', key, id) == 1
+end
 local last_ts = 0
 local new_count = 0
 for idx, m in ipairs(ids) do
@@ -87,11 +99,16 @@ for idx, m in ipairs(ids) do
   if id ~= '' then
     local ib = ts - (ts % ib_size)
     local ik = p .. ':ids:' .. ib
-    local pk = p .. ':ids:' .. (ib - ib_size)
-    local nk = p .. ':ids:' .. (ib + ib_size)
-    if (exists(pk) and redis.call('SISMEMBER', pk, id) == 1)
-        or (exists(nk) and redis.call('SISMEMBER', nk, id) == 1)
-        or redis.call('SADD', ik, id) == 0 then
+    if member(ib - ib_size, id) or member(ib + ib_size, id) then
+      new = 0
+    elseif ib + ib_size + cfg.ids_ttl <= now then
+      local g = gone[ik]
+      if not g then
+        g = {}
+        gone[ik] = g
+      end
+      if g[id] then new = 0 else g[id] = true end
+    elseif redis.call('SADD', ik, id) == 0 then
       new = 0
     else
       known[ik] = true
@@ -188,12 +205,18 @@ class Counted(NamedTuple):
     users: tuple[str, ...]
 
 
-def aggregate(batch: Iterable[Counted], buckets_s: Iterable[int]) -> dict[tuple[int, int], Counts]:
+def aggregate(
+    batch: Iterable[Counted],
+    buckets_s: Iterable[int],
+    oldest: dict[int, int] | None = None,
+) -> dict[tuple[int, int], Counts]:
     """Per-bucket counts of a batch: what a flush adds to Redis.
 
     Args:
         batch: messages (duplicates included: the flush takes them out).
         buckets_s: bucket sizes, seconds.
+        oldest: per bucket size, the oldest bucket start wanted
+            (:meth:`Store.oldest_starts`); older buckets are left out.
 
     Returns:
         ``{(bucket_s, bucket start): Counts}`` for every bucket a message falls in.
@@ -209,7 +232,10 @@ def aggregate(batch: Iterable[Counted], buckets_s: Iterable[int]) -> dict[tuple[
                 groups[ts - ts % b] = [m]
             else:
                 group.append(m)
+        first = oldest.get(b) if oldest else None
         for start, group in groups.items():
+            if first is not None and start < first:
+                continue
             # Counter(list) counts in C: much cheaper than one increment per message
             out[(b, start)] = Counts(
                 len(group),
@@ -291,6 +317,19 @@ class Store:
             health_check_interval=30,
         )
         return cls(client, **kwargs)
+
+    def oldest_starts(self, now: float, margin_s: int = 60) -> dict[int, int]:
+        """Per bucket size, the oldest bucket start worth counting at ``now``.
+
+        Older buckets' keys would expire as soon as written (``EXPIREAT start +
+        bucket_s + retention`` in the past; no window reads them): a backfill of
+        old messages skips them.  ``margin_s`` covers clock skew with Redis, which
+        makes the same check by its own clock in :data:`FLUSH_LUA`.
+
+        Args:
+            now: UNIX seconds (the wall clock: Redis expires keys by it).
+        """
+        return {b: int(now) - margin_s - b - self.keep_s[b] + 1 for b in self.buckets_s}
 
     def key(self, *parts: object) -> str:
         """``P:part:part...``."""
