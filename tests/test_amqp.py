@@ -596,7 +596,7 @@ async def test_broker_restart_and_redis_outage_lose_nothing_acknowledged(
         await asyncio.sleep(1.0)  # time to (wrongly) ack or over-deliver
         assert h.input.stats.received == 50  # the broker stops at the prefetch bound
         assert h.input.stats.acked == 0  # nothing acknowledged before it is counted
-        assert await asyncio.to_thread(rabbitmq.queue_counts) == {queue: (150, 50)}
+        assert (await asyncio.to_thread(rabbitmq.queue_counts)).get(queue) == (150, 50)
         await asyncio.to_thread(rabbitmq.restart)
         assert h.input.stats.acked == 0
         await until(lambda: h.input.stats.connects >= 2, 30, "reconnect")
