@@ -201,13 +201,18 @@ def wall(
 
 
 def settled(w: Wall, page: Any, window: int = 3600) -> dict[str, Any]:
-    """The API snapshot once the page shows the same number of messages."""
-    _, api = get_json(w.port, f"/api/snapshot?window={window}")
-    page.wait_for_function(
-        f"(wallboard.state.windows['{window}'] || {{}}).messages === {api['messages']}",
-        timeout=20_000 * T,
-    )
-    return api
+    """The API snapshot once the page shows the same number of messages (both are
+    read again on each try: late messages may still be arriving)."""
+    found: dict[str, Any] = {}
+
+    def same() -> bool:
+        _, api = get_json(w.port, f"/api/snapshot?window={window}")
+        shown = page.evaluate(f"(wallboard.state.windows['{window}'] || {{}}).messages")
+        found["api"] = api
+        return bool(api) and shown == api["messages"]
+
+    wait_for(same, 30, 0.3, f"the page's {window} s window to match /api/snapshot")
+    return found["api"]
 
 
 def short_topic(topic: str) -> str:

@@ -536,16 +536,18 @@
     });
   }
 
-  function hhmm(t) {
+  function hhmm(t, seconds = false) {
     const d = new Date(t * 1000);
-    return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+    const two = (n) => String(n).padStart(2, "0");
+    return two(d.getHours()) + ":" + two(d.getMinutes()) + (seconds ? ":" + two(d.getSeconds()) : "");
   }
   function renderHistory() {
     $("history-sub").textContent = fmtWindow(win()) + " window";
     const c = charts.history;
     if (!c) return;
     const pts = S.history[win()] || [];
-    c.data.labels = pts.map((p) => hhmm(p[0]));
+    const span = pts.length ? pts[pts.length - 1][0] - pts[0][0] : 0;
+    c.data.labels = pts.map((p) => hhmm(p[0], span < 600));
     c.data.datasets[0].data = pts.map((p) => p[1]);
     c.data.datasets[1].data = pts.map((p) => p[3]);
     updateChart(c, false);
@@ -598,8 +600,9 @@
       const li = el("li");
       const sw = el("span", "swatch");
       sw.style.background = USER_COLORS[i % USER_COLORS.length];
-      const total = shares.reduce((a, b) => a + (Number(b) || 0), 0);
-      li.append(sw, el("span", "who", name), el("span", "n", fmtNum(total * 100 / Math.max(1, shares.length), 1) + "% avg"));
+      const snap = S.windows[win()] || {};
+      const row = (snap.top_users || []).find(([u]) => u === name);
+      li.append(sw, el("span", "who", name), el("span", "n", row ? fmtInt(row[1]) + " msgs" : ""));
       return li;
     }));
     const c = charts.radar;
@@ -782,6 +785,7 @@
     renderCards();
     renderHistory();
     renderDist();
+    if (S.radar && S.view === "radar") renderRadar();
     renderStatus();
   }
 
