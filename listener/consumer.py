@@ -203,7 +203,9 @@ class Consumer:
         ulist = tuple(sorted(found))
         self.pending.append(Counted(env.msg_id, int(ts), env.topic, category, ulist))
         if len(self.pending) > self.cfg.max_pending:
-            self.pending.popleft()
+            dropped = self.pending.popleft()
+            # forget its msg_id: a redelivery (AMQP requeue, replay) may count it
+            self._seen.pop(dropped.msg_id, None)
             self.stats.pending_overflow += 1
             if self.stats.pending_overflow in (1, 10, 100, 1000) or (
                 self.stats.pending_overflow % 10000 == 0

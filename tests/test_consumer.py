@@ -1,0 +1,69 @@
+"""Consumer bookkeeping with a real Redis: overflow, redelivery, future timestamps."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from listener.config import Config
+from listener.consumer import Consumer
+from listener.store import Store
+
+
+def make(redis_url: str, extractor: Any, **cfg: Any) -> Consumer:
+    c = Config(redis_url=redis_url, key_prefix=f"c{uuid.uuid4().hex[:8]}", **cfg)
+    store = Store.from_url(redis_url, prefix=c.key_prefix, buckets_s=c.buckets_s,
+                           windows_s=c.windows_s)
+    return Consumer(c, extractor, store)
+
+
+def body(i: int, ts: float) -> dict[str, Any]:
+    return {
+        "topic": "org.fedoraproject.prod.buildsys.tag",
+        "msg": {"tag": "f40", "owner": f"user{i}", "name": "pkg", "version": "1",
+                "release": "1", "build_id": i, "tag_id": 1, "instance": "primary"},
+        "msg_id": f"ov-{i}",
+        "timestamp": ts,
+        "i": i,
+        "username": "apache",
+    }
+
+
+async def test_overflowed_messages_count_when_redelivered(redis_url: str, extractor: Any) -> None:
+    c = make(redis_url, extractor, max_pending=10)
+    await c.warm_up()
+    now = time.time()
+    for i in range(15):
+        assert c.handle_body(body(i, now))
+    assert c.stats.pending_overflow == 5 and len(c.pending) == 10
+    assert await c.flush() == 10  # ov-5 .. ov-14
+    # the 5 dropped ones come back (AMQP requeue, a replay): they are not duplicates
+    for i in range(5):
+        assert c.handle_body(body(i, now)), i
+    # ...while one that was counted is
+    assert not c.handle_body(body(12, now))
+    assert await c.flush() == 5
+    counts = await c.store.read_window(3600, time.time())
+    assert counts.messages == 15
+    expected: dict[str, int] = {}
+    for i in range(15):
+        for u in extractor.usernames(body(i, now)):
+            expected[u] = expected.get(u, 0) + 1
+    assert counts.users == expected
+    await c.store.close()
+
+
+async def test_future_timestamps_clamped_and_old_ones_dropped(
+    redis_url: str, extractor: Any
+) -> None:
+    c = make(redis_url, extractor, max_future_skew_s=300.0)
+    await c.warm_up()
+    now = time.time()
+    assert c.handle_body(body(1, now + 10), now=now)  # small skew: clamped, not counted
+    assert c.handle_body(body(2, now + 86400), now=now)  # absurd: clamped and counted
+    assert not c.handle_body(body(3, now - 8 * 86400), now=now)  # older than 7 d
+    assert c.stats.future_clamped == 1
+    assert c.stats.rejected["too_old"] == 1
+    assert [m.timestamp for m in c.pending] == [int(now), int(now)]
+    await c.store.close()
