@@ -10,7 +10,7 @@ DEMO_BUS ?= tcp://127.0.0.1:9940
 DEMO_RATE ?= 40
 export FEDMSG_CONFIG := $(CURDIR)/fedmsg.d
 
-.PHONY: install sysdeps run test test-faults test-browser bench lint clean
+.PHONY: install sysdeps run run-amqp test test-faults test-browser bench lint clean
 
 # Debian packages: Kerberos headers (gssapi, via fasjson-client), a real
 # redis-server (tests), chromium (browser tests), fonts for screenshots.
@@ -49,6 +49,15 @@ install: $(STAMP)
 ## The demo: embedded Redis, a looping replay of real messages, listener, page.
 run: $(STAMP)
 	@$(BIN)/python -m listener.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --bus $(DEMO_BUS) --rate $(DEMO_RATE)
+
+## The same demo on AMQP: a local RabbitMQ (Debian's, started if not running),
+## messages published with fedora-messaging, the listener on `--bus amqp`.
+AMQP_URL ?= amqp://guest:guest@localhost:5672/%2F
+run-amqp: $(STAMP)
+	@(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { \
+	  echo "starting rabbitmq-server"; rabbitmq-server -detached; \
+	  for i in $$(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; }
+	@$(BIN)/python -m listener.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --rate $(DEMO_RATE) --amqp --amqp-url '$(AMQP_URL)'
 
 ## The test suite (real Redis, real ZeroMQ, real websockets, real chromium).
 test: $(STAMP)
