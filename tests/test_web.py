@@ -517,6 +517,28 @@ async def test_many_clients_one_never_reads(redis_url: str) -> None:
     await store.close()
 
 
+async def test_keepalive_pings_drop_dead_peers_only(redis_url: str) -> None:
+    """A peer that never answers pings is closed; a live client stays."""
+    cfg = make_cfg(redis_url, ping_interval_s=0.3, ping_timeout_s=0.3)
+    store = open_store(cfg)
+    web = WebServer(cfg, store)
+    await web.start("127.0.0.1", 0)
+    try:
+        async with connect(f"ws://127.0.0.1:{web.port}/ws") as live:
+            await recv_type(live, "snapshot")
+            dead = await asyncio.to_thread(_raw_ws_that_never_reads, web.port)
+            assert await asyncio.to_thread(lambda: _wait(lambda: len(web.hub.clients) == 2, 5 * T))
+            assert await asyncio.to_thread(lambda: _wait(lambda: len(web.hub.clients) == 1, 10 * T))
+            await asyncio.sleep(1.0)  # several ping periods: the live one answers
+            assert len(web.hub.clients) == 1 and web.hub.stats.cut == 0
+            await store.publish({"type": "tick", "end": 7, "windows": {}})
+            assert (await recv_type(live, "tick"))["end"] == 7
+            dead.close()
+    finally:
+        await web.stop()
+        await store.close()
+
+
 def _wait(pred: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
