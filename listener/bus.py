@@ -20,8 +20,9 @@ Link health.  A socket monitor (``zmq_socket_monitor``) reports
 ``HANDSHAKE_SUCCEEDED`` and ``DISCONNECTED``: a link is *connected* between the two.
 Each link has a state (:meth:`Bus.health`):
 
-* ``"ok"``: connected (or reconnecting for less than ``max(2, heartbeat_ivl_s)``
-  seconds) and a message arrived within ``heartbeat_timeout_s``;
+* ``"ok"``: connected (or reconnecting for less than ``dead_after_s`` =
+  ``heartbeat_ivl_s`` clamped to 2..5 s) and a message arrived within
+  ``heartbeat_timeout_s``;
 * ``"quiet"``: connected, heartbeats answered, but no message for longer: a quiet
   bus, not a failure;
 * ``"dead"``: not connected for longer than that grace: the publisher is gone or
@@ -266,7 +267,7 @@ class Bus:
         self.heartbeat_ivl_s = float(getattr(cfg, "heartbeat_ivl_s", 0.0))
         self.heartbeat_timeout_s = float(getattr(cfg, "heartbeat_timeout_s", 0.0))
         #: a link in reconnection for less than this is not yet reported dead, s
-        self.dead_after_s = max(2.0, self.heartbeat_ivl_s)
+        self.dead_after_s = max(2.0, min(self.heartbeat_ivl_s, 5.0))
         #: a connected link without a message for longer than this is quiet, s
         self.quiet_after_s = self.heartbeat_timeout_s or 30.0
         #: when the receive loop last completed an iteration, UNIX s

@@ -23,12 +23,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import pytest
 import redis
 import zmq
-from prometheus_client.parser import text_string_to_metric_families
 
 from listener.config import Config
 from listener.consumer import Consumer
@@ -40,6 +38,7 @@ from tests.test_faults_bus import (
     Rig,
     Sender,
     join,
+    metrics,
     start_listener,
     stop_listener,
     template,
@@ -95,21 +94,6 @@ def own_redis(tmp_path: Path) -> Any:
     server.start()
     yield server
     server.stop()
-
-
-def metrics(port: int) -> dict[str, float]:
-    """The listener's ``/metrics`` as ``{sample name{labels}: value}``."""
-    with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = s.name + (
-                "{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}"
-                if s.labels else ""
-            )
-            out[key] = s.value
-    return out
 
 
 def redis_total(url: str, prefix: str) -> int:

@@ -364,7 +364,7 @@ def test_watchdog_fed_through_poison_and_not_when_stuck(redis_url: str, tmp_path
         notify.drain(0)
         wait_for(lambda: notify.drain(0.2) or any(x == "READY=1" for _, x in notify.log), 30,
                  what="READY=1")
-        from tests.test_faults_redis import metrics
+        from tests.test_faults_bus import metrics
 
         k = 0
 
