@@ -117,9 +117,16 @@ class Listener:
     def metrics(self) -> dict[str, float]:
         return scrape(self.metrics_port)
 
-    def wait_metric(self, name: str, value: float, timeout: float = 15) -> dict[str, float]:
+    def wait_metric(self, name: str, value: float, timeout: float = 30) -> dict[str, float]:
+        def reached() -> dict[str, float] | bool:
+            try:
+                m = self.metrics()
+            except OSError:  # a scrape that timed out on a loaded machine: retry
+                return False
+            return m.get(name) == value and m
+
         return wait_for(
-            lambda: (m := self.metrics()).get(name) == value and m,
+            reached,
             timeout,
             interval=0.1,
             what=f"{name} == {value}",
