@@ -26,12 +26,15 @@ Measures, per repetition:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.procs import (
@@ -46,8 +49,9 @@ from bench.procs import (
     stop_process,
 )
 
-#: Seconds of a week's window, minus a margin so no backfilled message is too old.
-WEEK_S = 7 * 86400 - 900
+#: Span of the 7 d backfill, seconds: a week minus 2 h, so every message is inside the
+#: 7 d window (read bucket by bucket: its oldest hour may start up to 1 h late).
+WEEK_S = 7 * 86400 - 2 * 3600
 
 
 @dataclass
@@ -76,10 +80,11 @@ class Profile:
     reps: int = 3
     duration_s: float = 5.0
     settle_s: float = 1.0
-    listener_start: float = 20_000
-    naive_start: float = 1_000
-    factor: float = 1.5
-    refine: int = 2
+    listener_start: float = 1_000
+    naive_start: float = 500
+    factor: float = 1.25
+    naive_factor: float = 1.5
+    refine: int = 1
     max_rate: float = 200_000
     burst: int = 100_000
     hwm_burst: int = 12_000
@@ -91,7 +96,7 @@ class Profile:
 
 
 QUICK = Profile(
-    reps=1, duration_s=1.0, listener_start=2_000, naive_start=300, refine=0,
+    reps=1, duration_s=1.0, listener_start=1_000, naive_start=300, refine=0,
     max_rate=2_000, burst=3_000, hwm_burst=2_000, hwm_burst_rate=2_000, drain=3_000,
     backfill=3_000, n_users=500,
 )
@@ -146,13 +151,18 @@ class Session:
 
     def __init__(
         self, redis: RedisServer, pub: Publisher, subject: str, tag: str,
-        listener_dir: str | None = None,
+        listener_dir: str | None = None, expect_dir: Path | None = None,
     ) -> None:
         self.redis = redis
         self.pub = pub
         self.subject = subject
+        #: when set, every batch's expected counts are kept there (:meth:`expected`)
+        self.expect_dir = expect_dir
         self.prefix = f"bench{uuid.uuid4().hex[:8]}"
         self.runs = 0
+        #: seconds without progress that mean loss (the listener may spend seconds
+        #: in one flush of a backlog; the naive loop counts message by message)
+        self.stall_s = 15.0 if subject == "listener" else 5.0
         if subject == "listener":
             args = ["-m", "listener", "listen", "--redis-url", redis.url,
                     "--endpoint", pub.endpoint, "--key-prefix", self.prefix]
@@ -181,19 +191,47 @@ class Session:
         """Messages counted so far in this session's namespace."""
         return self.redis.counted(self.prefix)
 
+    def idle(self, quiet_s: float = 1.0, cap_s: float = 120.0) -> int:
+        """Wait until the count has not moved for ``quiet_s`` (a previous run's
+        backlog is in); returns the count."""
+        start = time.monotonic()
+        last, since = self.counted(), time.monotonic()
+        while time.monotonic() - since < quiet_s and time.monotonic() - start < cap_s:
+            time.sleep(0.05)
+            now = self.counted()
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
+
     def _batch(self, count: int, rate: float = 0.0, **kw: Any) -> tuple[int, dict[str, Any]]:
-        base = self.counted()
+        base = self.idle()
         self.runs += 1
+        if self.expect_dir is not None:
+            kw["expect_path"] = str(self.expect_dir / f"{self.prefix}-{self.runs}.json")
         self.pub.cmd(cmd="prepare", count=count, rate=rate, run_id=f"{self.prefix}-{self.runs}",
                      **kw)
         return base, kw
+
+    def expected(self) -> tuple[Counter[str], Counter[str]]:
+        """``(users, topics)``: messages per user and per topic of every batch sent so
+        far (needs ``expect_dir``)."""
+        users: Counter[str] = Counter()
+        topics: Counter[str] = Counter()
+        assert self.expect_dir is not None
+        for path in sorted(self.expect_dir.glob(f"{self.prefix}-*.json")):
+            data = json.loads(path.read_text())
+            users.update(data["users"])
+            topics.update(data["topics"])
+        return users, topics
 
     def trial(self, rate: float, duration_s: float, settle_s: float) -> Trial:
         """Publish at ``rate`` for ``duration_s``; see :class:`Trial`."""
         count = max(1, int(rate * duration_s))
         base, _ = self._batch(count, rate)
         sent = self.pub.cmd(cmd="go", rate=rate, wait_s=duration_s * 4 + 60)
-        got, done_at = wait_counted(self.redis, self.prefix, base + count)
+        # a flush of a backlog may hold the count still for seconds: loss only
+        # when nothing moves for 15 s
+        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=self.stall_s)
         pub_rate = count / max(1e-6, sent["end"] - sent["start"]) if count > 1 else rate
         lag = None if done_at is None else max(0.0, done_at - sent["end"])
         ok = lag is not None and lag <= settle_s and pub_rate >= 0.97 * rate
@@ -203,7 +241,7 @@ class Session:
         """``count`` messages at full speed: lost, seconds to count them all, msgs/s."""
         base, _ = self._batch(count)
         sent = self.pub.cmd(cmd="go", rate=0, wait_s=120)
-        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=5.0)
+        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=self.stall_s)
         n = got - base
         return {
             "sent": count,
@@ -225,7 +263,7 @@ class Session:
         finally:
             t0 = time.time()
             os.kill(self.proc.pid, signal.SIGCONT)
-        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=5.0)
+        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=self.stall_s)
         cpu = cpu_seconds(self.proc.pid) - cpu0
         n = got - base
         return {
@@ -243,7 +281,7 @@ class Session:
         try:
             base, _ = self._batch(count, rate)
             sent = self.pub.cmd(cmd="go", rate=rate, wait_s=120)
-            got, _ = wait_counted(self.redis, self.prefix, base + count, stable_s=5.0)
+            got, _ = wait_counted(self.redis, self.prefix, base + count, stable_s=self.stall_s)
         finally:
             self._rebind(0)
         n = got - base
@@ -265,7 +303,7 @@ class Session:
         """``count`` messages spread over the last 7 days, every user at least once."""
         base, _ = self._batch(count, spread_s=WEEK_S, cover_users=True)
         sent = self.pub.cmd(cmd="go", rate=0, wait_s=120)
-        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=15.0)
+        got, done_at = wait_counted(self.redis, self.prefix, base + count, stable_s=self.stall_s)
         return {
             "sent": count,
             "counted": got - base,
@@ -331,13 +369,16 @@ def listener_rep(redis: RedisServer, pub: Publisher, prof: Profile, tag: str) ->
         rep.backfill = s.backfill(prof.backfill)
         st = proc_status(s.proc.pid)
         rep.rss_mib["after_backfill"] = round(st["VmRSS"] / 1024, 1)
+        rep.drain = s.drain(prof.drain)
+        # the paced ladder starts at half the listener's own ceiling just measured
+        start = max(prof.listener_start, round(0.5 * (rep.drain.get("rate") or 0), -2))
+        start = min(start, prof.max_rate)
         rep.sustained, rep.trials = find_max_rate(
             lambda r: s.trial(r, prof.duration_s, prof.settle_s),
-            prof.listener_start, prof.factor, prof.refine, prof.max_rate,
+            start, prof.factor, prof.refine, prof.max_rate,
         )
         rep.burst = s.burst(prof.burst)
         rep.hwm_burst = s.hwm_burst(prof.hwm_burst, prof.hwm_burst_rate)
-        rep.drain = s.drain(prof.drain)
         st = proc_status(s.proc.pid)
         rep.rss_mib["peak"] = round(st["VmHWM"] / 1024, 1)
         rep.rss_mib["end"] = round(st["VmRSS"] / 1024, 1)
@@ -354,7 +395,7 @@ def naive_rep(redis: RedisServer, pub: Publisher, prof: Profile, tag: str) -> Re
     try:
         rep.sustained, rep.trials = find_max_rate(
             lambda r: s.trial(r, prof.duration_s, prof.settle_s),
-            prof.naive_start, prof.factor, prof.refine, prof.max_rate,
+            prof.naive_start, prof.naive_factor, prof.refine, prof.max_rate,
         )
         rep.hwm_burst = s.hwm_burst(prof.hwm_burst, prof.hwm_burst_rate)
         rep.load = os.getloadavg()

@@ -156,8 +156,15 @@ def main(argv: list[str] | None = None) -> int:
                 batch = Batch()
             elif cmd == "rebind":
                 sock.close(linger=0)
-                time.sleep(0.1)
-                sock = open_xpub(ctx, args.endpoint, int(c["hwm"]))
+                deadline = time.monotonic() + 10
+                while True:  # the old socket's port is released asynchronously
+                    try:
+                        sock = open_xpub(ctx, args.endpoint, int(c["hwm"]))
+                        break
+                    except zmq.ZMQError:
+                        if time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.1)
                 reply({"ok": "rebound"})
             elif cmd == "quit":
                 reply({"ok": "bye"})
