@@ -47,6 +47,17 @@ setup(
             "bodhi-messages>=8",
         ],
     },
+    # the page, for non-editable installs (listener/web.py finds it there)
+    data_files=[
+        (
+            "share/fedmsg-wallboard/web",
+            [f"web/{n}" for n in ("index.html", "app.js", "style.css", "favicon.svg")],
+        ),
+        (
+            "share/fedmsg-wallboard/web/vendor",
+            [f"web/vendor/{n}" for n in ("chart.umd.min.js", "LICENSE.chartjs.md", "README.md")],
+        ),
+    ],
     entry_points={"console_scripts": ["fedmsg-wallboard = listener.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -106,7 +106,9 @@ class Consumer:
         self.epoch: str | None = None
         self.epoch_started_at: float | None = None
         self._retry_batch: tuple[str, list[Counted]] | None = None
-        self._rate: deque[tuple[float, int]] = deque(maxlen=120)
+        #: (time, live messages) per blink batch: the rate shown excludes backfill
+        self._rate: deque[tuple[float, int]] = deque(maxlen=1200)
+        self._backfill_done_at: str | None = None
         #: signature check: body -> None when valid, else a reject reason
         self.validator: Callable[[Any], str | None] | None = None
         #: called with every envelope decoded from bus frames (the bus follows
@@ -258,6 +260,7 @@ class Consumer:
         }
         self._blinks.clear()
         self._blink_counts.clear()
+        self._rate.append((self.clock(), self._blink_total))
         self._blink_total = 0
         return event
 
@@ -272,6 +275,7 @@ class Consumer:
             self.epoch_started_at = float(meta.get("epoch_started_at", now))
             if meta.get("last_message_at"):
                 self.last_message_at = float(meta["last_message_at"])
+            self._backfill_done_at = meta.get("backfill_done_at")
             for w, win in self.windows.items():
                 win.reset(await self.store.read_window(w, now), now)
             self.redis_ok = True
@@ -332,11 +336,14 @@ class Consumer:
                     if b == win.bucket_s:
                         win.add(start, c)
             self.stats.counted += new
-            self._rate.append((now, new))
             return new
 
     def rate_per_min(self, now: float) -> float:
-        """Messages counted per minute over the last 60 s (from flush records)."""
+        """Live messages (not backfill) accepted over the last 60 s, per minute.
+
+        Recorded per ``blink`` batch by :meth:`take_blink`, so a backfill of
+        history does not show as a burst on the wall.
+        """
         return float(sum(n for t, n in self._rate if t > now - 60))
 
     async def step(self, now: float | None = None) -> dict[str, Any]:
@@ -357,6 +364,14 @@ class Consumer:
                 for w, win in self.windows.items():
                     win.reset(await self.store.read_window(w, now), now)
             self.epoch = epoch
+            # a ``fedmsg-wallboard backfill`` run beside this listener wrote counts
+            # that the running totals never saw: re-read the windows once.
+            raw = await self.store.r.hget(self.store.key("meta"), "backfill_done_at")
+            done_at = raw.decode() if isinstance(raw, bytes) else raw
+            if done_at is not None and done_at != self._backfill_done_at:
+                self._backfill_done_at = done_at
+                for w, win in self.windows.items():
+                    win.reset(await self.store.read_window(w, now), now)
             snaps: dict[str, Any] = {}
             warming: dict[str, bool] = {}
             for w, win in self.windows.items():

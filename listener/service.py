@@ -205,6 +205,12 @@ async def run_listener(
         backfill_task = asyncio.create_task(
             backfill_after_gap(consumer, cfg.datagrepper_url), name="backfill"
         )
+
+        def _backfill_done(t: asyncio.Task[Any]) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.warning("start-up backfill failed: %s", t.exception())
+
+        backfill_task.add_done_callback(_backfill_done)
     inputs = [f"{len(endpoints)} endpoint(s)"] if bus is not None else []
     if amqp is not None:
         inputs.append(f"AMQP {amqp.settings.url.split('@')[-1]}")

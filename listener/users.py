@@ -67,7 +67,8 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
 
     Args:
         config_dir: a ``fedmsg.d`` folder, or a single ``.py`` file; ``None`` means
-            fedmsg's own search (``$FEDMSG_CONFIG``, ``./fedmsg.d``, ``/etc/fedmsg.d``).
+            ``$FEDMSG_CONFIG`` (a folder or file) when set, else fedmsg's own search
+            (``/etc/fedmsg.d``, ``./fedmsg.d``, ...).
 
     Returns:
         fedmsg's merged config dict.
@@ -78,6 +79,8 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
     from .errors import ConfigError
 
     filenames = None
+    if config_dir is None and os.environ.get("FEDMSG_CONFIG"):
+        config_dir = os.environ["FEDMSG_CONFIG"]
     if config_dir is not None:
         path = Path(config_dir)
         if path.is_dir():

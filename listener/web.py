@@ -52,7 +52,18 @@ from .webhub import Hub
 log = logging.getLogger(__name__)
 
 #: The page folder of a source checkout (``web/`` beside ``listener/``).
-DEFAULT_WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
+def _default_web_root() -> Path:
+    """``web/`` beside the package (a checkout or editable install), else the copy
+    that ``setup.py`` installs as data under ``<prefix>/share/fedmsg-wallboard/web``."""
+    beside = Path(__file__).resolve().parent.parent / "web"
+    if (beside / "index.html").exists():
+        return beside
+    import sys
+
+    return Path(sys.prefix) / "share" / "fedmsg-wallboard" / "web"
+
+
+DEFAULT_WEB_ROOT = _default_web_root()
 #: Largest inbound websocket frame, bytes (clients send nothing useful; 1009 above).
 MAX_INBOUND_BYTES = 1024
 #: A ``snapshot`` event is rebuilt at most this often, seconds (reconnect storms).
@@ -298,11 +309,12 @@ class WebServer(HttpRoutes):
 
     async def _status_loop(self) -> None:
         """Every :data:`STATUS_INTERVAL_S`: check Redis, broadcast ``status``, WATCHDOG=1."""
+        interval_s = min(STATUS_INTERVAL_S, self.notifier.watchdog_interval_s or STATUS_INTERVAL_S)
         while True:
             self.notifier.watchdog()
             health = await self.health()
             self.hub.broadcast(orjson.dumps(webapi.status_event(health)))
-            await asyncio.sleep(STATUS_INTERVAL_S)
+            await asyncio.sleep(interval_s)
 
     async def health(self) -> dict[str, Any]:
         """The ``/healthz`` object (see :func:`listener.webapi.health`); never raises."""

@@ -67,3 +67,39 @@ async def test_future_timestamps_clamped_and_old_ones_dropped(
     assert c.stats.rejected["too_old"] == 1
     assert [m.timestamp for m in c.pending] == [int(now), int(now)]
     await c.store.close()
+
+
+async def test_rate_counts_live_messages_not_backfill(redis_url: str, extractor: Any) -> None:
+    c = make(redis_url, extractor)
+    await c.warm_up()
+    now = time.time()
+    for i in range(30):
+        c.handle_body(body(100 + i, now), blink=False)  # backfill
+    for i in range(7):
+        c.handle_body(body(200 + i, now))  # live
+    event = c.take_blink()
+    assert event is not None and event["total"] == 7
+    assert c.rate_per_min(time.time()) == 7.0
+    await c.flush()
+    assert c.stats.counted == 37
+    await c.store.close()
+
+
+async def test_backfill_beside_a_running_listener_is_picked_up(
+    redis_url: str, extractor: Any
+) -> None:
+    live = make(redis_url, extractor)
+    await live.warm_up()
+    # a separate `fedmsg-wallboard backfill` process: another consumer, same namespace
+    other = Consumer(live.cfg, extractor, Store.from_url(redis_url, prefix=live.cfg.key_prefix))
+    now = time.time()
+    for i in range(12):
+        other.handle_body(body(300 + i, now - 100), blink=False)
+    await other.flush()
+    tick = await live.step()
+    assert tick["windows"]["3600"]["messages"] == 0  # the running totals never saw them
+    await other.store.r.hset(other.store.key("meta"), "backfill_done_at", str(now))
+    tick = await live.step()
+    assert tick["windows"]["3600"]["messages"] == 12
+    await live.store.close()
+    await other.store.close()
