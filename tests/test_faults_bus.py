@@ -11,8 +11,10 @@ after the first one received is either received or counted as a gap.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -438,6 +440,7 @@ def write_config(tmp: Path, **values: Any) -> Path:
 #: A ``sitecustomize`` that dumps every thread's stack on SIGUSR1 (a hung process
 #: explains itself before it is killed).
 _DUMP_DIR = tempfile.mkdtemp(prefix="fwb-dump-")
+atexit.register(shutil.rmtree, _DUMP_DIR, True)
 Path(_DUMP_DIR, "sitecustomize.py").write_text(
     "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1, all_threads=True)\n",
     encoding="utf-8",
