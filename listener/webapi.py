@@ -250,11 +250,13 @@ def health(
 
     Returns:
         ``{"ok", "redis": {"ok", "pubsub"}, "listener": {"ok", "heartbeat_age_s",
-        "redis_ok"}, "bus": {"last_message_at", "lag_s", "messages_total"},
-        "web": {"clients"}, "time"}``.  ``ok`` is True when Redis answers and the
-        listener's heartbeat is younger than ``max(3 * step_s, 15)`` seconds; the
-        bus lag (seconds since the newest message) is reported, not judged: a
-        quiet bus is not a failure.
+        "redis_ok"}, "bus": {"state", "links": {"ok", "quiet", "dead"}, "gaps",
+        "last_message_at", "lag_s", "messages_total"}, "web": {"clients"}, "time"}``.
+        ``ok`` is True when Redis answers, the listener's heartbeat is younger than
+        ``max(3 * step_s, 15)`` seconds and the bus ``state`` (from the listener's
+        ZeroMQ links, :meth:`listener.bus.Bus.health_fields`) is not ``"dead"``.  A
+        ``"quiet"`` bus (links connected, no message for a while) is healthy: the
+        lag is reported, not judged.
     """
     meta = meta or {}
 
@@ -269,8 +271,11 @@ def health(
     listener_ok = beat_age is not None and beat_age <= max(3 * step_s, 15.0)
     last = num("last_message_at")
     total = num("messages_total")
+    bus_state = meta.get("listener_bus_state") or None
+    links = {k: int(num(f"listener_links_{k}") or 0) for k in ("ok", "quiet", "dead")}
+    gaps = num("listener_gaps")
     return {
-        "ok": bool(redis_ok and listener_ok),
+        "ok": bool(redis_ok and listener_ok and bus_state != "dead"),
         "time": now,
         "redis": {"ok": redis_ok, "pubsub": pubsub_ok},
         "listener": {
@@ -279,6 +284,9 @@ def health(
             "redis_ok": num("listener_redis_ok") == 1,
         },
         "bus": {
+            "state": bus_state,
+            "links": links,
+            "gaps": None if gaps is None else int(gaps),
             "last_message_at": last,
             "lag_s": None if last is None else max(0.0, now - last),
             "messages_total": None if total is None else int(total),

@@ -178,13 +178,27 @@ def test_health_judgement() -> None:
     }
     h = webapi.health(meta, 110.0, 5.0, True, True, 3)
     assert h["ok"] is True and h["listener"]["heartbeat_age_s"] == 10.0
-    assert h["bus"] == {"last_message_at": 40.0, "lag_s": 70.0, "messages_total": 7}
+    assert h["bus"] == {
+        "state": None,
+        "links": {"ok": 0, "quiet": 0, "dead": 0},
+        "gaps": None,
+        "last_message_at": 40.0,
+        "lag_s": 70.0,
+        "messages_total": 7,
+    }
     assert h["listener"]["redis_ok"] is True and h["web"]["clients"] == 3
     # heartbeat older than max(3 * step_s, 15) s: listener down
     assert webapi.health(meta, 116.0, 5.0, True, True, 0)["ok"] is False
     # Redis down from the web process: not ok, whatever the listener said
     assert webapi.health(None, 110.0, 5.0, False, False, 0)["ok"] is False
     assert webapi.health({"listener_heartbeat": "junk"}, 110.0, 5.0, True, True, 0)["ok"] is False
+    # a quiet bus is healthy; a dead one is not
+    quiet = {**meta, "listener_bus_state": "quiet", "listener_links_quiet": "1"}
+    h = webapi.health(quiet, 110.0, 5.0, True, True, 0)
+    assert h["ok"] is True and h["bus"]["state"] == "quiet" and h["bus"]["links"]["quiet"] == 1
+    dead = {**meta, "listener_bus_state": "dead", "listener_links_dead": "1", "listener_gaps": "4"}
+    h = webapi.health(dead, 110.0, 5.0, True, True, 0)
+    assert h["ok"] is False and h["bus"]["gaps"] == 4
 
 
 def test_state_freshness() -> None:
