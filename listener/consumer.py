@@ -99,6 +99,8 @@ class Consumer:
         self.windows = {
             w: SlidingWindow(w, choose_bucket(w, cfg.buckets_s)) for w in cfg.windows_s
         }
+        #: older messages are rejected (``too_old``): the longest window, seconds
+        self._max_age_s = max(self.windows)
         self._lock = asyncio.Lock()
         self.last_message_at: float | None = None  # newest msg timestamp counted
         self.last_received_at: float | None = None  # arrival time of newest msg
@@ -184,7 +186,7 @@ class Consumer:
             if ts > now + self.cfg.max_future_skew_s:
                 self.stats.future_clamped += 1
             ts = now
-        if ts < now - self.cfg.longest_window_s:
+        if ts < now - self._max_age_s:
             self.stats.rejected["too_old"] += 1
             log.debug("too old msg_id=%s ts=%s", env.msg_id, env.timestamp)
             return False

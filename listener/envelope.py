@@ -66,6 +66,9 @@ class Envelope:
     body: dict[str, Any] = field(repr=False)
 
 
+_new_object = object.__new__
+
+
 @dataclass(frozen=True)
 class Rejected:
     """A frame set that was not counted.
@@ -146,7 +149,10 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
     seq = body.get("i")
     i = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
     user = body.get("username")
-    return Envelope(
+    # the frozen dataclass's own __init__ sets each field through
+    # object.__setattr__ (slow, once per message): fill the instance dict at once
+    env = _new_object(Envelope)
+    env.__dict__.update(
         topic=topic,
         msg_id=msg_id,
         timestamp=float(ts),
@@ -155,6 +161,7 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
         msg=msg,
         body=body,
     )
+    return env
 
 
 def encode_frames(body: dict[str, Any]) -> list[bytes]:

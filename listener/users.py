@@ -230,7 +230,13 @@ def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:
     """Drop ``None``, empty and non-string entries from a processor's result."""
     if not raw:
         return frozenset()
+    names = []
     try:
-        return frozenset(s for u in raw if isinstance(u, str) and (s := u.strip()))
-    except TypeError:
+        for u in raw:  # a plain loop: cheaper than a generator for 1-3 names
+            if isinstance(u, str):
+                u = u.strip()
+                if u:
+                    names.append(u)
+    except TypeError:  # not iterable
         return frozenset()
+    return frozenset(names)

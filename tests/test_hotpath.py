@@ -351,3 +351,39 @@ async def test_consumer_windows_with_duplicates_and_old_messages_match_redis(
         fresh = await store.read_window(w, now)
         assert win.totals == fresh, w
     await store.close()
+
+
+def test_envelope_from_dict_builds_the_same_frozen_envelope() -> None:
+    import dataclasses
+
+    import pytest
+
+    from listener.envelope import Envelope, envelope_from_dict
+
+    body = {"topic": "org.fedoraproject.prod.git.receive", "msg_id": "2017-x", "i": 3,
+            "timestamp": 1504643081, "username": "apache", "msg": {"a": 1}}
+    env = envelope_from_dict(body)
+    assert isinstance(env, Envelope)
+    assert env == Envelope("org.fedoraproject.prod.git.receive", "2017-x", 1504643081.0, 3,
+                           "apache", {"a": 1}, body)
+    assert env.body is body and isinstance(env.timestamp, float)
+    assert dataclasses.asdict(env)["msg"] == {"a": 1} and "body" not in repr(env)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        env.topic = "x"  # type: ignore[misc]
+
+
+def test_clean_usernames_unchanged() -> None:
+    from listener.users import clean_usernames
+
+    def reference(raw: Any) -> frozenset[str]:
+        if not raw:
+            return frozenset()
+        try:
+            return frozenset(u.strip() for u in raw if isinstance(u, str) and u.strip())
+        except TypeError:
+            return frozenset()
+
+    cases: list[Any] = [None, [], set(), {"ralph"}, {"ralph", None, ""}, [" kevin ", "kevin"],
+                        ["\t", 3, b"x", "a b"], 7, "ab", ("\u2003x\u2003",), {"x": 1}]
+    for raw in cases:
+        assert clean_usernames(raw) == reference(raw), raw
