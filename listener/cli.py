@@ -68,6 +68,17 @@ def setup_logging(level: str) -> None:
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (a clear usage error otherwise, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
+    return value
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that touches Redis or the bus."""
     p.add_argument("-c", "--config", help="wallboard TOML config file")
@@ -145,7 +156,7 @@ def _run_listen(args: argparse.Namespace) -> int:
 def _snapshot_parser(sub: Any) -> None:
     p = sub.add_parser("snapshot", help="print one window's counts and longtail")
     add_common(p)
-    p.add_argument("--window", type=int, default=3600, help="window length, seconds")
+    p.add_argument("--window", type=positive_int, default=3600, help="window length, seconds")
     p.add_argument("--end", type=float, help="window end, UNIX seconds (default now)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--all-users", action="store_true", help="all users, not the top 20")

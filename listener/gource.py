@@ -642,19 +642,9 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
-    return value
-
-
 def add_parser(sub: Any) -> None:
     """Register the ``gource`` subcommand."""
-    from .cli import add_common
+    from .cli import add_common, positive_int
 
     p = sub.add_parser(
         "gource",
@@ -677,7 +667,7 @@ def add_parser(sub: Any) -> None:
         help="first replay the last SECONDS of history (datagrepper, else Redis's ticker list)",
     )
     p.add_argument("--datagrepper", metavar="URL", help="datagrepper base URL for --since")
-    p.add_argument("--count", type=_positive_int, help="stop after N messages")
+    p.add_argument("--count", type=positive_int, help="stop after N messages")
     p.add_argument(
         "--no-follow", action="store_true", help="write the --since history, then exit"
     )

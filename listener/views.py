@@ -345,19 +345,9 @@ def parse_period(text: str) -> int:
     return value
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
-    return value
-
-
 def add_parser(sub: Any) -> None:
     """Register the ``radar`` and ``diff`` subcommands."""
-    from .cli import add_common
+    from .cli import add_common, positive_int
 
     p = sub.add_parser(
         "radar",
@@ -365,10 +355,10 @@ def add_parser(sub: Any) -> None:
         description="share(u, c) = count(u, c) / count(all users, c) over the window.",
     )
     add_common(p)
-    p.add_argument("--window", type=_positive_int, default=86400, help="window, seconds")
+    p.add_argument("--window", type=positive_int, default=86400, help="window, seconds")
     p.add_argument("--end", type=float, help="window end, UNIX seconds (default now)")
     p.add_argument("--users", help="comma-separated names (default: the top --top users)")
-    p.add_argument("--top", type=_positive_int, default=5, help="users when --users is absent")
+    p.add_argument("--top", type=positive_int, default=5, help="users when --users is absent")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_radar)
 
@@ -383,7 +373,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--by", choices=sorted(DIFF_BY), default="topic", help="group by")
     p.add_argument("--end", type=float, help="period end, UNIX seconds (default now)")
-    p.add_argument("--limit", type=_positive_int, help="show only the first N rows")
+    p.add_argument("--limit", type=positive_int, help="show only the first N rows")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_diff)
 

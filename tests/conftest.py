@@ -73,6 +73,9 @@ def redis_server_binary() -> str:
 class RedisServer:
     """A real redis-server process on 127.0.0.1:port (restartable for fault tests)."""
 
+    #: persistence options (none: a restart comes back empty)
+    persistence: tuple[str, ...] = ("--save", "", "--appendonly", "no")
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.port = free_port()
@@ -89,8 +92,7 @@ class RedisServer:
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--dir", str(self.tmp),
-                "--save", "",
-                "--appendonly", "no",
+                *self.persistence,
                 "--protected-mode", "no",
             ],
             stdout=subprocess.DEVNULL,

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import signal
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -31,7 +30,7 @@ import zmq
 from listener.config import Config
 from listener.consumer import Consumer
 from listener.store import Counted, Store
-from tests.conftest import RedisServer, free_port, redis_server_binary, wait_for
+from tests.conftest import RedisServer, free_port, wait_for
 from tests.tcpproxy import TcpProxy
 from tests.test_faults_bus import (
     PublisherProcess,
@@ -50,29 +49,7 @@ from tests.test_faults_bus import (
 class DurableRedis(RedisServer):
     """A redis-server whose data survives a restart (append-only file, fsync always)."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.tmp),
-                "--save", "",
-                "--appendonly", "yes",
-                "--appendfsync", "always",
-                "--protected-mode", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def up() -> bool:
-            try:
-                return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-            except Exception:
-                return False
-
-        wait_for(up, 15, what="redis-server")
+    persistence = ("--save", "", "--appendonly", "yes", "--appendfsync", "always")
 
 
 @pytest.fixture
