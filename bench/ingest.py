@@ -367,6 +367,7 @@ def listener_rep(redis: RedisServer, pub: Publisher, prof: Profile, tag: str) ->
     s = Session(redis, pub, "listener", tag, prof.listener_dir)
     try:
         rep.backfill = s.backfill(prof.backfill)
+        time.sleep(3.0)  # a flush or two later: the backlog's memory is handed back
         st = proc_status(s.proc.pid)
         rep.rss_mib["after_backfill"] = round(st["VmRSS"] / 1024, 1)
         rep.drain = s.drain(prof.drain)

@@ -22,11 +22,16 @@ from typing import Any
 from .config import Config
 from .envelope import Envelope, Rejected, category_of, decode_frames, envelope_from_dict
 from .livesnapshot import live_snapshot
+from .memory import trim_heap
 from .store import Counted, Store, aggregate
 from .users import UserExtractor
 from .windows import SlidingWindow, choose_bucket
 
 log = logging.getLogger(__name__)
+
+#: After this many messages, once the pending buffer is nearly empty, the heap is
+#: trimmed (:func:`listener.memory.trim_heap`): a burst's queue memory goes back.
+TRIM_EVERY_MSGS = 50_000
 
 
 @dataclass
@@ -101,6 +106,7 @@ class Consumer:
         }
         #: older messages are rejected (``too_old``): the longest window, seconds
         self._max_age_s = max(self.windows)
+        self._since_trim = 0  # messages flushed since the heap was last trimmed
         self._lock = asyncio.Lock()
         self.last_message_at: float | None = None  # newest msg timestamp counted
         self.last_received_at: float | None = None  # arrival time of newest msg
@@ -338,6 +344,11 @@ class Consumer:
                     if b == win.bucket_s:
                         win.add(start, c)
             self.stats.counted += new
+            self._since_trim += len(batch)
+            if self._since_trim >= TRIM_EVERY_MSGS and len(self.pending) < 1000:
+                # a burst has gone through: return the memory its queue held
+                self._since_trim = 0
+                trim_heap()
             return new
 
     def rate_per_min(self, now: float) -> float:
