@@ -11,12 +11,12 @@ publisher and ``python -m listener listen``.
   until the last client has them all; the web process's CPU per delivery.
 * **live** (per client count and bus rate): the publisher sends the realistic mix
   at ``rate`` msgs/s for ``duration_s`` through the listener (which batches
-  messages into a ``blink`` every ``blink_interval_s`` = 0.25 s, at most 200
-  messages each); events delivered per second, the web process's CPU (cores),
-  clients cut off, and the latency from publish to arrival in a ``blink`` at a
-  websocket client (``websockets`` library clients: arrival time minus the
-  message's ``timestamp``, corrected by the publisher's measured start), p50 and
-  p99 in ms.
+  messages into a ``blink`` every ``blink_interval_s``: 0.25 s by default, and 0.1 s
+  for one extra case; at most 200 messages each); events delivered per second, the
+  web process's CPU (cores), clients cut off, and the latency from publish to
+  arrival in a ``blink`` at a websocket client (``websockets`` library clients, in a
+  process of their own: arrival time minus the message's ``timestamp``, corrected
+  by the publisher's measured start), p50 and p99 in ms.
 """
 
 from __future__ import annotations
@@ -103,34 +103,58 @@ class Stack:
         """The websocket URL."""
         return f"ws://127.0.0.1:{self.port}/ws"
 
-    def start_live(self) -> None:
-        """Start the publisher and the listener (events from real bus traffic)."""
-        self.pub = Publisher(f"tcp://127.0.0.1:{free_port()}", hwm=0, n_users=5000)
-        self.listener = spawn(
-            [
-                "-m", "listener", "listen", "--redis-url", self.redis.url,
-                "--endpoint", self.pub.endpoint, "--key-prefix", self.prefix,
-            ],
-            "listener-fanout.log",
-        )
+    def start_live(self, blink_interval_s: float | None = None) -> None:
+        """(Re)start the listener, and the publisher the first time.
+
+        Args:
+            blink_interval_s: the listener's ``blink_interval_s`` (None: its default,
+                0.25 s), set through a TOML config file.
+        """
+        if self.pub is None:
+            self.pub = Publisher(f"tcp://127.0.0.1:{free_port()}", hwm=0, n_users=5000)
+        if self.listener is not None:
+            stop_process(self.listener, 20)
+        args = [
+            "-m", "listener", "listen", "--redis-url", self.redis.url,
+            "--endpoint", self.pub.endpoint, "--key-prefix", self.prefix,
+        ]
+        if blink_interval_s is not None:
+            toml = OUT / f"fanout-blink-{blink_interval_s:g}.toml"
+            toml.write_text(f"blink_interval_s = {blink_interval_s}\n")
+            args += ["-c", str(toml)]
+        self.listener = spawn(args, "listener-fanout.log")
         if not self.pub.cmd(cmd="wait_sub", timeout_s=90, wait_s=100)["got"]:
             raise BenchError("listener never subscribed; see bench/out/listener-fanout.log")
         time.sleep(0.5)
 
-    def clients(self, n: int, latency: int) -> LineProcess:
-        """Connect ``n`` websocket clients (``latency`` of them measuring latency)."""
-        c = LineProcess(
-            [
-                "-m", "bench.wsclients", "--url", self.url, "--clients", str(n),
-                "--latency-clients", str(latency),
-            ],
-            f"wsclients-{n}.log",
-            ready_s=120,
-        )
-        if c.info.get("connected", 0) < n:
-            c.close()
-            raise BenchError(f"only {c.info.get('connected')} of {n} websockets connected")
-        return c
+    def clients(self, n: int, latency: int) -> list[LineProcess]:
+        """Connect ``n`` websocket clients: ``latency`` of them (``websockets``
+        clients timing every blink) in a process of their own, so the many counting
+        clients cannot delay their reading."""
+        procs = []
+        try:
+            for count, lat in ((n - latency, 0), (latency, latency)):
+                if count <= 0:
+                    continue
+                c = LineProcess(
+                    [
+                        "-m", "bench.wsclients", "--url", self.url, "--clients", str(count),
+                        "--latency-clients", str(lat),
+                    ],
+                    f"wsclients-{count}-{lat}.log",
+                    ready_s=120,
+                )
+                procs.append(c)
+                if c.info.get("connected", 0) < count:
+                    raise BenchError(
+                        f"only {c.info.get('connected')} of {count} websockets connected"
+                    )
+        except Exception:
+            for c in procs:
+                c.close()
+            raise
+        return procs
+
 
     def close(self) -> None:
         """Stop everything (bounded)."""
@@ -141,11 +165,25 @@ class Stack:
         self.redis.stop()
 
 
+def _all(procs: list[LineProcess], **command: Any) -> list[dict[str, Any]]:
+    return [c.cmd(**command) for c in procs]
+
+
+def _merge(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "frames": sum(r["frames"] for r in reports),
+        "bytes": sum(r["bytes"] for r in reports),
+        "seconds": max(r["seconds"] for r in reports),
+        "closed": sum(r["closed"] for r in reports),
+        "latencies": [x for r in reports for x in r["latencies"]],
+    }
+
+
 def capacity(stack: Stack, n_clients: int, events: int) -> dict[str, Any]:
     """Deliveries per second when ``events`` events are published at once."""
     clients = stack.clients(n_clients, 0)
     try:
-        clients.cmd(cmd="mark")
+        _all(clients, cmd="mark")
         cpu0 = cpu_seconds(stack.web.pid)
         t0 = time.time()
         pipe = stack.redis.client.pipeline(transaction=False)
@@ -154,11 +192,14 @@ def capacity(stack: Stack, n_clients: int, events: int) -> dict[str, Any]:
             if k % 500 == 499:
                 pipe.execute()
         pipe.execute()
-        done = clients.cmd(cmd="wait", frames=events, timeout_s=120, wait_s=150)
+        waits = _all(clients, cmd="wait", frames=events, timeout_s=120, wait_s=150)
         cpu = cpu_seconds(stack.web.pid) - cpu0
-        rep = clients.cmd(cmd="report")
+        rep = _merge(_all(clients, cmd="report"))
     finally:
-        clients.close()
+        for c in clients:
+            c.close()
+    done = {"t_last": max(w["t_last"] for w in waits),
+            "complete": all(w["complete"] for w in waits)}
     seconds = done["t_last"] - t0
     delivered = n_clients * events if done["complete"] else rep["frames"]
     return {
@@ -173,8 +214,11 @@ def capacity(stack: Stack, n_clients: int, events: int) -> dict[str, Any]:
     }
 
 
-def live(stack: Stack, n_clients: int, rate: float, duration_s: float) -> dict[str, Any]:
-    """Real traffic at ``rate`` msgs/s through the listener to ``n_clients`` clients."""
+def live(
+    stack: Stack, n_clients: int, rate: float, duration_s: float, blink_s: float = 0.25
+) -> dict[str, Any]:
+    """Real traffic at ``rate`` msgs/s through the listener to ``n_clients`` clients
+    (``blink_s``: the listener's blink interval, for the record)."""
     assert stack.pub is not None
     clients = stack.clients(n_clients, min(5, n_clients))
     try:
@@ -182,16 +226,17 @@ def live(stack: Stack, n_clients: int, rate: float, duration_s: float) -> dict[s
         prep = stack.pub.cmd(
             cmd="prepare", count=count, rate=rate, run_id=f"live-{uuid.uuid4().hex[:8]}"
         )
-        clients.cmd(cmd="mark")
+        _all(clients, cmd="mark")
         cpu0 = cpu_seconds(stack.web.pid)
         lcpu0 = cpu_seconds(stack.listener.pid)
         sent = stack.pub.cmd(cmd="go", rate=rate, wait_s=duration_s * 4 + 60)
         cpu = cpu_seconds(stack.web.pid) - cpu0
         lcpu = cpu_seconds(stack.listener.pid) - lcpu0
         time.sleep(1.0)  # the last blink
-        rep = clients.cmd(cmd="report", wait_s=60)
+        rep = _merge(_all(clients, cmd="report", wait_s=60))
     finally:
-        clients.close()
+        for c in clients:
+            c.close()
     span = sent["end"] - sent["start"]
     offset = sent["start"] - prep["t0"]  # message k was stamped t0 + k/rate, sent ~start + k/rate
     lat_ms = [(x - offset) * 1000 for x in rep["latencies"]]
@@ -199,6 +244,7 @@ def live(stack: Stack, n_clients: int, rate: float, duration_s: float) -> dict[s
     return {
         "clients": n_clients,
         "rate": rate,
+        "blink_s": blink_s,
         "seconds": round(span, 3),
         "deliveries_per_s": round(rep["frames"] / rep["seconds"]),
         "mbytes_per_s": round(rep["bytes"] / rep["seconds"] / 1e6, 2),
@@ -230,16 +276,21 @@ def run(quick: bool = False, reps: int = 3, log: Any = print) -> dict[str, Any]:
                 log(f"  capacity rep {k + 1}, {n} clients: {row['deliveries_per_s']}/s, "
                     f"{row['web_cpu_us_per_delivery']} us CPU/delivery, load "
                     f"{os.getloadavg()[0]:.2f}")
-        stack.start_live()
-        for k in range(reps):
-            for n in sizes:
-                for rate in rates:
-                    row = live(stack, n, rate, duration_s)
+        # the listener's default blink interval, then a shorter one for the largest case
+        cases = [(0.25, n, rate) for n in sizes for rate in rates]
+        cases += [(0.1, sizes[-1], rates[-1])]
+        for blink_s in (0.25, 0.1):
+            stack.start_live(None if blink_s == 0.25 else blink_s)
+            for k in range(reps):
+                for b, n, rate in cases:
+                    if b != blink_s:
+                        continue
+                    row = live(stack, n, rate, duration_s, blink_s)
                     out["live"].append(row)
-                    log(f"  live rep {k + 1}, {n} clients at {rate:.0f} msgs/s: "
-                        f"{row['deliveries_per_s']} events/s, web {row['web_cores']} cores, "
-                        f"p50 {row['p50_ms']} ms p99 {row['p99_ms']} ms, load "
-                        f"{os.getloadavg()[0]:.2f}")
+                    log(f"  live rep {k + 1}, {n} clients at {rate:.0f} msgs/s, blink "
+                        f"{blink_s} s: {row['deliveries_per_s']} events/s, web "
+                        f"{row['web_cores']} cores, p50 {row['p50_ms']} ms p99 "
+                        f"{row['p99_ms']} ms, load {os.getloadavg()[0]:.2f}")
     finally:
         stack.close()
     return out

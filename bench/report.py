@@ -116,16 +116,22 @@ def targets(r: dict[str, Any]) -> str:
     if fan.get("live"):
         from bench.fanout import medians
 
-        live = medians(fan["live"], ("clients", "rate"))
-        top = max(live, key=lambda x: (x["clients"], x["rate"]))
+        live = medians(fan["live"], ("clients", "rate", "blink_s"))
+        top = max((x for x in live if x["blink_s"] == 0.25) or live,
+                  key=lambda x: (x["clients"], x["rate"]))
         rows.append((f"{top['clients']:,} websocket clients on one web process at "
                      f"{top['rate']:,.0f} msgs/s with < 1 core",
                      f"{num(top['web_cores'], 2)} cores",
                      verdict(top["web_cores"] < 1)))
-        worst = max((x["p99_ms"] for x in live if x["p99_ms"] is not None), default=None)
+        worst = max((x["p99_ms"] for x in live if x["p99_ms"] is not None
+                     and x["blink_s"] == top["blink_s"]), default=None)
+        fast = [x for x in live if x["blink_s"] != top["blink_s"]]
+        extra = (f"; with `blink_interval_s = {fast[0]['blink_s']}`: p99 "
+                 f"{num(fast[0]['p99_ms'])} ms" if fast else "")
         rows.append(("bus → client p99 < 250 ms",
                      f"p99 {num(top['p99_ms'])} ms at {top['clients']:,} clients / "
-                     f"{top['rate']:,.0f} msgs/s (worst case {num(worst)} ms)",
+                     f"{top['rate']:,.0f} msgs/s, worst {num(worst)} ms (default "
+                     f"`blink_interval_s` = {top['blink_s']} s){extra}",
                      verdict(None if worst is None else worst < 250)))
     if st.get("raw"):
         x = st["raw"]
@@ -322,13 +328,14 @@ def fanout(r: dict[str, Any]) -> str:
         "`websockets` client (arrival − the message's timestamp, corrected by the "
         "publisher's measured start), p50/p99:",
         "",
-        "| clients | msgs/s | events delivered/s | MB/s | web cores | listener cores | cut "
-        "off | p50 | p99 | samples |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | msgs/s | blink interval | events delivered/s | MB/s | web cores | "
+        "listener cores | cut off | p50 | p99 | samples |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in medians(f.get("live", []), ("clients", "rate")):
+    for row in medians(f.get("live", []), ("clients", "rate", "blink_s")):
         out.append(
-            f"| {row['clients']:,} | {row['rate']:,.0f} | {num(row['deliveries_per_s'])} | "
+            f"| {row['clients']:,} | {row['rate']:,.0f} | {row['blink_s']} s | "
+            f"{num(row['deliveries_per_s'])} | "
             f"{num(row['mbytes_per_s'], 1)} | {num(row['web_cores'], 2)} | "
             f"{num(row['listener_cores'], 2)} | {num(row['closed'])} | "
             f"{num(row['p50_ms'])} ms | {num(row['p99_ms'])} ms | "
