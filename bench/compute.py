@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -33,8 +34,11 @@ CATEGORIES = ("buildsys", "copr", "git", "bodhi", "pagure", "compose", "ci", "an
 
 
 def zipf_counts(n: int) -> dict[str, int]:
-    """``{username: messages}`` for ``n`` users, user ``k`` with ``max(1, n // (k+1))``."""
-    return {f"fas{k:06d}": max(1, n // (k + 1)) for k in range(n)}
+    """``{username: messages}`` for ``n`` users, user ``k`` with ``max(1, n // (k+1))``,
+    in a shuffled order (a window's users are not stored sorted by count)."""
+    ranks = list(range(n))
+    random.Random(n).shuffle(ranks)
+    return {f"fas{k:06d}": max(1, n // (k + 1)) for k in ranks}
 
 
 def window_counts(n: int) -> Counts:
@@ -107,7 +111,12 @@ def longtail_table(
     return rows
 
 
-async def _step_cost(redis_url: str, n: int, repeat: int) -> dict[str, Any]:
+#: users of each window relative to the 7 d window's, in the "nested" shape (a
+#: window's users are a subset of the longer one's)
+NESTED = {3600: 0.1, 86400: 0.5, 604800: 1.0}
+
+
+async def _step_cost(redis_url: str, n: int, repeat: int, shape: str) -> dict[str, Any]:
     from listener.config import Config
     from listener.consumer import Consumer
     from listener.store import Store
@@ -123,8 +132,9 @@ async def _step_cost(redis_url: str, n: int, repeat: int) -> dict[str, Any]:
     consumer = Consumer(cfg, _NoExtractor(), store)  # type: ignore[arg-type]
     now = time.time()
     await consumer.warm_up(now)
-    for win in consumer.windows.values():
-        win.reset(window_counts(n), now)
+    for w, win in consumer.windows.items():
+        users = n if shape == "all" else max(1, int(n * NESTED.get(w, 1.0)))
+        win.reset(window_counts(users), now)
     times = []
     for _ in range(repeat):
         gc.collect()
@@ -142,21 +152,29 @@ async def _step_cost(redis_url: str, n: int, repeat: int) -> dict[str, Any]:
     )
     return {
         "users": n,
+        "shape": shape,
         "windows": list(cfg.windows_s),
         "step_ms": round(statistics.median(times) * 1000, 3),
         "snapshots_ms": pure,
     }
 
 
-def step_cost(redis_url: str, sizes: tuple[int, ...] = (1000, 10_000), repeat: int = 7) -> list[
-    dict[str, Any]
-]:
-    """One :meth:`Consumer.step` of all windows with ``n`` users each, per ``n``.
+def step_cost(
+    redis_url: str, sizes: tuple[int, ...] = (1000, 10_000), repeat: int = 7
+) -> list[dict[str, Any]]:
+    """One :meth:`Consumer.step` of all windows, per ``n`` and shape.
+
+    Shapes: ``"all"``: each window holds ``n`` users (the worst case); ``"nested"``:
+    the 7 d window holds ``n``, the 24 h and 1 h windows :data:`NESTED` of them.
 
     Returns:
-        ``[{"users", "windows", "step_ms", "snapshots_ms"}, ...]``.
+        ``[{"users", "shape", "windows", "step_ms", "snapshots_ms"}, ...]``.
     """
-    return [asyncio.run(_step_cost(redis_url, n, repeat)) for n in sizes]
+    return [
+        asyncio.run(_step_cost(redis_url, n, repeat, shape))
+        for n in sizes
+        for shape in ("nested", "all")
+    ]
 
 
 def run(redis_url: str, quick: bool = False) -> dict[str, Any]:

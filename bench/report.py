@@ -107,12 +107,19 @@ def targets(r: dict[str, Any]) -> str:
              verdict(all(x == 0 for x in lost))),
         ]
     if comp.get("step"):
-        big = [s for s in comp["step"] if s["users"] == 10_000] or comp["step"][-1:]
-        if big:
-            s = big[0]
-            rows.append((f"one step of all windows < 10 ms at {s['users']:,} users",
-                         f"{num(s['step_ms'], 1)} ms (pure part {num(s['snapshots_ms'], 1)} ms)",
-                         verdict(s["step_ms"] < 10)))
+        top_n = max(s["users"] for s in comp["step"])
+        shapes = {s.get("shape", "all"): s for s in comp["step"] if s["users"] == top_n}
+        nested, worst = shapes.get("nested"), shapes.get("all")
+        main = nested or worst
+        if main:
+            text = (f"{num(main['step_ms'], 1)} ms with {top_n:,} users in the 7 d window "
+                    "(24 h: half of them, 1 h: a tenth)" if nested else
+                    f"{num(main['step_ms'], 1)} ms")
+            if nested and worst:
+                text += (f"; {num(worst['step_ms'], 1)} ms with {top_n:,} users in every "
+                         "window (worst case)")
+            rows.append((f"one step of all windows < 10 ms at {top_n:,} users", text,
+                         verdict(main["step_ms"] < 10)))
     if fan.get("live"):
         from bench.fanout import medians
 
@@ -275,16 +282,19 @@ def compute(r: dict[str, Any]) -> str:
         )
     out += [
         "",
-        "One step of all windows (`Consumer.step()` against the real redis-server: the 1 h, "
-        "24 h and 7 d windows each holding n users and their user × category counts; "
-        "snapshots, three history points, the `tick` stored and published), and its pure "
-        "part (the three live snapshots), medians of 7, ms:",
+        "One step of all windows (`Consumer.step()` against the real redis-server: "
+        "snapshots of the 1 h, 24 h and 7 d windows with their users and user × category "
+        "counts, three history points, the `tick` stored and published), and its pure "
+        "part (the three live snapshots), medians of 7, ms.  *nested*: n users in the "
+        "7 d window, n/2 in the 24 h one, n/10 in the 1 h one; *all*: n in each (worst "
+        "case):",
         "",
-        "| users per window | step | pure part |",
-        "|---:|---:|---:|",
+        "| users (7 d window) | shape | step | pure part |",
+        "|---:|---|---:|---:|",
     ]
     for s in c.get("step", []):
-        out.append(f"| {s['users']:,} | {s['step_ms']:.1f} | {s['snapshots_ms']:.1f} |")
+        out.append(f"| {s['users']:,} | {s.get('shape', 'all')} | {s['step_ms']:.1f} | "
+                   f"{s['snapshots_ms']:.1f} |")
     return "\n".join(out) + "\n"
 
 

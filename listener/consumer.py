@@ -401,19 +401,17 @@ class Consumer:
                 snap["warming_up"] = warm
                 snaps[str(w)] = snap
                 warming[str(w)] = warm
-        for w, snap in snaps.items():
-            await self.store.append_history(
-                int(w),
-                [
-                    now,
-                    snap["longtail"],
-                    snap["longtail_normalized"],
-                    snap["gini"],
-                    snap["messages"],
-                    snap["users"],
-                ],
-                self.cfg.history_len,
-            )
+        points = {
+            int(w): [
+                now,
+                snap["longtail"],
+                snap["longtail_normalized"],
+                snap["gini"],
+                snap["messages"],
+                snap["users"],
+            ]
+            for w, snap in snaps.items()
+        }
         tick = {
             "type": "tick",
             "end": now,
@@ -424,8 +422,8 @@ class Consumer:
             "warming_up": warming,
             "pending": len(self.pending),
         }
-        await self.store.set_state(tick)
-        await self.store.publish(tick)
+        # history points, the stored tick and its publication: one round trip
+        await self.store.record_tick(points, self.cfg.history_len, tick)
         return tick
 
     async def publish_blink(self) -> dict[str, Any] | None:

@@ -24,25 +24,37 @@ from .snapshot import top_items
 from .windows import Counts
 
 
-def live_stats(per_user: Mapping[str, int]) -> LongtailStats:
+def live_stats(per_user: Mapping[str, int], top: list[list[Any]] | None = None) -> LongtailStats:
     """:func:`listener.longtail.stats` with the closed-form longtail.
 
     Args:
         per_user: ``{username: messages}`` of one window; counts <= 0 are ignored.
+        top: ``top_users(per_user, k)`` for some ``k >= 1`` when the caller has it:
+            its first entry is the head, one pass over the users fewer.
 
     Returns:
         The same :class:`LongtailStats` as ``stats`` (head and tail ties broken by
         username, ascending), ``longtail`` within float rounding of the seed's.
     """
-    values = [c for c in per_user.values() if c > 0]
-    if not values:
+    if not per_user:
         return LongtailStats(0, None, None, None, None, None)
+    values = list(per_user.values())
+    low = min(values)
+    if low <= 0:  # rare: keep only the users with messages
+        per_user = {u: c for u, c in per_user.items() if c > 0}
+        if not per_user:
+            return LongtailStats(0, None, None, None, None, None)
+        values = list(per_user.values())
+        low, top = min(values), None
     n = len(values)
-    high, low = max(values), min(values)
+    high = max(values)
     lt = longtail_closed_form(n, float(high), float(low), float(sum(values)))
     assert lt is not None
-    head = min(u for u, c in per_user.items() if c == high)
-    tail = min(u for u, c in per_user.items() if c == low)
+    if top:
+        head = top[0][0]
+    else:
+        head = min([u for u, c in per_user.items() if c == high])
+    tail = min([u for u, c in per_user.items() if c == low])
     return LongtailStats(
         users=n,
         longtail=lt,
@@ -82,7 +94,8 @@ def live_snapshot(
     Arguments and result as :func:`listener.snapshot.build_snapshot`; see the
     module docstring for the one (rounding-level) difference.
     """
-    st = live_stats(counts.users)
+    top = top_users(counts.users, top_n if top_n is None else max(top_n, 1))
+    st = live_stats(counts.users, top)
     return {
         "window_s": int(window_s),
         "end": float(end),
@@ -90,7 +103,7 @@ def live_snapshot(
         "users": st.users,
         "topics": dict(top_items(dict(counts.topics), topics_n)),
         "categories": dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "top_users": top_users(counts.users, top_n),
+        "top_users": top if top_n is None else top[:top_n],
         "longtail": st.longtail,
         "longtail_normalized": st.longtail_normalized,
         "gini": st.gini,

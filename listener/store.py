@@ -428,11 +428,13 @@ class Store:
             (a new or flushed Redis).
         """
         epoch = uuid.uuid4().hex
-        created = await self.r.hsetnx(self.key("meta"), "epoch", epoch)
+        async with self.r.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.hsetnx(self.key("meta"), "epoch", epoch)
+            pipe.hget(self.key("meta"), "epoch")
+            created, got = await pipe.execute()
         if created:
             await self.r.hset(self.key("meta"), "epoch_started_at", str(now))
             return epoch, True
-        got = await self.r.hget(self.key("meta"), "epoch")
         return (got.decode() if got else epoch), False
 
     async def append_history(self, window_s: int, point: list[Any], maxlen: int) -> None:
@@ -441,6 +443,26 @@ class Store:
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.rpush(k, orjson.dumps(point))
             pipe.ltrim(k, -maxlen, -1)
+            await pipe.execute()
+
+    async def record_tick(
+        self, points: dict[int, list[Any]], maxlen: int, tick: dict[str, Any]
+    ) -> None:
+        """What a step writes, in one pipeline (one round trip): each window's history
+        point (as :meth:`append_history`), then the ``tick`` stored (as
+        :meth:`set_state`) and published (as :meth:`publish`), encoded once.
+
+        Args:
+            points: ``{window_s: point}``; maxlen: points kept per window.
+        """
+        data = orjson.dumps(tick)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for window_s, point in points.items():
+                k = self.key("hist", window_s)
+                pipe.rpush(k, orjson.dumps(point))
+                pipe.ltrim(k, -maxlen, -1)
+            pipe.set(self.key("state"), data)
+            pipe.publish(self.events_channel, data)
             await pipe.execute()
 
     async def history(self, window_s: int, limit: int = 2880) -> list[list[Any]]:

@@ -92,7 +92,7 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
             "longtail": [{"users": 100, "seed_loop_ms": 1.0, "closed_form_ms": 0.1,
                           "stats_ms": 1.0, "live_stats_ms": 0.2, "snapshot_ms": 2.0,
                           "live_snapshot_ms": 0.5, "rel_diff": 1e-16}],
-            "step": [{"users": 10_000, "step_ms": 9.0, "snapshots_ms": 5.0}],
+            "step": [{"users": 10_000, "shape": "all", "step_ms": 9.0, "snapshots_ms": 5.0}],
             "load_before": [1, 1, 1], "load_after": [1, 1, 1], "seconds": 1,
         },
     }
@@ -104,5 +104,5 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
                     "## Fan-out and bus → browser latency", report.STUDY_HEADING):
         assert heading in text
     assert "kept as it was" in text  # the study's section is someone else's
-    assert "| 10,000 | 9.0 | 5.0 |" in text
+    assert "| 10,000 | all | 9.0 | 5.0 |" in text
     assert "one step of all windows < 10 ms at 10,000 users | 9.0 ms" in text

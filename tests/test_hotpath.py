@@ -414,3 +414,33 @@ def test_trim_heap_returns_freed_memory() -> None:
     assert trim_heap() is True
     assert rss_kib() < before - 50_000  # KiB given back
     del kept
+
+
+async def test_record_tick_writes_what_the_three_calls_wrote(redis_url: str) -> None:
+    a = Store.from_url(redis_url, prefix=f"a{uuid.uuid4().hex[:6]}")
+    b = Store.from_url(redis_url, prefix=f"b{uuid.uuid4().hex[:6]}")
+    tick = {"type": "tick", "end": 5.0, "windows": {"3600": {"messages": 3}}}
+    points = {3600: [5.0, 1.5, 0.5, 0.2, 3, 2], 86400: [5.0, None, None, None, 0, 0]}
+    pubsub = b.r.pubsub()
+    await pubsub.subscribe(b.events_channel)
+    await pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    for _ in range(3):
+        for w, p in points.items():
+            await a.append_history(w, p, maxlen=2)
+        await a.set_state(tick)
+        await b.record_tick(points, 2, tick)
+    for w in points:
+        assert await b.history(w) == await a.history(w) == [points[w]] * 2
+    assert await b.state() == await a.state() == tick
+    msg = None
+    for _ in range(20):
+        msg = await pubsub.get_message(timeout=1.0)
+        if msg and msg["type"] == "message":
+            break
+    assert msg is not None and orjson.loads(msg["data"]) == tick
+    e1, created = await b.ensure_epoch(1.0)
+    e2, again = await b.ensure_epoch(2.0)
+    assert created and not again and e1 == e2
+    await pubsub.aclose()
+    await a.close()
+    await b.close()
