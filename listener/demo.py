@@ -33,6 +33,20 @@ def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]
     )
 
 
+def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Wait until ``host:port`` accepts connections (False if ``proc`` died or time ran out)."""
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo until interrupted; returns the exit code."""
     ap = argparse.ArgumentParser(prog="python -m listener.demo", description=__doc__)
@@ -75,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         web = ["web", "--redis-url", url, "--host", args.host, "--port", str(args.port)]
         children.append(("web", _spawn("web", web, logs)))
         where = f"http://{args.host}:{args.port}/"
+        if not _wait_port(args.host, args.port, children[-1][1], 30.0):
+            print(f"the web server did not come up; see {logs / 'web.log'}", flush=True)
+            where = "(web server failed)"
     except ImportError:
         where = "(web server not installed)"
 
@@ -82,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfedmsg-wallboard demo running\n"
         f"  page:      {where}\n"
         f"  snapshot:  .venv/bin/fedmsg-wallboard snapshot --redis-url {url} --window 3600\n"
+        f"             (or --state-dir {base / 'redis'}: the demo's embedded Redis)\n"
         f"  logs:      {logs}/\n"
         f"Ctrl-C to stop.\n",
         flush=True,

@@ -61,7 +61,9 @@ def schedule(
         loop: start again after the last body; passes after the first get fresh
             ``msg_id``s (suffix ``-rN``) so they count as new messages.
         count: stop after this many messages (None: one pass, or forever with loop).
-        rebase_time: set each body's ``timestamp`` to its send time.
+        rebase_time: set each body's ``timestamp`` to its send time and number the
+            bodies ``i`` = 1, 2, ... like one publishing process (signatures, if
+            any, no longer match).
     """
     if not bodies:
         return
@@ -85,7 +87,11 @@ def schedule(
             if rnd:
                 out["msg_id"] = f"{body.get('msg_id', '')}-r{rnd}"
             if rebase_time:
+                # a replay is one publishing process: its own timestamps and its own
+                # sequence numbers (the recorded ``i`` belong to many old processes
+                # and would read as gaps)
                 out["timestamp"] = max(at, clock())
+                out["i"] = sent + 1
             yield at, out
             sent += 1
         if not loop:
@@ -102,10 +108,14 @@ def open_publisher(ctx: zmq.Context[Any], endpoint: str, bind: bool, hwm: int) -
     sock.setsockopt(zmq.SNDHWM, hwm)
     sock.setsockopt(zmq.LINGER, 2000)
     sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-    if bind:
-        sock.bind(endpoint)
-    else:
-        sock.connect(endpoint)
+    try:
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except zmq.ZMQError:
+        sock.close(linger=0)
+        raise
     return sock
 
 
@@ -147,6 +157,8 @@ def publish(
 
 def add_parser(sub: Any) -> None:
     """Register the ``replay`` subcommand."""
+    from .cli import positive_float
+
     p = sub.add_parser(
         "replay",
         help="publish recorded real fedmsg messages on a local ZeroMQ endpoint",
@@ -157,15 +169,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--builtin-examples",
         action="store_true",
-        help="the ~557 real messages shipped in fedmsg_meta_fedora_infrastructure's tests",
+        help="the 553 distinct real messages shipped in fedmsg_meta_fedora_infrastructure's tests",
     )
     p.add_argument("--endpoint", default="tcp://127.0.0.1:9940", help="ZeroMQ address")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--bind", action="store_true", default=True, help="bind (default)")
     mode.add_argument("--connect", action="store_true", help="connect instead of bind")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, help="messages per second")
-    pace.add_argument("--speed", type=float, help="factor on the original spacing")
+    pace.add_argument("--rate", type=positive_float, help="messages per second")
+    pace.add_argument("--speed", type=positive_float, help="factor on the original spacing")
     p.add_argument("--rebase-time", action="store_true", help="timestamps = send time")
     p.add_argument("--loop", action="store_true", help="repeat (fresh msg_ids each pass)")
     p.add_argument("--count", type=int, help="stop after N messages")
@@ -193,7 +205,12 @@ def run(args: argparse.Namespace) -> int:
         log.error("nothing to replay: give files or --builtin-examples")
         return 2
     ctx: zmq.Context[Any] = zmq.Context()
-    sock = open_publisher(ctx, args.endpoint, not args.connect, args.hwm)
+    try:
+        sock = open_publisher(ctx, args.endpoint, not args.connect, args.hwm)
+    except zmq.ZMQError as exc:
+        log.error("cannot %s %s: %s", "connect" if args.connect else "bind", args.endpoint, exc)
+        ctx.term()
+        return 2
     try:
         if args.wait_subscribers:
             got = wait_subscribers(sock, args.wait_subscribers, args.wait_timeout)

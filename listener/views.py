@@ -347,7 +347,7 @@ def parse_period(text: str) -> int:
 
 def add_parser(sub: Any) -> None:
     """Register the ``radar`` and ``diff`` subcommands."""
-    from .cli import add_common, positive_int
+    from .cli import add_common, epoch_seconds, positive_int
 
     p = sub.add_parser(
         "radar",
@@ -356,7 +356,7 @@ def add_parser(sub: Any) -> None:
     )
     add_common(p)
     p.add_argument("--window", type=positive_int, default=86400, help="window, seconds")
-    p.add_argument("--end", type=float, help="window end, UNIX seconds (default now)")
+    p.add_argument("--end", type=epoch_seconds, help="window end, UNIX seconds (default now)")
     p.add_argument("--users", help="comma-separated names (default: the top --top users)")
     p.add_argument("--top", type=positive_int, default=5, help="users when --users is absent")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -372,7 +372,7 @@ def add_parser(sub: Any) -> None:
         "--period", type=parse_period, default=86400, help="day, week or seconds (default day)"
     )
     p.add_argument("--by", choices=sorted(DIFF_BY), default="topic", help="group by")
-    p.add_argument("--end", type=float, help="period end, UNIX seconds (default now)")
+    p.add_argument("--end", type=epoch_seconds, help="period end, UNIX seconds (default now)")
     p.add_argument("--limit", type=positive_int, help="show only the first N rows")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_diff)

@@ -854,7 +854,7 @@
       t.hidden = P.rotate ? !rotation.includes(t.dataset.view) : t.dataset.view !== name && !!P.view;
     }
     document.body.dataset.view = name;
-    if (name === "live") { layoutLights(lights.size); renderBars(); }
+    if (name === "live") { layoutLights($("lights").childElementCount); renderBars(); }
     if (name === "longtail") { renderCards(); renderHistory(); renderDist(); }
     if (name === "radar" && (!S.fetchedAt.radar || Date.now() - S.fetchedAt.radar > FETCH_EVERY_MS)) loadRadar();
     if (name === "diff" && (!S.fetchedAt.diff || Date.now() - S.fetchedAt.diff > FETCH_EVERY_MS)) loadDiff();
@@ -909,7 +909,7 @@
         chartDefaults();
         if (charts.bars) charts.bars.options.layout.padding = { right: remPx() * 4.5 };
         for (const c of Object.values(charts)) c.resize();
-        layoutLights(lights.size);
+        layoutLights($("lights").childElementCount);
       }, 200);
     });
     setInterval(everySecond, 1000);
