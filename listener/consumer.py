@@ -201,6 +201,7 @@ class Consumer:
                     "latest msg_id=%s (replaying old messages? use --rebase-time)",
                     n_old, self._max_age_s, env.msg_id,
                 )
+            log.debug("too old msg_id=%s ts=%s", env.msg_id, env.timestamp)
             return False
         if users is None:
             before = self.extractor.errors
