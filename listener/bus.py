@@ -490,7 +490,8 @@ class Bus:
         """Close every socket and the context."""
         for link in self.links:
             self._close(link)
-        self.ctx.term()
+        # destroy, not term: a socket left open (a monitor) must not block exit
+        self.ctx.destroy(linger=0)
 
     # -- health --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Longest time spent flushing pending counts at shutdown, seconds.
 SHUTDOWN_FLUSH_S = 10.0
+#: Longest wait for each later shutdown step (tasks, AMQP, Redis close), seconds.
+SHUTDOWN_TASKS_S = 5.0
 
 
 async def open_store(cfg: Config) -> tuple[Store, Any]:
@@ -240,23 +243,34 @@ async def run_listener(
     deadline = time.monotonic() + SHUTDOWN_FLUSH_S
     while (consumer.pending or consumer._retry_batch) and time.monotonic() < deadline:
         try:
-            await consumer.flush()
+            # each call bounded too: a flush waiting on a stuck lock holder must not
+            # keep the process past the deadline
+            await asyncio.wait_for(consumer.flush(), max(0.1, deadline - time.monotonic()))
         except Exception as exc:
-            log.warning("final flush failed: %s", exc)
+            log.warning("final flush failed: %s", exc or type(exc).__name__)
             await asyncio.sleep(0.5)
-    if consumer.pending:
+    if consumer.pending or consumer._retry_batch:
         log.error("shutdown: %d messages could not be written", len(consumer.pending))
     if amqp is not None:
-        await amqp.close()  # acknowledges what the final flush wrote
+        try:
+            await asyncio.wait_for(amqp.close(), SHUTDOWN_TASKS_S)  # acks what was written
+        except Exception as exc:
+            log.warning("AMQP close: %s", exc or type(exc).__name__)
     for t in tasks:
         t.cancel()
     stop_task.cancel()
-    await asyncio.gather(*tasks, stop_task, return_exceptions=True)
+    _, stuck = await asyncio.wait([*tasks, stop_task], timeout=SHUTDOWN_TASKS_S)
+    for t in stuck:  # never expected: name it, with where it waits, and go on
+        log.error("shutdown: task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
+        t.print_stack(file=sys.stderr)
     if bus is not None:
         bus.close()
     if metrics_server is not None:
         metrics_server.shutdown()
-    await store.close()
+    try:
+        await asyncio.wait_for(store.close(), SHUTDOWN_TASKS_S)
+    except Exception as exc:
+        log.warning("Redis close: %s", exc or type(exc).__name__)
     if handle is not None:
         handle.shutdown(save=True) if hasattr(handle, "shutdown") else None
     notifier.close()
