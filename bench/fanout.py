@@ -229,9 +229,11 @@ def live(
         _all(clients, cmd="mark")
         cpu0 = cpu_seconds(stack.web.pid)
         lcpu0 = cpu_seconds(stack.listener.pid)
+        ccpu0 = sum(cpu_seconds(c.proc.pid) for c in clients)
         sent = stack.pub.cmd(cmd="go", rate=rate, wait_s=duration_s * 4 + 60)
         cpu = cpu_seconds(stack.web.pid) - cpu0
         lcpu = cpu_seconds(stack.listener.pid) - lcpu0
+        ccpu = sum(cpu_seconds(c.proc.pid) for c in clients) - ccpu0
         time.sleep(1.0)  # the last blink
         rep = _merge(_all(clients, cmd="report", wait_s=60))
     finally:
@@ -250,6 +252,7 @@ def live(
         "mbytes_per_s": round(rep["bytes"] / rep["seconds"] / 1e6, 2),
         "web_cores": round(cpu / span, 3),
         "listener_cores": round(lcpu / span, 3),
+        "clients_cores": round(ccpu / span, 3),
         "closed": rep["closed"],
         "latency_samples": len(lat_ms),
         "p50_ms": None if p50 is None else round(p50, 1),

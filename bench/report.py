@@ -61,7 +61,8 @@ def header(r: dict[str, Any]) -> str:
             "number is measured is described with it; the raw results of the run are in "
             "`bench/out/results.json`." + quick,
             "",
-            f"- command: `{r['command']}`, {m['date']}, commit `{m['commit']}`",
+            f"- command: `{r['command']}`, {m['date']}, commit `{m['commit']}`"
+            + "".join(f"; then `{x}`" for x in r.get("reruns", [])),
             f"- machine: {m['nproc']} cores ({m['cpu']}), {m['ram_gib']} GiB RAM, Linux "
             f"{m['kernel']}; Python {m['python']}, redis-server {m['redis']}, pyzmq "
             f"{m['pyzmq']} (libzmq {m['libzmq']}), orjson {m['orjson']}, websockets "
@@ -260,7 +261,7 @@ def compute(r: dict[str, Any]) -> str:
     if not c.get("longtail"):
         return "\n".join(out + ["Not run.", ""])
     out += [
-        "`bench/compute.py`, medians of 5 runs (ms).  Counts are Zipf-like: user k has "
+        "`bench/compute.py`, medians of 7 runs (ms).  Counts are Zipf-like: user k has "
         "max(1, n // (k+1)) messages.  *seed loop*: `longtail.longtail` (sort, then the "
         "seed's accumulation over ranks); *closed form*: `longtail_closed_form` with one "
         "pass for head, tail and sum; *stats*: `longtail.stats` (every metric, seed-exact: "
@@ -285,7 +286,7 @@ def compute(r: dict[str, Any]) -> str:
         "One step of all windows (`Consumer.step()` against the real redis-server: "
         "snapshots of the 1 h, 24 h and 7 d windows with their users and user × category "
         "counts, three history points, the `tick` stored and published), and its pure "
-        "part (the three live snapshots), medians of 7, ms.  *nested*: n users in the "
+        "part (the three live snapshots), medians of 15, ms.  *nested*: n users in the "
         "7 d window, n/2 in the 24 h one, n/10 in the 1 h one; *all*: n in each (worst "
         "case):",
         "",
@@ -336,18 +337,23 @@ def fanout(r: dict[str, Any]) -> str:
         "clients; events delivered per second, the web process's and the listener's CPU "
         "(cores), clients cut off, and the latency from publish to arrival in a `blink` at a "
         "`websockets` client (arrival − the message's timestamp, corrected by the "
-        "publisher's measured start), p50/p99:",
+        "publisher's measured start), p50/p99.  A `blink` carries the newest 200 "
+        "messages of its interval: above 800 msgs/s the oldest ones (the longest "
+        "waiting) are counted but not shown, so they are not in the latency samples.  "
+        "Everything here (publisher, listener, Redis, web process, the simulated "
+        "clients) shares the 2 cores:",
         "",
         "| clients | msgs/s | blink interval | events delivered/s | MB/s | web cores | "
-        "listener cores | cut off | p50 | p99 | samples |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "listener cores | client processes' cores | cut off | p50 | p99 | samples |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in medians(f.get("live", []), ("clients", "rate", "blink_s")):
         out.append(
             f"| {row['clients']:,} | {row['rate']:,.0f} | {row['blink_s']} s | "
             f"{num(row['deliveries_per_s'])} | "
             f"{num(row['mbytes_per_s'], 1)} | {num(row['web_cores'], 2)} | "
-            f"{num(row['listener_cores'], 2)} | {num(row['closed'])} | "
+            f"{num(row['listener_cores'], 2)} | {num(row.get('clients_cores'), 2)} | "
+            f"{num(row['closed'])} | "
             f"{num(row['p50_ms'])} ms | {num(row['p99_ms'])} ms | "
             f"{num(row['latency_samples'])} |"
         )

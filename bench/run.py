@@ -3,6 +3,7 @@
     python -m bench.run --write docs/BENCHMARKS.md        # everything (~15 min)
     python -m bench.run --only ingest,compute --reps 3    # some parts
     python -m bench.run --quick                           # tiny sizes (smoke test)
+    python -m bench.run --only ingest --merge --write ... # re-run one part, keep the rest
 
 Parts: ``ingest`` (:mod:`bench.ingest`), ``compute`` (:mod:`bench.compute`),
 ``fanout`` (:mod:`bench.fanout`), ``study`` (``bench/bench_study.py``, the seed
@@ -28,7 +29,8 @@ from typing import Any
 from bench import report
 from bench.procs import OUT, ROOT, RedisServer, redis_version
 
-PARTS = ("ingest", "compute", "fanout", "study")
+#: in running order: the short, noise-sensitive timings first
+PARTS = ("compute", "ingest", "fanout", "study")
 
 
 def machine() -> dict[str, Any]:
@@ -117,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3, help="repetitions (medians are taken)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the harness only")
     ap.add_argument("--json", type=Path, default=OUT / "results.json", help="raw results")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other parts' results from --json (re-run some parts only)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("FEDMSG_CONFIG", str(ROOT / "fedmsg.d"))
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
@@ -129,12 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, flush=True)
 
     command = "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:])
-    results: dict[str, Any] = {
-        "command": command.strip(),
-        "machine": machine(),
-        "quick": args.quick,
-        "reps": 1 if args.quick else args.reps,
-    }
+    results: dict[str, Any] = {}
+    if args.merge and args.json.exists():
+        results = json.loads(args.json.read_text())
+        results.setdefault("reruns", []).append(f"{command.strip()} ({parts})")
+    results.update(
+        {
+            "command": results.get("command", command.strip()),
+            "machine": machine(),
+            "quick": args.quick,
+            "reps": 1 if args.quick else args.reps,
+        }
+    )
     failed = False
     for name in parts:
         log(f"{name}: running (load {os.getloadavg()[0]:.2f})")

@@ -228,6 +228,7 @@ def aggregate(
     stamps = [int(m.timestamp) for m in batch]
     lo, hi = min(stamps), max(stamps)
     out: dict[tuple[int, int], Counts] = {}
+    whole: Counts | None = None  # the whole batch's counts, once computed
     for b in buckets_s:
         if lo - lo % b == hi - hi % b:  # one bucket: live traffic, nearly always
             groups = {lo - lo % b: batch}
@@ -241,7 +242,15 @@ def aggregate(
                     group.append(m)
         first = oldest.get(b) if oldest else None
         for start, group in groups.items():
-            if first is None or start >= first:
+            if first is not None and start < first:
+                continue
+            if group is batch:  # the batch fits one bucket of this size too
+                if whole is None:
+                    whole = _bucket_counts(batch)
+                    out[(b, start)] = whole
+                else:
+                    out[(b, start)] = whole.copy()
+            else:
                 out[(b, start)] = _bucket_counts(group)
     return out
 

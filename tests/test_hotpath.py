@@ -444,3 +444,18 @@ async def test_record_tick_writes_what_the_three_calls_wrote(redis_url: str) -> 
     await pubsub.aclose()
     await a.close()
     await b.close()
+
+
+def test_aggregate_of_a_one_bucket_batch_gives_independent_equal_counts() -> None:
+    now = 1_700_000_000 - 1_700_000_000 % 3600 + 120  # 2 minutes into an hour
+    batch = [
+        Counted(f"m{k}", now + k % 50, "org.fedoraproject.prod.git.receive", "git",
+                ("ralph",) if k % 3 else ())
+        for k in range(200)
+    ]
+    agg = aggregate(batch, (60, 3600))
+    minute, hour = agg[(60, now - now % 60)], agg[(3600, now - now % 3600)]
+    assert minute == hour and minute is not hour
+    assert hour.users["ralph"] == sum(1 for k in range(200) if k % 3)
+    minute.merge(minute.copy(), -1)  # what the consumer does for duplicates
+    assert hour.messages == 200 and minute.messages == 0
