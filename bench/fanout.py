@@ -264,7 +264,7 @@ def run(quick: bool = False, reps: int = 3, log: Any = print) -> dict[str, Any]:
     """Capacity and live runs, ``reps`` times each; raw results (lists per case)."""
     sizes = (10, 100) if quick else (10, 100, 1000)
     rates = (100,) if quick else (100, 1000)
-    duration_s = 2.0 if quick else 6.0
+    duration_s = 2.0 if quick else 5.0
     events = {10: 10_000, 100: 2_000, 1000: 200}
     if quick:
         events = {10: 300, 100: 100}
