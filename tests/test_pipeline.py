@@ -273,11 +273,12 @@ def test_listen_replay_snapshot_twice_and_restart(redis_url: str, extractor: Any
         out = stop(proc)
     assert "listener stopped" in out
     # a restart keeps the counts, and the new listener's windows start from them
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    r.delete("{" + prefix + "}:state")  # the old listener's last tick: wait for a new one
     proc = start_listener(redis_url, endpoint, prefix)
     try:
-        import redis
-
-        r = redis.Redis.from_url(redis_url)
 
         def tick_has_25() -> bool:
             raw = r.get("{" + prefix + "}:state")
