@@ -352,14 +352,21 @@ class Bus:
         n = 0
         handle = self.consumer.handle_frames
         shadow = link.shadow
+        recv = shadow.recv
+        getsockopt = shadow.getsockopt
         now = time.time()
         self._current = link
         try:
             while n < DRAIN_MAX:
+                # recv + RCVMORE instead of recv_multipart: 3.7 vs 7.6 us a message
+                # (bench, issue 9).  A multipart message arrives whole, so the later
+                # frames are already there once the first one is.
                 try:
-                    frames = shadow.recv_multipart(zmq.NOBLOCK)
+                    frames = [recv(zmq.NOBLOCK)]
                 except zmq.Again:
                     break
+                while getsockopt(zmq.RCVMORE):
+                    frames.append(recv())
                 n += 1
                 handle(frames, now)
         finally:
