@@ -375,21 +375,20 @@ class Consumer:
         """
         now = self.clock() if now is None else now
         async with self._lock:
-            epoch, created = await self.store.ensure_epoch(now)
+            epoch, created, done_at = await self.store.check_epoch(now)
+            reload = False
             if created and self.epoch is not None:
                 log.warning("Redis came back empty (epoch missing): windows warm up again")
                 self.stats.redis_resets += 1
                 self.epoch_started_at = now
-                self.epoch = epoch
-                for w, win in self.windows.items():
-                    win.reset(await self.store.read_window(w, now), now)
+                reload = True
             self.epoch = epoch
-            # a ``fedmsg-wallboard backfill`` run beside this listener wrote counts
-            # that the running totals never saw: re-read the windows once.
-            raw = await self.store.r.hget(self.store.key("meta"), "backfill_done_at")
-            done_at = raw.decode() if isinstance(raw, bytes) else raw
             if done_at is not None and done_at != self._backfill_done_at:
+                # a ``fedmsg-wallboard backfill`` run beside this listener wrote
+                # counts that the running totals never saw
                 self._backfill_done_at = done_at
+                reload = True
+            if reload:
                 for w, win in self.windows.items():
                     win.reset(await self.store.read_window(w, now), now)
             snaps: dict[str, Any] = {}

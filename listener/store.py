@@ -440,15 +440,22 @@ class Store:
             ``(epoch, created)``: ``created`` is True when Redis had no epoch
             (a new or flushed Redis).
         """
+        epoch, created, _ = await self.check_epoch(now)
+        return epoch, created
+
+    async def check_epoch(self, now: float) -> tuple[str, bool, str | None]:
+        """:meth:`ensure_epoch` plus ``backfill_done_at`` of ``P:meta``, in one round
+        trip: ``(epoch, created, backfill_done_at or None)``."""
         epoch = uuid.uuid4().hex
-        async with self.r.pipeline(transaction=False) as pipe:  # one round trip
+        async with self.r.pipeline(transaction=False) as pipe:
             pipe.hsetnx(self.key("meta"), "epoch", epoch)
-            pipe.hget(self.key("meta"), "epoch")
-            created, got = await pipe.execute()
+            pipe.hmget(self.key("meta"), ["epoch", "backfill_done_at"])
+            created, (got, done) = await pipe.execute()
+        done_at = done.decode() if done else None
         if created:
             await self.r.hset(self.key("meta"), "epoch_started_at", str(now))
-            return epoch, True
-        return (got.decode() if got else epoch), False
+            return epoch, True, done_at
+        return (got.decode() if got else epoch), False, done_at
 
     async def append_history(self, window_s: int, point: list[Any], maxlen: int) -> None:
         """Append one history point to a window's bounded list."""
