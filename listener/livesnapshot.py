@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .longtail import LongtailStats, gini_from_histogram, longtail_closed_form
-from .snapshot import top_items
+from .snapshot import snapshot_object, top_items
 from .windows import Counts
 
 
@@ -96,18 +96,7 @@ def live_snapshot(
     """
     top = top_users(counts.users, top_n if top_n is None else max(top_n, 1))
     st = live_stats(counts.users, top)
-    return {
-        "window_s": int(window_s),
-        "end": float(end),
-        "messages": int(counts.messages),
-        "users": st.users,
-        "topics": dict(top_items(dict(counts.topics), topics_n)),
-        "categories": dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "top_users": top if top_n is None else top[:top_n],
-        "longtail": st.longtail,
-        "longtail_normalized": st.longtail_normalized,
-        "gini": st.gini,
-        "head": list(st.head) if st.head else None,
-        "tail": list(st.tail) if st.tail else None,
-        "last_message_at": last_message_at,
-    }
+    return snapshot_object(
+        window_s, end, counts, st, top if top_n is None else top[:top_n], last_message_at,
+        topics_n,
+    )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .longtail import stats
+from .longtail import LongtailStats, stats
 from .windows import Counts
 
 
@@ -48,6 +48,22 @@ def build_snapshot(
         The dict described in the module docstring (JSON-serialisable).
     """
     st = stats(counts.users)
+    return snapshot_object(
+        window_s, end, counts, st, top_items(dict(counts.users), top_n), last_message_at, topics_n
+    )
+
+
+def snapshot_object(
+    window_s: int,
+    end: float,
+    counts: Counts,
+    st: LongtailStats,
+    top_users: list[list[Any]],
+    last_message_at: float | None,
+    topics_n: int | None = None,
+) -> dict[str, Any]:
+    """Assemble the snapshot dict from a window's counts, its metrics and top users
+    (shared by :func:`build_snapshot` and ``livesnapshot.live_snapshot``)."""
     topics = dict(top_items(dict(counts.topics), topics_n))  # type: ignore[arg-type]
     return {
         "window_s": int(window_s),
@@ -56,7 +72,7 @@ def build_snapshot(
         "users": st.users,
         "topics": topics,
         "categories": dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "top_users": top_items(dict(counts.users), top_n),
+        "top_users": top_users,
         "longtail": st.longtail,
         "longtail_normalized": st.longtail_normalized,
         "gini": st.gini,
