@@ -186,13 +186,10 @@ def apply_fas_cache(path: str) -> int:
     """
     if not path:
         return 0
-    from fedmsg_meta_fedora_infrastructure import fasshim
-
-    from .users import UserExtractor
+    from .users import UserExtractor, install_fas_cache
 
     data = UserExtractor.load_fas_cache(path)
-    fasshim._fas_cache.clear()
-    fasshim._fas_cache.update(data)
+    install_fas_cache(data, replace=True)
     return len(data)
 
 

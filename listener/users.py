@@ -7,7 +7,14 @@ both behaviour-preserving:
 * **Processor cache.**  ``fedmsg.meta.msg2processor`` scans ~50 processors with a
   regex each, for every message (93 % of ``msg2usernames``' time).  A processor's
   ``handle_msg`` only looks at the topic, so the processor is cached per topic
-  (bounded LRU) and ``processor.usernames`` is called directly: the same users.
+  (a plain dict, emptied when it outgrows ``cache_size``: a bus has a few hundred
+  topics) and ``processor.usernames`` is called directly: the same users.
+* **Only the config keys processors read.**  Processors take ``**config``, which
+  Python copies into a new dict on every call (~1.5 µs for fedmsg's ~14 keys).
+  ``usernames`` passes only :data:`PROCESSOR_CONFIG_KEYS`, the keys that
+  fedmsg.meta and fedmsg_meta_fedora_infrastructure ever read from it (the
+  network keys are never passed anyway); ``tests/test_users.py`` checks the
+  result against ``msg2usernames`` with the whole config on every shipped example.
 * **No surprises.**  ``msg2usernames``' ``graceful`` wrapper only catches
   ``KeyError``; here any exception from a processor yields an empty set and is
   counted (``UserExtractor.errors``), so a poison message cannot stop the consumer.
@@ -17,7 +24,13 @@ FAS: some processors map IRC nicks and e-mail addresses to FAS usernames via
 are configured.  The wallboard never passes credentials to the processors, so no
 look-up ever runs on the message path; an offline cache (``{nick or email:
 username}`` JSON, e.g. exported once from fasjson) can be loaded instead.  Without
-one, fasshim would log two warnings per such message: they are filtered out.
+one, fasshim's ``make_fas_cache`` runs again for every such message: it logs
+"No previous fas cache found", tries ``import fedora.client`` (a failing import:
+a search of ``sys.path``, tens of µs) and logs again.  An empty cache is therefore
+given one entry (:data:`FAS_SENTINEL`, which no nick or address can equal), so
+``make_fas_cache`` returns at once: the same names (a nick or address not in the
+cache maps to itself either way) and a quiet journal.  The warnings are also
+filtered, should another path log them.
 """
 
 from __future__ import annotations
@@ -25,7 +38,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +46,15 @@ log = logging.getLogger(__name__)
 
 #: Config keys never handed to fedmsg.meta processors (they trigger network look-ups).
 _NETWORK_KEYS = ("fas_credentials", "fasjson_credentials", "fasjson")
+
+#: The config keys fedmsg.meta (``base.py``) and fedmsg_meta_fedora_infrastructure
+#: (1.x) read in their processors (``config[...]`` / ``config.get(...)``, found by
+#: grep), less :data:`_NETWORK_KEYS`: what ``usernames`` hands them.
+PROCESSOR_CONFIG_KEYS = ("topic_prefix_re", "namespace", "bodhi_url")
+
+#: The entry that keeps fasshim's cache non-empty (module docstring): NUL bytes
+#: appear in no IRC nick and no e-mail address.
+FAS_SENTINEL = "\x00fedmsg-wallboard\x00"
 
 
 class _QuietFasshim(logging.Filter):
@@ -134,15 +155,16 @@ class UserExtractor:
         cache_size: int = 4096,
     ) -> None:
         import fedmsg.meta
-        from fedmsg_meta_fedora_infrastructure import fasshim
-
         self.config = {k: v for k, v in config.items() if k not in _NETWORK_KEYS}
+        #: what ``usernames`` passes as ``**config`` (module docstring)
+        self.processor_config = {
+            k: self.config[k] for k in PROCESSOR_CONFIG_KEYS if k in self.config
+        }
         logging.getLogger("moksha.hub").addFilter(_QuietFasshim())
-        if fas_cache:
-            fasshim._fas_cache.update(fas_cache)
+        install_fas_cache(fas_cache)
         fedmsg.meta.make_processors(**self.config)
         self._processors = list(fedmsg.meta.processors)
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: dict[str, Any] = {}
         self._cache_size = cache_size
         self.errors = 0
 
@@ -176,8 +198,10 @@ class UserExtractor:
             return self._processors[-1]
         proc = self._cache.get(topic)
         if proc is not None:
-            self._cache.move_to_end(topic)
             return proc
+        return self._find_processor(topic)
+
+    def _find_processor(self, topic: str) -> Any:
         proc = self._processors[-1]
         probe = {"topic": topic}
         for candidate in self._processors:
@@ -187,9 +211,9 @@ class UserExtractor:
                     break
             except Exception:  # a processor's regex on odd topics
                 continue
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()  # topics are few: an overflow is noise, start again
         self._cache[topic] = proc
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
         return proc
 
     def usernames(self, body: Mapping[str, Any]) -> frozenset[str]:
@@ -203,7 +227,11 @@ class UserExtractor:
             are dropped.  Empty when the processor raises (counted in ``errors``).
         """
         try:
-            raw = self.processor(body).usernames(body, **self.config)
+            topic = body.get("topic")
+            proc = self._cache.get(topic) if isinstance(topic, str) else None
+            if proc is None:
+                proc = self.processor(body)
+            raw = proc.usernames(body, **self.processor_config)
         except Exception as exc:
             self.errors += 1
             log.warning(
@@ -233,6 +261,26 @@ class UserExtractor:
             text = str(body.get("topic", ""))
         text = " ".join(text.split())
         return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def install_fas_cache(entries: Mapping[str, str] | None, replace: bool = False) -> None:
+    """Load ``{nick or email: FAS username}`` into fasshim's module-level cache.
+
+    Args:
+        entries: the map (None or empty: nothing added).
+        replace: drop what the cache held first (a SIGHUP reload).
+
+    The cache is never left empty: :data:`FAS_SENTINEL` keeps fasshim from trying
+    to rebuild it on every message (module docstring).
+    """
+    from fedmsg_meta_fedora_infrastructure import fasshim
+
+    if replace:
+        fasshim._fas_cache.clear()
+    if entries:
+        fasshim._fas_cache.update(entries)
+    if not fasshim._fas_cache:
+        fasshim._fas_cache[FAS_SENTINEL] = FAS_SENTINEL
 
 
 def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:

@@ -107,3 +107,35 @@ def test_no_network_credentials_reach_processors(fedmsg_config: dict[str, Any]) 
     cfg = dict(fedmsg_config, fas_credentials={"username": "u", "password": "p"}, fasjson=True)
     ex = UserExtractor(cfg)
     assert "fas_credentials" not in ex.config and "fasjson" not in ex.config
+
+
+def test_fas_cache_is_never_empty_so_fasshim_does_not_rebuild_it(
+    extractor: UserExtractor,
+) -> None:
+    """An empty cache makes fasshim log and try ``import fedora.client`` on every
+    message naming a nick or an e-mail; the sentinel entry makes it return at once."""
+    from fedmsg_meta_fedora_infrastructure import fasshim
+
+    from listener.users import FAS_SENTINEL, install_fas_cache
+
+    saved = dict(fasshim._fas_cache)
+    try:
+        install_fas_cache({}, replace=True)
+        assert fasshim._fas_cache == {FAS_SENTINEL: FAS_SENTINEL}
+        assert fasshim.make_fas_cache() is fasshim._fas_cache  # returned, not rebuilt
+        # a nick or address not in the cache still maps to itself
+        assert fasshim.nick2fas("threebean") == "threebean"
+        assert fasshim.email2fas("someone@example.com") == "someone@example.com"
+        install_fas_cache({"threebean": "ralph"}, replace=True)
+        assert fasshim._fas_cache == {"threebean": "ralph"}
+        assert fasshim.nick2fas("threebean") == "ralph"
+    finally:
+        fasshim._fas_cache.clear()
+        fasshim._fas_cache.update(saved)
+
+
+def test_processors_get_only_the_keys_they_read(extractor: UserExtractor) -> None:
+    from listener.users import PROCESSOR_CONFIG_KEYS
+
+    assert set(extractor.processor_config) <= set(PROCESSOR_CONFIG_KEYS)
+    assert extractor.processor_config["topic_prefix_re"] == extractor.config["topic_prefix_re"]
