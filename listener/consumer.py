@@ -24,10 +24,12 @@ from .envelope import Envelope, Rejected, category_of, decode_frames, envelope_f
 from .livesnapshot import live_snapshot
 from .memory import trim_heap
 from .store import Counted, Store, aggregate
-from .users import UserExtractor
+from .users import UserExtractor, clean_usernames
 from .windows import SlidingWindow, choose_bucket
 
 log = logging.getLogger(__name__)
+
+_new_tuple = tuple.__new__  # a named tuple without its Python-level __new__
 
 #: After this many messages, once the pending buffer is nearly empty, the heap is
 #: trimmed (:func:`listener.memory.trim_heap`): a burst's queue memory goes back.
@@ -106,6 +108,8 @@ class Consumer:
         }
         #: older messages are rejected (``too_old``): the longest window, seconds
         self._max_age_s = max(self.windows)
+        self._dedupe_memory = cfg.dedupe_memory
+        self._max_pending = cfg.max_pending
         self._since_trim = 0  # messages flushed since the heap was last trimmed
         self._lock = asyncio.Lock()
         self.last_message_at: float | None = None  # newest msg timestamp counted
@@ -177,15 +181,18 @@ class Consumer:
     def _accept_unsafe(
         self, env: Envelope, now: float | None, users: Iterable[str] | None, blink: bool
     ) -> bool:
-        now = self.clock() if now is None else now
-        if env.msg_id:
-            if env.msg_id in self._seen:
-                self.stats.duplicates += 1
-                return False
+        # the per-message path: attributes read once, rare cases in methods of their own
+        if now is None:
+            now = self.clock()
+        msg_id = env.msg_id
+        seen = self._seen
+        if msg_id and msg_id in seen:
+            self.stats.duplicates += 1
+            return False
         if self.validator is not None:
             reason = self.validator(env.body)
             if reason is not None:
-                self._reject(Rejected(reason, "signature check failed", env.msg_id or None))
+                self._reject(Rejected(reason, "signature check failed", msg_id or None))
                 return False
         ts = env.timestamp
         if ts > now:
@@ -193,45 +200,27 @@ class Consumer:
                 self.stats.future_clamped += 1
             ts = now
         if ts < now - self._max_age_s:
-            self.stats.rejected["too_old"] += 1
-            n_old = self.stats.rejected["too_old"]
-            if n_old in (1, 10, 100, 1000) or n_old % 10000 == 0:
-                log.warning(
-                    "%d message(s) older than the longest window (%d s) dropped so far, "
-                    "latest msg_id=%s (replaying old messages? use --rebase-time)",
-                    n_old, self._max_age_s, env.msg_id,
-                )
-            log.debug("too old msg_id=%s ts=%s", env.msg_id, env.timestamp)
+            self._too_old(env)
             return False
         if users is None:
-            before = self.extractor.errors
-            found = self.extractor.usernames(env.body)
-            if self.extractor.errors != before:
+            extractor = self.extractor
+            before = extractor.errors
+            found = extractor.usernames(env.body)
+            if extractor.errors != before:
                 self.stats.processor_errors += 1
         else:
-            from .users import clean_usernames
-
             found = clean_usernames(users)
-        if env.msg_id:
-            self._seen[env.msg_id] = None
-            if len(self._seen) > self.cfg.dedupe_memory:
-                self._seen.popitem(last=False)
-        category = category_of(env.topic)
-        ulist = tuple(sorted(found))
-        self.pending.append(Counted(env.msg_id, int(ts), env.topic, category, ulist))
-        if len(self.pending) > self.cfg.max_pending:
-            dropped = self.pending.popleft()
-            # forget its msg_id: a redelivery (AMQP requeue, replay) may count it
-            self._seen.pop(dropped.msg_id, None)
-            self.stats.pending_overflow += 1
-            if self.stats.pending_overflow in (1, 10, 100, 1000) or (
-                self.stats.pending_overflow % 10000 == 0
-            ):
-                log.warning(
-                    "pending buffer full (%d messages): %d dropped so far",
-                    self.cfg.max_pending,
-                    self.stats.pending_overflow,
-                )
+        if msg_id:
+            seen[msg_id] = None
+            if len(seen) > self._dedupe_memory:
+                seen.popitem(last=False)
+        topic = env.topic
+        category = category_of(topic)
+        ulist = tuple(sorted(found)) if found else ()
+        pending = self.pending
+        pending.append(_new_tuple(Counted, (msg_id, int(ts), topic, category, ulist)))
+        if len(pending) > self._max_pending:
+            self._overflow()
         self.stats.accepted += 1
         self.last_received_at = now
         if blink:
@@ -239,6 +228,32 @@ class Consumer:
             self._blink_total += 1
             self._blinks.append((env, ulist, category))
         return True
+
+    def _too_old(self, env: Envelope) -> None:
+        self.stats.rejected["too_old"] += 1
+        n_old = self.stats.rejected["too_old"]
+        if n_old in (1, 10, 100, 1000) or n_old % 10000 == 0:
+            log.warning(
+                "%d message(s) older than the longest window (%d s) dropped so far, "
+                "latest msg_id=%s (replaying old messages? use --rebase-time)",
+                n_old, self._max_age_s, env.msg_id,
+            )
+        log.debug("too old msg_id=%s ts=%s", env.msg_id, env.timestamp)
+
+    def _overflow(self) -> None:
+        """The pending buffer is full (Redis down): drop the oldest message, counted."""
+        dropped = self.pending.popleft()
+        # forget its msg_id: a redelivery (AMQP requeue, replay) may count it
+        self._seen.pop(dropped.msg_id, None)
+        self.stats.pending_overflow += 1
+        if self.stats.pending_overflow in (1, 10, 100, 1000) or (
+            self.stats.pending_overflow % 10000 == 0
+        ):
+            log.warning(
+                "pending buffer full (%d messages): %d dropped so far",
+                self.cfg.max_pending,
+                self.stats.pending_overflow,
+            )
 
     # -- blinks ----------------------------------------------------------
 

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -41,9 +41,9 @@ REJECT_REASONS = (
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """One fedmsg message, as published.
+class Envelope(NamedTuple):
+    """One fedmsg message, as published.  Immutable (a named tuple: built once per
+    message, ~0.3 µs against ~1 µs for a frozen dataclass).
 
     Attributes:
         topic: the full topic (``org.fedoraproject.prod.bodhi.update.comment``).
@@ -54,7 +54,8 @@ class Envelope:
         username: the publishing process's Unix account (e.g. ``apache``): NOT a
             user of the message.
         msg: the payload object.
-        body: the whole decoded body (what fedmsg.meta processors take).
+        body: the whole decoded body (what fedmsg.meta processors take); left out
+            of ``repr``.
     """
 
     topic: str
@@ -63,10 +64,17 @@ class Envelope:
     i: int
     username: str | None
     msg: dict[str, Any]
-    body: dict[str, Any] = field(repr=False)
+    body: dict[str, Any]
+
+    def __repr__(self) -> str:
+        return (
+            f"Envelope(topic={self.topic!r}, msg_id={self.msg_id!r}, "
+            f"timestamp={self.timestamp!r}, i={self.i!r}, username={self.username!r}, "
+            f"msg={self.msg!r})"
+        )
 
 
-_new_object = object.__new__
+_new_tuple = tuple.__new__
 
 
 @dataclass(frozen=True)
@@ -135,33 +143,29 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
     """
     if not isinstance(body, dict):
         return Rejected("not_object", f"body is {type(body).__name__}")
-    raw_id = body.get("msg_id")
+    get = body.get
+    raw_id = get("msg_id")
     msg_id = raw_id if isinstance(raw_id, str) else ""
-    topic = body.get("topic")
+    topic = get("topic")
     if not isinstance(topic, str) or not topic:
         return Rejected("bad_msg", "topic missing or not a string", msg_id or None)
-    msg = body.get("msg")
+    msg = get("msg")
     if not isinstance(msg, dict):
         return Rejected("bad_msg", f"msg is {type(msg).__name__}", msg_id or None)
-    ts = body.get("timestamp")
-    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+    ts = get("timestamp")
+    # exact types first (what JSON gives); bool is an int but never a timestamp
+    if type(ts) is float:
+        if not math.isfinite(ts):
+            return Rejected("bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None)
+    elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
         return Rejected("bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None)
-    seq = body.get("i")
-    i = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
-    user = body.get("username")
-    # the frozen dataclass's own __init__ sets each field through
-    # object.__setattr__ (slow, once per message): fill the instance dict at once
-    env = _new_object(Envelope)
-    env.__dict__.update(
-        topic=topic,
-        msg_id=msg_id,
-        timestamp=float(ts),
-        i=i,
-        username=user if isinstance(user, str) else None,
-        msg=msg,
-        body=body,
+    seq = get("i")
+    i = seq if type(seq) is int else 0
+    user = get("username")
+    return _new_tuple(
+        Envelope,
+        (topic, msg_id, float(ts), i, user if isinstance(user, str) else None, msg, body),
     )
-    return env
 
 
 def encode_frames(body: dict[str, Any]) -> list[bytes]:

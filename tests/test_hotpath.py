@@ -354,8 +354,6 @@ async def test_consumer_windows_with_duplicates_and_old_messages_match_redis(
 
 
 def test_envelope_from_dict_builds_the_same_frozen_envelope() -> None:
-    import dataclasses
-
     import pytest
 
     from listener.envelope import Envelope, envelope_from_dict
@@ -367,8 +365,8 @@ def test_envelope_from_dict_builds_the_same_frozen_envelope() -> None:
     assert env == Envelope("org.fedoraproject.prod.git.receive", "2017-x", 1504643081.0, 3,
                            "apache", {"a": 1}, body)
     assert env.body is body and isinstance(env.timestamp, float)
-    assert dataclasses.asdict(env)["msg"] == {"a": 1} and "body" not in repr(env)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert env._asdict()["msg"] == {"a": 1} and "body" not in repr(env)
+    with pytest.raises(AttributeError):
         env.topic = "x"  # type: ignore[misc]
 
 
