@@ -130,8 +130,8 @@ class Config:
     heartbeat_timeout_s: float = 30.0
     reconnect_ivl_max_ms: int = 10_000
     max_body_bytes: int = 1 << 20
-    blink_interval_s: float = 0.25
-    blink_batch_max: int = 200
+    blink_interval_s: float = 0.1
+    blink_batch_max: int = 30
     recent_len: int = 50
     top_users: int = 20
     web_host: str = "127.0.0.1"

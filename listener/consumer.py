@@ -490,8 +490,7 @@ class Consumer:
         event = self.take_blink()
         if event is None:
             return None
-        await self.store.push_recent(event["msgs"], self.cfg.recent_len)
-        await self.store.publish(event)
+        await self.store.publish_blink(event, self.cfg.recent_len)
         return event
 
     def health(self, now: float) -> dict[str, Any]:

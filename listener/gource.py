@@ -30,7 +30,7 @@ pipe, all exit 0):
 * default: the listener's Redis ``blink`` events (``{"type": "blink", "msgs":
   [{"topic", "category", "users", "ts", "msg_id", ...}]}`` on ``P:events``): any
   listener on the same Redis, no second bus connection.  Blink batches carry at
-  most ``blink_batch_max`` (200) messages per ``blink_interval_s`` (0.25 s), so
+  most ``blink_batch_max`` (30) messages per ``blink_interval_s`` (0.1 s), so
   under a burst this source **omits messages** (the listener counts them as
   ``blink_dropped``);
 * ``--endpoint`` (repeatable): SUBscribe to ZeroMQ directly and ask fedmsg.meta

@@ -514,6 +514,18 @@ class Store:
             pipe.ltrim(k, -maxlen, -1)
             await pipe.execute()
 
+    async def publish_blink(self, event: dict[str, Any], maxlen: int) -> None:
+        """Append a ``blink`` event's ``msgs`` to the ticker list (bounded to
+        ``maxlen``) and publish the event: :meth:`push_recent` then :meth:`publish`,
+        in that order, in one round trip."""
+        k = self.key("recent")
+        async with self.r.pipeline(transaction=False) as pipe:
+            if event.get("msgs"):
+                pipe.rpush(k, *[orjson.dumps(e) for e in event["msgs"]])
+                pipe.ltrim(k, -maxlen, -1)
+            pipe.publish(self.events_channel, orjson.dumps(event))
+            await pipe.execute()
+
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest blink entries, oldest first."""
         return [orjson.loads(x) for x in await self.r.lrange(self.key("recent"), -limit, -1)]

@@ -103,3 +103,35 @@ async def test_backfill_beside_a_running_listener_is_picked_up(
     assert tick["windows"]["3600"]["messages"] == 12
     await live.store.close()
     await other.store.close()
+
+
+async def test_blink_shows_the_newest_and_bounds_the_wait_with_first_ts(
+    redis_url: str, extractor: Any
+) -> None:
+    """Bus frames keep only their wire bytes in the blink ring; the event shows the
+    newest ``blink_batch_max`` with their summaries, counts all, and ``first_ts`` is
+    the first (longest-waiting) message's timestamp, shown or not."""
+    import orjson
+
+    def tagged(i: int, ts: float) -> dict[str, Any]:
+        b = body(i, ts)
+        b["msg"]["user"] = f"user{i}"  # koji's tag message names the tagger too
+        return b
+
+    c = make(redis_url, extractor, blink_batch_max=3)
+    now = time.time()
+    for i in range(5):
+        b = tagged(i, now - 10 + i)
+        assert c.handle_frames([b["topic"].encode(), orjson.dumps(b)], now)
+    event = c.take_blink()
+    assert event is not None
+    assert [m["msg_id"] for m in event["msgs"]] == ["ov-2", "ov-3", "ov-4"]
+    assert [m["users"] for m in event["msgs"]] == [["user2"], ["user3"], ["user4"]]
+    assert event["total"] == 5 and event["omitted"] == 2 and event["counts"] == {"buildsys": 5}
+    assert event["first_ts"] == now - 10
+    expected = extractor.subtitle(orjson.loads(orjson.dumps(tagged(4, now - 6))))
+    assert event["msgs"][-1]["summary"] == expected and "user4" in expected
+    assert c.take_blink() is None
+    c.handle_body(body(9, now - 1))
+    event = c.take_blink()
+    assert event is not None and event["first_ts"] == now - 1 and event["total"] == 1
