@@ -126,22 +126,31 @@ def targets(r: dict[str, Any]) -> str:
     if fan.get("live"):
         from bench.fanout import medians
 
+        from listener.config import Config
+
         live = medians(fan["live"], ("clients", "rate", "blink_s"))
-        top = max((x for x in live if x["blink_s"] == 0.25) or live,
+        default_s = Config().blink_interval_s
+        top = max((x for x in live if x["blink_s"] == default_s) or live,
                   key=lambda x: (x["clients"], x["rate"]))
         rows.append((f"{top['clients']:,} websocket clients on one web process at "
                      f"{top['rate']:,.0f} msgs/s with < 1 core",
                      f"{num(top['web_cores'], 2)} cores",
                      verdict(top["web_cores"] < 1)))
-        worst = max((x["p99_ms"] for x in live if x["p99_ms"] is not None
-                     and x["blink_s"] == top["blink_s"]), default=None)
-        fast = [x for x in live if x["blink_s"] != top["blink_s"]]
-        extra = (f"; with `blink_interval_s = {fast[0]['blink_s']}`: p99 "
-                 f"{num(fast[0]['p99_ms'])} ms" if fast else "")
+        same = [x for x in live if x["blink_s"] == top["blink_s"]]
+        # the verdict: the worst case over client counts and rates, each message
+        # shown and the longest-waiting message of each blink
+        worst = max((x[k] for x in same for k in ("p99_ms", "first_p99_ms")
+                     if x.get(k) is not None), default=None)
+        other = [x for x in live if x["blink_s"] != top["blink_s"]]
+        extra = (f"; with `blink_interval_s = {other[0]['blink_s']}`: p99 "
+                 f"{num(other[0]['p99_ms'])} ms / {num(other[0].get('first_p99_ms'))} ms"
+                 if other else "")
         rows.append(("bus → client p99 < 250 ms",
-                     f"p99 {num(top['p99_ms'])} ms at {top['clients']:,} clients / "
-                     f"{top['rate']:,.0f} msgs/s, worst {num(worst)} ms (default "
-                     f"`blink_interval_s` = {top['blink_s']} s){extra}",
+                     f"p99 {num(top['p99_ms'])} ms over the messages shown, "
+                     f"{num(top.get('first_p99_ms'))} ms for the longest-waiting message "
+                     f"of each blink, at {top['clients']:,} clients / "
+                     f"{top['rate']:,.0f} msgs/s; worst of every case {num(worst)} ms "
+                     f"(default `blink_interval_s` = {top['blink_s']} s){extra}",
                      verdict(None if worst is None else worst < 250)))
     speed = None
     if r.get("study_section"):  # the section as it stands (bench/bench_study.py's)
@@ -341,19 +350,21 @@ def fanout(r: dict[str, Any]) -> str:
     out += [
         "",
         "**Live**: the realistic mix published at the given rate through the listener (a "
-        "`blink` every 0.25 s, at most 200 messages in it; a `tick` every 5 s) to the "
-        "clients; events delivered per second, the web process's and the listener's CPU "
-        "(cores), clients cut off, and the latency from publish to arrival in a `blink` at a "
-        "`websockets` client (arrival − the message's timestamp, corrected by the "
-        "publisher's measured start), p50/p99.  A `blink` carries the newest 200 "
-        "messages of its interval: above 800 msgs/s the oldest ones (the longest "
-        "waiting) are counted but not shown, so they are not in the latency samples.  "
-        "Everything here (publisher, listener, Redis, web process, the simulated "
-        "clients) shares the 2 cores:",
+        "`blink` every `blink_interval_s`, showing at most 30 messages, counting all; a "
+        "`tick` every 5 s) to the clients; events delivered per second, the web "
+        "process's and the listener's CPU (cores), clients cut off, and the latency from "
+        "publish to arrival in a `blink` at a `websockets` client (arrival − the "
+        "message's timestamp, corrected by the publisher's measured start): p50/p99 over "
+        "the messages shown, and *first p99* / *first max* over one sample per blink, "
+        "its `first_ts` (the first message accepted since the previous blink, shown or "
+        "not: the longest wait, which bounds every message's).  Everything here "
+        "(publisher, listener, Redis, web process, the simulated clients) shares the 2 "
+        "cores:",
         "",
         "| clients | msgs/s | blink interval | events delivered/s | MB/s | web cores | "
-        "listener cores | client processes' cores | cut off | p50 | p99 | samples |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "listener cores | client processes' cores | cut off | p50 | p99 | samples | "
+        "first p99 | first max | blinks |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in medians(f.get("live", []), ("clients", "rate", "blink_s")):
         out.append(
@@ -363,7 +374,8 @@ def fanout(r: dict[str, Any]) -> str:
             f"{num(row['listener_cores'], 2)} | {num(row.get('clients_cores'), 2)} | "
             f"{num(row['closed'])} | "
             f"{num(row['p50_ms'])} ms | {num(row['p99_ms'])} ms | "
-            f"{num(row['latency_samples'])} |"
+            f"{num(row['latency_samples'])} | {num(row.get('first_p99_ms'))} ms | "
+            f"{num(row.get('first_max_ms'))} ms | {num(row.get('first_samples'))} |"
         )
     return "\n".join(out) + "\n"
 

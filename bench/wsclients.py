@@ -11,7 +11,7 @@ one JSON command per line on stdin (answers: one JSON line on stdout):
                                            "complete"}``
 ``{"cmd": "report"}``                      since the mark: ``{"frames", "bytes",
                                            "seconds", "min_frames", "closed",
-                                           "latencies"}``
+                                           "latencies", "first_latencies"}``
 ``{"cmd": "quit"}``                        closes everything
 =========================================  ==========================================
 
@@ -54,6 +54,8 @@ class Tally:
     bytes: int = 0
     closed: bool = False
     latencies: list[float] = field(default_factory=list)
+    #: per blink, arrival - ``first_ts`` (the message that waited longest, shown or not)
+    first: list[float] = field(default_factory=list)
 
 
 async def counting_client(host: str, port: int, path: str, tally: Tally) -> None:
@@ -108,7 +110,8 @@ async def counting_client(host: str, port: int, path: str, tally: Tally) -> None
 
 
 async def latency_client(url: str, tally: Tally) -> None:
-    """A ``websockets`` client recording blink latencies (arrival - message ts)."""
+    """A ``websockets`` client recording blink latencies: arrival - ``ts`` of every
+    message shown, and arrival - ``first_ts`` once per blink (its longest wait)."""
     from websockets.asyncio.client import connect
 
     try:
@@ -120,6 +123,8 @@ async def latency_client(url: str, tally: Tally) -> None:
                 event = orjson.loads(raw)
                 if event.get("type") == "blink":
                     tally.latencies.extend(now - m["ts"] for m in event.get("msgs", ()))
+                    if event.get("first_ts"):
+                        tally.first.append(now - event["first_ts"])
     finally:
         tally.closed = True
 
@@ -159,7 +164,7 @@ async def main_async(args: argparse.Namespace) -> int:
             "connect_s": round(time.time() - t0, 3),
         }
     )
-    base = [(0, 0, 0)] * len(tallies)
+    base = [(0, 0, 0, 0)] * len(tallies)
     mark_at = time.time()
     while True:
         line = await reader.readline()
@@ -167,7 +172,7 @@ async def main_async(args: argparse.Namespace) -> int:
             break
         cmd = json.loads(line).get("cmd")
         if cmd == "mark":
-            base = [(t.frames, t.bytes, len(t.latencies)) for t in tallies]
+            base = [(t.frames, t.bytes, len(t.latencies), len(t.first)) for t in tallies]
             mark_at = time.time()
             say({"ok": "mark", "t": mark_at})
         elif cmd == "wait":
@@ -186,6 +191,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 (t.frames - b[0], t.bytes - b[1]) for t, b in zip(tallies, base, strict=True)
             ]
             lat = [x for t, b in zip(tallies, base, strict=True) for x in t.latencies[b[2] :]]
+            first = [x for t, b in zip(tallies, base, strict=True) for x in t.first[b[3] :]]
             say(
                 {
                     "ok": "report",
@@ -195,6 +201,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     "min_frames": min((f for f, _ in got), default=0),
                     "closed": sum(1 for t in tallies if t.closed),
                     "latencies": lat,
+                    "first_latencies": first,
                 }
             )
         elif cmd == "quit":
