@@ -154,7 +154,12 @@ class Consumer:
             return False
         if self.on_envelope is not None:
             self.on_envelope(env)
-        return self._accept(env, now, None, True, frames[1])
+        try:  # as _accept, without its call
+            return self._accept_unsafe(env, now, None, True, frames[1])
+        except Exception as exc:  # never let one message stop the consumer
+            self.stats.rejected["internal_error"] += 1
+            log.exception("internal error on msg_id=%s: %s", env.msg_id, exc)
+            return False
 
     def handle_body(
         self,
@@ -385,14 +390,22 @@ class Consumer:
             missing = sizes.difference(self.store.buckets_s)
             if missing:  # a window on a bucket size the store does not keep
                 per_bucket.update(aggregate(batch, missing))
-            dups = [m for m, is_new in zip(batch, flags, strict=True) if not is_new]
+            if all(flags):  # live traffic: no duplicate, no per-message pass
+                dups: list[Counted] = []
+            else:
+                dups = [m for m, is_new in zip(batch, flags, strict=True) if not is_new]
             new = len(batch) - len(dups)
             self.stats.duplicates += len(dups)
             for key, c in aggregate(dups, sizes).items():
                 if key in per_bucket:  # else a bucket left out as expired
                     per_bucket[key].merge(c, -1)
             if new:
-                newest = max(m.timestamp for m, is_new in zip(batch, flags, strict=True) if is_new)
+                if dups:
+                    newest = max(
+                        m.timestamp for m, is_new in zip(batch, flags, strict=True) if is_new
+                    )
+                else:
+                    newest = max(m.timestamp for m in batch)
                 if self.last_message_at is None or newest > self.last_message_at:
                     self.last_message_at = float(newest)
             for win in self.windows.values():

@@ -422,7 +422,7 @@ class Store:
             args=[
                 p,
                 orjson.dumps(cfg),
-                orjson.dumps([ids, [int(t) for t in stamps]]),
+                orjson.dumps([ids, stamps]),  # Counted.timestamp is an int already
                 orjson.dumps(aggs),
                 orjson.dumps([topics, categories, users]),
             ],
