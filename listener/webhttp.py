@@ -44,6 +44,8 @@ class WebCollector(Collector):
             ("web_connections", "Websockets accepted", hub.stats.connections),
             ("web_broadcasts", "Events fanned out to websockets", hub.stats.broadcasts),
             ("web_frames_sent", "Websocket frames sent", hub.stats.sent),
+            ("web_frames_direct", "Websocket frames written at once (client keeping up)",
+             hub.stats.direct),
             ("web_clients_cut", "Websockets closed for a backlog (slow)", hub.stats.cut),
             ("web_resubscribes", "Redis pub/sub subscriptions re-established", w.resubscribes),
             ("web_bad_events", "Pub/sub messages that were not events", w.bad_events),

@@ -63,10 +63,13 @@ class Client:
 @dataclass
 class HubStats:
     """Counters since start: ``broadcasts`` (events fanned out), ``sent`` (frames
-    written), ``cut`` (clients closed for a backlog), ``connections`` (accepted)."""
+    written), ``direct`` (of those, written at once by :meth:`Hub.broadcast` rather
+    than through a client's queue), ``cut`` (clients closed for a backlog),
+    ``connections`` (accepted)."""
 
     broadcasts: int = 0
     sent: int = 0
+    direct: int = 0
     cut: int = 0
     connections: int = 0
 
@@ -153,6 +156,7 @@ class Hub:
             for c in direct:
                 c.sent += 1
             self.stats.sent += len(direct)
+            self.stats.direct += len(direct)
             n += len(direct)
         return n
 

@@ -518,6 +518,8 @@ async def test_many_clients_one_never_reads(redis_url: str) -> None:
         assert seqs == list(range(n_events))
     assert web.hub.stats.cut == 1  # the one that never reads, nobody else
     assert len(web.hub.clients) == n_readers
+    # readers that keep up are written to at once; every frame is counted once
+    assert 0 < web.hub.stats.direct <= web.hub.stats.sent
     event_bytes = size + 100
     # bound: the queue limit plus one event per client, whatever was broadcast
     assert peak["client_bytes"] <= (queue_max + 1) * event_bytes
