@@ -396,6 +396,9 @@ async def _run(args: argparse.Namespace) -> BackfillResult | None:
     try:
         consumer = Consumer(cfg, extractor, store)
         await consumer.warm_up()
+        from .memory import tune_gc
+
+        tune_gc()  # start-up done: every page goes through the per-message path
         client = DatagrepperClient(args.datagrepper, timeout_s=args.timeout_s,
                                    retries=max(0, args.retries), progress=progress_wanted())
         if args.gap:

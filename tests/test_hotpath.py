@@ -457,3 +457,23 @@ def test_aggregate_of_a_one_bucket_batch_gives_independent_equal_counts() -> Non
     assert hour.users["ralph"] == sum(1 for k in range(200) if k % 3)
     minute.merge(minute.copy(), -1)  # what the consumer does for duplicates
     assert hour.messages == 200 and minute.messages == 0
+
+
+def test_tune_gc_freezes_start_up_and_raises_the_young_threshold() -> None:
+    """In a process of its own: the thresholds and the frozen heap are process-wide."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import gc, json, listener.users\n"
+        "from listener.memory import GC_GEN0_THRESHOLD, tune_gc\n"
+        "before = tune_gc()\n"
+        "print(json.dumps([before, gc.get_threshold(), gc.get_freeze_count(),"
+        " GC_GEN0_THRESHOLD]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60)
+    before, after, frozen, gen0 = json.loads(out.stdout.strip().splitlines()[-1])
+    assert after == [gen0, before[1], before[2]] and gen0 > before[0]
+    assert frozen > 10_000  # the interpreter and the imported modules
