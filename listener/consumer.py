@@ -154,12 +154,7 @@ class Consumer:
             return False
         if self.on_envelope is not None:
             self.on_envelope(env)
-        try:  # as _accept, without its call
-            return self._accept_unsafe(env, now, None, True, frames[1])
-        except Exception as exc:  # never let one message stop the consumer
-            self.stats.rejected["internal_error"] += 1
-            log.exception("internal error on msg_id=%s: %s", env.msg_id, exc)
-            return False
+        return self._accept(env, now, None, True, frames[1])
 
     def handle_body(
         self,
@@ -277,7 +272,9 @@ class Consumer:
     def _overflow(self) -> None:
         """The pending buffer is full (Redis down): drop the oldest message, counted."""
         dropped = self.pending.popleft()
-        # forget its msg_id: a redelivery (AMQP requeue, replay) may count it
+        # forget its msg_id: a redelivery (AMQP requeue, replay) may count it.  Its
+        # entry in ``_seen_order`` stays; when it comes round it may forget the
+        # redelivered id early, which Redis' own msg_id sets still catch.
         self._seen.pop(dropped.msg_id, None)
         self.stats.pending_overflow += 1
         if self.stats.pending_overflow in (1, 10, 100, 1000) or (
