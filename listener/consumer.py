@@ -347,7 +347,7 @@ class Consumer:
                 self.last_message_at = float(meta["last_message_at"])
             self._backfill_done_at = meta.get("backfill_done_at")
             for w, win in self.windows.items():
-                win.reset(await self.store.read_window(w, now), now)
+                win.reset(await self.store.read_window(w, now, usercat=False), now)
             self.redis_ok = True
 
     async def flush(self, now: float | None = None, limit: int = 50_000) -> int:
@@ -408,7 +408,7 @@ class Consumer:
             for win in self.windows.values():
                 gone = win.advance(now)
                 if gone:
-                    for c in await self.store.read_buckets(win.bucket_s, gone):
+                    for c in await self.store.read_buckets(win.bucket_s, gone, usercat=False):
                         win.remove(c)
                 for (b, start), c in per_bucket.items():
                     if b == win.bucket_s:
@@ -453,13 +453,13 @@ class Consumer:
                 reload = True
             if reload:
                 for w, win in self.windows.items():
-                    win.reset(await self.store.read_window(w, now), now)
+                    win.reset(await self.store.read_window(w, now, usercat=False), now)
             snaps: dict[str, Any] = {}
             warming: dict[str, bool] = {}
             for w, win in self.windows.items():
                 gone = win.advance(now)
                 if gone:
-                    for c in await self.store.read_buckets(win.bucket_s, gone):
+                    for c in await self.store.read_buckets(win.bucket_s, gone, usercat=False):
                         win.remove(c)
                 snap = live_snapshot(  # build_snapshot's object, without sorting users
                     w, now, win.totals, self.last_message_at, self.cfg.top_users

@@ -545,8 +545,14 @@ class Store:
         """The bucket size a window is read from."""
         return choose_bucket(window_s, self.buckets_s)
 
-    async def read_buckets(self, bucket_s: int, starts: Sequence[int]) -> list[Counts]:
-        """Read several buckets in one pipeline; missing buckets are empty."""
+    async def read_buckets(
+        self, bucket_s: int, starts: Sequence[int], usercat: bool = True
+    ) -> list[Counts]:
+        """Read several buckets in one pipeline; missing buckets are empty.
+
+        ``usercat=False``: the ``:uc`` hashes are not read (``usercat`` left empty).
+        """
+        width = 5 if usercat else 4
         async with self.r.pipeline(transaction=False) as pipe:
             for s in starts:
                 base = self.key("b", bucket_s, s)
@@ -554,23 +560,28 @@ class Store:
                 pipe.hgetall(base + ":t")
                 pipe.hgetall(base + ":c")
                 pipe.hgetall(base + ":u")
-                pipe.hgetall(base + ":uc")
+                if usercat:
+                    pipe.hgetall(base + ":uc")
             res = await pipe.execute()
         out = []
         for i in range(len(starts)):
-            n, t, c, u, uc = res[5 * i : 5 * i + 5]
+            n, t, c, u = res[width * i : width * i + 4]
             counts = Counts(messages=int(n or 0))
             counts.topics.update({k.decode(): int(v) for k, v in t.items()})
             counts.categories.update({k.decode(): int(v) for k, v in c.items()})
             counts.users.update({k.decode(): int(v) for k, v in u.items()})
-            for k, v in uc.items():
-                user, _, cat = k.decode().partition(UC_SEP)
-                counts.usercat[(user, cat)] = int(v)
+            if usercat:
+                for k, v in res[width * i + 4].items():
+                    user, _, cat = k.decode().partition(UC_SEP)
+                    counts.usercat[(user, cat)] = int(v)
             out.append(counts)
         return out
 
-    async def read_window(self, window_s: int, end: float) -> Counts:
+    async def read_window(self, window_s: int, end: float, usercat: bool = True) -> Counts:
         """The counts of the window of ``window_s`` seconds ending at ``end``.
+
+        ``usercat=False``: without the per-user-per-category counts (the
+        listener's running totals do not keep them).
 
         Raises:
             ValueError: no configured bucket size fits ``window_s``.
@@ -579,8 +590,8 @@ class Store:
         starts = list(window_buckets(end, window_s, b))
         total = Counts()
         for i in range(0, len(starts), 50):
-            for counts in await self.read_buckets(b, starts[i : i + 50]):
-                total.merge(counts)
+            for counts in await self.read_buckets(b, starts[i : i + 50], usercat):
+                total.merge(counts, usercat=usercat)
         return total
 
     async def wait_ready(self, timeout_s: float = 10.0) -> None:

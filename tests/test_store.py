@@ -36,6 +36,10 @@ async def test_flush_counts_and_windows(redis_url: str) -> None:
     assert hour.usercat[("ralph", "bodhi")] == 1
     day = await st.read_window(86400, now)
     assert day.messages == 4 and day.categories["copr"] == 1
+    lean = await st.read_window(3600, now, usercat=False)  # what the windows keep
+    assert not lean.usercat
+    lean.usercat.update(hour.usercat)
+    assert lean == hour
     meta = await st.meta()
     assert float(meta["last_message_at"]) == now
     await st.close()

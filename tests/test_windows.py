@@ -51,6 +51,7 @@ def test_sliding_window_adds_and_removes_whole_buckets() -> None:
     assert dict(w.totals.users) == {"u1": 1, "u2": 1}
     assert "t.b" not in w.totals.topics  # zeros are dropped
     assert w.advance(1000) == []  # never backwards
+    assert not w.totals.usercat and c1.usercat  # windows do not keep user x category
 
 
 def test_counts_merge_subtract_round_trip() -> None:
