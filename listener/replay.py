@@ -62,8 +62,10 @@ def schedule(
             ``msg_id``s (suffix ``-rN``) so they count as new messages.
         count: stop after this many messages (None: one pass, or forever with loop).
         rebase_time: set each body's ``timestamp`` to its send time and number the
-            bodies ``i`` = 1, 2, ... like one publishing process (signatures, if
-            any, no longer match).
+            bodies ``i`` = 1, 2, ... per publisher (the envelope's ``username`` and
+            ``certificate``: what the listener follows sequences by,
+            :class:`listener.bus.SequenceTracker`), as if each recorded publisher
+            were one process publishing again; signatures, if any, no longer match.
     """
     if not bodies:
         return
@@ -72,6 +74,7 @@ def schedule(
     sent = 0
     rnd = 0
     offset = 0.0
+    next_i: dict[tuple[Any, Any], int] = {}  # per publisher, with rebase_time
     while True:
         for body in bodies:
             if count is not None and sent >= count:
@@ -87,11 +90,12 @@ def schedule(
             if rnd:
                 out["msg_id"] = f"{body.get('msg_id', '')}-r{rnd}"
             if rebase_time:
-                # a replay is one publishing process: its own timestamps and its own
-                # sequence numbers (the recorded ``i`` belong to many old processes
-                # and would read as gaps)
+                # new timestamps, and new sequence numbers per publisher: the
+                # recorded ``i`` belong to many old processes, and one counter over
+                # all publishers would read as gaps in each publisher's sequence
                 out["timestamp"] = max(at, clock())
-                out["i"] = sent + 1
+                who = (body.get("username"), body.get("certificate"))
+                out["i"] = next_i[who] = next_i.get(who, 0) + 1
             yield at, out
             sent += 1
         if not loop:
