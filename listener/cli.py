@@ -10,8 +10,10 @@ check-config       validate the config file and the fedmsg config, then exit
 =================  ===========================================================
 
 Exit codes: 0 success; 1 runtime error; 2 usage or input error; 69
-(``EX_UNAVAILABLE``) Redis unreachable at start-up; 78 (``EX_CONFIG``) bad
-configuration (systemd units set ``RestartPreventExitStatus=78``).
+(``EX_UNAVAILABLE``) Redis unreachable at start-up, or another resource
+unavailable (the web port already in use); 78 (``EX_CONFIG``) bad configuration
+(systemd units set ``RestartPreventExitStatus=78``); 141 standard output closed
+early (piped into ``head``: 128 + SIGPIPE, as a shell reports it), silently.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
 EXIT_CONFIG = 78
+EXIT_PIPE = 141
 
 #: Modules that add subcommands with ``add_parser(subparsers)`` (optional ones
 #: are skipped if missing).
@@ -339,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     except PermanentError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG if "Signature" in type(exc).__name__ else EXIT_USAGE
+    except BrokenPipeError:  # stdout closed early (``| head``): not an error to report
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush fails too
+        except OSError:
+            pass
+        return EXIT_PIPE
     except OSError as exc:  # e.g. the web port is already in use
         log.error("%s", exc)
         return EXIT_UNAVAILABLE

@@ -256,3 +256,23 @@ def test_example_wallboard_toml_is_valid_and_its_comments_are_the_defaults(
         ),
     )
     assert load(full).windows_s == default_of("windows_s")
+
+
+def test_closed_stdout_exits_141_without_an_error(tmp_path: Path) -> None:
+    """``fedmsg-wallboard ... | head``: a closed pipe is not "Redis unavailable"."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/3"\n')
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "listener", "check-config", "--config", str(cfg)],
+            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=str(ROOT),
+        )
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141, r.stderr
+    assert "Broken pipe" not in r.stderr and "Traceback" not in r.stderr
