@@ -208,6 +208,41 @@ class SequenceTracker:
             streams.append(s)
 
 
+# -- endpoints (PURE) ---------------------------------------------------------------
+
+
+def check_endpoint(endpoint: str) -> None:
+    """Reject a ``tcp://`` endpoint that libzmq would accept and never reach.
+
+    libzmq resolves ``tcp://host:port`` when it connects, in the background: a port
+    outside 1..65535 or a dotted-number host that is no IPv4 address
+    (``tcp://999.1.1.1:99999``) is accepted by ``connect`` and then retried for
+    ever.  Other transports (``ipc://``, ``inproc://``) and host names are left to
+    libzmq.
+
+    Raises:
+        listener.errors.ConfigError: the endpoint names such a host or port.
+    """
+    import ipaddress
+
+    from .errors import ConfigError
+
+    if not endpoint.startswith("tcp://"):
+        return
+    rest = endpoint[len("tcp://"):]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"bad ZeroMQ endpoint {endpoint!r}: port must be 1-65535")
+    host = host.split(";")[-1]  # libzmq's "source;host" form
+    if host.replace(".", "").isdigit():
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(
+                f"bad ZeroMQ endpoint {endpoint!r}: {host} is no IPv4 address"
+            ) from None
+
+
 # -- links -------------------------------------------------------------------------
 
 
@@ -269,6 +304,8 @@ class Bus:
             raise ConfigError("no ZeroMQ endpoint: set endpoints in fedmsg.d/ or --endpoint")
         self.cfg = cfg
         self.ctx = zmq.asyncio.Context()
+        for e in endpoints:
+            check_endpoint(e)
         self.links = [Link(e) for e in endpoints]
         self.topic_prefix = topic_prefix
         self.consumer = consumer

@@ -3,7 +3,7 @@
 ``fedmsg_meta_fedora_infrastructure`` ships ~557 real bus messages as the ``msg``
 attribute of its ``tests/`` classes, each with the usernames fedmsg.meta must
 find (``expected_usernames``); 553 of them are distinct (the rest are copies
-between test classes), and those are the examples loaded here.  They are loaded here at run time (not copied).
+between test classes): those are loaded here, at run time (not copied).
 Some examples lack a ``msg_id``: those get a stable one derived from the message's
 content (``example-<sha1>``) so a replay is de-duplicated like real traffic; an
 example that reuses another's ``msg_id`` with different content gets a suffix.

@@ -250,6 +250,32 @@ def test_sequence_tracker_real_prod_traffic_has_no_gaps() -> None:
     assert t.restarts == 3  # koji processes starting at i = 1
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "ok"),
+    [
+        ("tcp://127.0.0.1:9940", True),
+        ("tcp://hub.fedoraproject.org:9940", True),
+        ("tcp://[::1]:9940", True),
+        ("tcp://192.168.0.2;127.0.0.1:9940", True),  # libzmq's source;host form
+        ("ipc:///run/fedmsg/bus", True),
+        ("tcp://999.1.1.1:9940", False),  # dotted numbers, no IPv4 address
+        ("tcp://127.0.0.1:99999", False),
+        ("tcp://127.0.0.1:0", False),
+        ("tcp://127.0.0.1", False),
+        ("tcp://127.0.0.1:http", False),
+    ],
+)
+def test_endpoints_libzmq_would_retry_for_ever_are_config_errors(endpoint: str, ok: bool) -> None:
+    from listener.bus import check_endpoint
+    from listener.errors import ConfigError
+
+    if ok:
+        check_endpoint(endpoint)
+    else:
+        with pytest.raises(ConfigError, match="bad ZeroMQ endpoint"):
+            check_endpoint(endpoint)
+
+
 # -- real sockets ---------------------------------------------------------------
 
 
