@@ -26,8 +26,10 @@ within ``overlap_s``) falls back to ``page=2, 3...`` at the same ``start``.
 
 Failures: HTTP 5xx, 429, time-outs and connection errors are retried with
 exponential backoff (``Retry-After`` honoured); a range whose requests keep
-failing that way is split in two, recursively, down to ``min_split_s``.  Other
-4xx answers and bodies that are not a datagrepper page raise at once.
+failing that way is split in two, recursively, down to ``min_split_s`` (except
+for connection errors: a server that refuses or cannot be resolved fails after
+one request's retries).  Other 4xx answers and bodies that are not a datagrepper
+page raise at once.
 """
 
 from __future__ import annotations
@@ -60,7 +62,14 @@ FEDORA_DATAGREPPER = "https://apps.fedoraproject.org/datagrepper"
 
 class DatagrepperUnavailable(TransientError):
     """datagrepper kept failing (5xx, 429, time-outs, connection errors) after
-    every retry and split."""
+    every retry and split (connection errors are not split: a server that cannot
+    be reached fails after one request's retries).
+
+    Attributes:
+        splittable: whether a smaller range might have succeeded.
+    """
+
+    splittable: bool = True
 
 
 class DatagrepperBadResponse(InputError):
@@ -69,11 +78,16 @@ class DatagrepperBadResponse(InputError):
 
 
 class _Retryable(Exception):
-    """One failed attempt that a retry may fix."""
+    """One failed attempt that a retry may fix; ``splittable`` when a smaller
+    range might succeed where this one failed (not when the server cannot be
+    reached at all)."""
 
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after_s: float | None = None, splittable: bool = True
+    ) -> None:
         super().__init__(reason)
         self.retry_after_s = retry_after_s
+        self.splittable = splittable
 
 
 @dataclass(frozen=True)
@@ -252,7 +266,9 @@ class DatagrepperClient:
             resp = self._session().get(self.url, params=params, timeout=self.timeout_s)
         except requests.Timeout as exc:
             raise _Retryable(f"timed out after {self.timeout_s} s ({type(exc).__name__})") from exc
-        except requests.RequestException as exc:  # connection refused/reset, bad chunking
+        except requests.ConnectionError as exc:  # refused, unresolvable, reset
+            raise _Retryable(f"{type(exc).__name__}: {exc}"[:200], splittable=False) from exc
+        except requests.RequestException as exc:  # bad chunking, ...
             raise _Retryable(f"{type(exc).__name__}: {exc}"[:200]) from exc
         status = resp.status_code
         if status >= 500 or status in (408, 429):
@@ -312,10 +328,12 @@ class DatagrepperClient:
                 return result
             except _Retryable as exc:
                 if attempt >= self.retries:
-                    raise DatagrepperUnavailable(
+                    err = DatagrepperUnavailable(
                         f"datagrepper {self.url} failed {attempt + 1} times for "
                         f"start={params['start']} end={params['end']} page={page}: {exc}"
-                    ) from exc
+                    )
+                    err.splittable = exc.splittable
+                    raise err from exc
                 self.stats.add(retries=1)
                 wait = exc.retry_after_s if exc.retry_after_s is not None else delay
                 wait = min(self.max_backoff_s, wait) * (0.5 + random.random() / 2)
@@ -336,8 +354,9 @@ class DatagrepperClient:
         while not stop.is_set():
             try:
                 result = self.get_page(cursor, end, page)
-            except DatagrepperUnavailable:
-                if end - cursor < max(self.min_split_s, 2 * self.overlap_s):
+            except DatagrepperUnavailable as exc:
+                # a server that cannot be reached is not helped by smaller ranges
+                if not exc.splittable or end - cursor < max(self.min_split_s, 2 * self.overlap_s):
                     raise
                 result = None
             if result is None:

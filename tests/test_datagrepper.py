@@ -174,6 +174,21 @@ def test_gives_up_with_a_transient_error(day: list[dict[str, Any]]) -> None:
     assert c.stats.requests == 3
 
 
+def test_a_server_that_refuses_is_not_split_for_ever() -> None:
+    """Connection refused: one request's retries, then the error; no range splits
+    (a smaller range cannot help a server that is not there)."""
+    import socket
+
+    with socket.socket() as s:  # a port with nobody listening on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = client(f"http://127.0.0.1:{port}", retries=2, min_split_s=60)
+    with pytest.raises(DatagrepperUnavailable, match="failed 3 times") as info:
+        list(c.iter_messages(T0, T0 + SPAN))
+    assert not info.value.splittable
+    assert c.stats.requests == 3 and c.stats.splits == 0
+
+
 def test_client_errors_are_not_retried(day: list[dict[str, Any]]) -> None:
     with FakeDatagrepper(day) as srv:
         c = client(srv.url + "/nothing-here")
