@@ -228,7 +228,14 @@ async def read_snapshot(
 
 
 def _run_snapshot(args: argparse.Namespace) -> int:
+    from .windows import choose_bucket
+
     cfg = load_config(args)
+    try:  # before touching Redis: a window no bucket size fits is a usage error
+        choose_bucket(args.window, cfg.buckets_s)
+    except ValueError as exc:
+        log.error("--window %d: %s", args.window, exc)
+        return EXIT_USAGE
     end = args.end if args.end is not None else time.time()
     snap = asyncio.run(read_snapshot(cfg, args.window, end, args.all_users))
     if args.json:
@@ -298,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING, ERROR (default: $FEDMSG_WALLBOARD_LOG_LEVEL, else the "
         "config's log_level, else INFO)",
     )
+    # not ``required``: argparse would then report a missing COMMAND before an
+    # unknown flag (``fedmsg-wallboard --bogus``); main() checks it afterwards
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
     _listen_parser(sub)
     _snapshot_parser(sub)
     _check_parser(sub)
@@ -322,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.error("a COMMAND is required (fedmsg-wallboard --help lists them)")
     env_level = os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")
     if not args.log_level and env_level and env_level.upper() not in LOG_LEVELS:
         print(

@@ -276,3 +276,18 @@ def test_closed_stdout_exits_141_without_an_error(tmp_path: Path) -> None:
         os.close(write_end)
     assert r.returncode == 141, r.stderr
     assert "Broken pipe" not in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        ([], "a COMMAND is required"),
+        (["snapshot", "--window", "7", "--redis-url", "redis://127.0.0.1:1/0"],
+         "--window 7: no bucket size"),  # refused before any Redis connection
+    ],
+)
+def test_usage_errors_exit_2_with_the_reason(args: list[str], message: str) -> None:
+    r = run_cli(*args, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
