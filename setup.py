@@ -45,6 +45,9 @@ setup(
             "psutil>=5.9",
             # a real fedora-messaging schema package (AMQP input tests)
             "bodhi-messages>=8",
+            # tests/test_static.py: the style guide's checks, run by make test
+            "mypy>=1.10",
+            "ruff>=0.5",
         ],
     },
     # the page, for non-editable installs (listener/web.py finds it there)

@@ -125,7 +125,6 @@ def targets(r: dict[str, Any]) -> str:
                          verdict(main["step_ms"] < 10)))
     if fan.get("live"):
         from bench.fanout import medians
-
         from listener.config import Config
 
         live = medians(fan["live"], ("clients", "rate", "blink_s"))

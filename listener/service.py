@@ -262,9 +262,11 @@ async def run_listener(
         t.cancel()
     stop_task.cancel()
     _, stuck = await asyncio.wait([*tasks, stop_task], timeout=SHUTDOWN_TASKS_S)
-    for t in stuck:  # never expected: name it, with where it waits, and go on
-        log.error("shutdown: task %s did not stop within %.0f s", t.get_name(), SHUTDOWN_TASKS_S)
-        t.print_stack(file=sys.stderr)
+    for task in stuck:  # never expected: name it, with where it waits, and go on
+        log.error(
+            "shutdown: task %s did not stop within %.0f s", task.get_name(), SHUTDOWN_TASKS_S
+        )
+        task.print_stack(file=sys.stderr)
     if bus is not None:
         bus.close()
     if metrics_server is not None:
@@ -277,8 +279,8 @@ async def run_listener(
         handle.shutdown(save=True) if hasattr(handle, "shutdown") else None
     notifier.close()
     if crashed:
-        exc = crashed[0].exception()
-        assert exc is not None
-        raise exc
+        error = crashed[0].exception()
+        assert error is not None
+        raise error
     log.info("listener stopped: counted %d messages", consumer.stats.counted)
     return 0

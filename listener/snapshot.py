@@ -64,7 +64,7 @@ def snapshot_object(
 ) -> dict[str, Any]:
     """Assemble the snapshot dict from a window's counts, its metrics and top users
     (shared by :func:`build_snapshot` and ``livesnapshot.live_snapshot``)."""
-    topics = dict(top_items(dict(counts.topics), topics_n))  # type: ignore[arg-type]
+    topics = dict(top_items(dict(counts.topics), topics_n))
     return {
         "window_s": int(window_s),
         "end": float(end),

@@ -293,6 +293,10 @@ def open_embedded(state_dir: str) -> tuple[Any, str]:
     return handle, f"unix://{handle.socket_file}"
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class Store:
     """Async access to the wallboard's Redis namespace.
 
@@ -537,7 +541,8 @@ class Store:
     async def meta(self) -> dict[str, str]:
         """``P:meta`` as a str -> str dict."""
         raw = await self.r.hgetall(self.key("meta"))
-        return {k.decode(): v.decode() for k, v in raw.items()}
+        # the client is created with decode_responses=False: keys and values are bytes
+        return {_text(k): _text(v) for k, v in raw.items()}
 
     # -- reads -------------------------------------------------------------
 
