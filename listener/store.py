@@ -512,21 +512,22 @@ class Store:
         """Append blink entries to the bounded ticker list."""
         if not entries:
             return
-        k = self.key("recent")
         async with self.r.pipeline(transaction=False) as pipe:
-            pipe.rpush(k, *[orjson.dumps(e) for e in entries])
-            pipe.ltrim(k, -maxlen, -1)
+            self._queue_recent(pipe, entries, maxlen)
             await pipe.execute()
+
+    def _queue_recent(self, pipe: Any, entries: Sequence[dict[str, Any]], maxlen: int) -> None:
+        k = self.key("recent")
+        pipe.rpush(k, *[orjson.dumps(e) for e in entries])
+        pipe.ltrim(k, -maxlen, -1)
 
     async def publish_blink(self, event: dict[str, Any], maxlen: int) -> None:
         """Append a ``blink`` event's ``msgs`` to the ticker list (bounded to
         ``maxlen``) and publish the event: :meth:`push_recent` then :meth:`publish`,
         in that order, in one round trip."""
-        k = self.key("recent")
         async with self.r.pipeline(transaction=False) as pipe:
             if event.get("msgs"):
-                pipe.rpush(k, *[orjson.dumps(e) for e in event["msgs"]])
-                pipe.ltrim(k, -maxlen, -1)
+                self._queue_recent(pipe, event["msgs"], maxlen)
             pipe.publish(self.events_channel, orjson.dumps(event))
             await pipe.execute()
 
