@@ -77,6 +77,16 @@ class DatagrepperBadResponse(InputError):
     that is not a ``/raw`` page: retrying would not help."""
 
 
+def _cannot_connect(exc: Exception) -> bool:
+    """The request never reached a server: refused, or the name did not resolve
+    (urllib3's ``NewConnectionError`` inside requests' ``ConnectionError``).  A
+    reset in the middle of an answer is not this: a smaller range may get through."""
+    from urllib3.exceptions import NewConnectionError
+
+    reason = getattr(exc.args[0] if exc.args else None, "reason", None)
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, NewConnectionError)
+
+
 class _Retryable(Exception):
     """One failed attempt that a retry may fix; ``splittable`` when a smaller
     range might succeed where this one failed (not when the server cannot be
@@ -266,9 +276,10 @@ class DatagrepperClient:
             resp = self._session().get(self.url, params=params, timeout=self.timeout_s)
         except requests.Timeout as exc:
             raise _Retryable(f"timed out after {self.timeout_s} s ({type(exc).__name__})") from exc
-        except requests.ConnectionError as exc:  # refused, unresolvable, reset
-            raise _Retryable(f"{type(exc).__name__}: {exc}"[:200], splittable=False) from exc
-        except requests.RequestException as exc:  # bad chunking, ...
+        except requests.RequestException as exc:  # refused, unresolvable, reset, chunking
+            raise _Retryable(
+                f"{type(exc).__name__}: {exc}"[:200], splittable=not _cannot_connect(exc)
+            ) from exc
             raise _Retryable(f"{type(exc).__name__}: {exc}"[:200]) from exc
         status = resp.status_code
         if status >= 500 or status in (408, 429):
