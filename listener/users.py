@@ -227,11 +227,7 @@ class UserExtractor:
             are dropped.  Empty when the processor raises (counted in ``errors``).
         """
         try:
-            topic = body.get("topic")
-            proc = self._cache.get(topic) if isinstance(topic, str) else None
-            if proc is None:
-                proc = self.processor(body)
-            raw = proc.usernames(body, **self.processor_config)
+            raw = self.processor(body).usernames(body, **self.processor_config)
         except Exception as exc:
             self.errors += 1
             log.warning(
