@@ -33,9 +33,14 @@ log = logging.getLogger(__name__)
 
 _new_tuple = tuple.__new__  # a named tuple without its Python-level __new__
 
-#: After this many messages, once the pending buffer is nearly empty, the heap is
-#: trimmed (:func:`listener.memory.trim_heap`): a burst's queue memory goes back.
+#: After this many messages, once a flush finds fewer than :data:`TRIM_QUIET_MSGS`
+#: pending (the burst is over), the heap is trimmed
+#: (:func:`listener.memory.trim_heap`): a burst's queue memory goes back.
 TRIM_EVERY_MSGS = 50_000
+#: A flush of fewer messages than this means traffic is back to its usual pace.
+#: During a backlog every flush takes thousands (a flush interval's worth), and
+#: trimming then would hand back pages the next messages fault in again.
+TRIM_QUIET_MSGS = 1000
 
 
 @dataclass
@@ -57,6 +62,7 @@ class Stats:
         gaps: messages missing by publisher sequence number ``i``.
         bus_reconnects: SUB sockets recreated.
         hwm_drops: messages libzmq dropped at the high-water mark (estimated by gaps).
+        heap_trims: times a burst's memory was handed back (``malloc_trim``).
     """
 
     received: int = 0
@@ -74,6 +80,7 @@ class Stats:
     gaps: int = 0
     bus_reconnects: int = 0
     redis_resets: int = 0
+    heap_trims: int = 0
 
 
 class Consumer:
@@ -362,6 +369,7 @@ class Consumer:
                 batch_id, batch = self._retry_batch
             else:
                 if not self.pending:
+                    self._trim_after_burst(0)
                     return 0
                 n = min(limit, len(self.pending))
                 batch = [self.pending.popleft() for _ in range(n)]
@@ -415,11 +423,20 @@ class Consumer:
                         win.add(start, c)
             self.stats.counted += new
             self._since_trim += len(batch)
-            if self._since_trim >= TRIM_EVERY_MSGS and len(self.pending) < 1000:
-                # a burst has gone through: return the memory its queue held
-                self._since_trim = 0
-                trim_heap()
+            self._trim_after_burst(len(batch))
             return new
+
+    def _trim_after_burst(self, flushed: int) -> None:
+        """Return a burst's memory to the system once it has gone through
+        (:data:`TRIM_EVERY_MSGS`, :data:`TRIM_QUIET_MSGS`)."""
+        if (
+            self._since_trim >= TRIM_EVERY_MSGS
+            and flushed < TRIM_QUIET_MSGS
+            and len(self.pending) < TRIM_QUIET_MSGS
+        ):
+            self._since_trim = 0
+            self.stats.heap_trims += 1
+            trim_heap()
 
     def rate_per_min(self, now: float) -> float:
         """Live messages (not backfill) accepted over the last 60 s, per minute.

@@ -69,6 +69,7 @@ class ConsumerCollector(Collector):
             ("gaps", "Messages missing by publisher sequence number", s.gaps),
             ("bus_reconnects", "SUB sockets recreated", s.bus_reconnects),
             ("redis_resets", "Times Redis came back empty", s.redis_resets),
+            ("heap_trims", "Times a burst's memory was handed back", s.heap_trims),
         ):
             c = CounterMetricFamily(f"fedmsg_wallboard_{name}", doc)
             c.add_metric([], value)

@@ -25,7 +25,7 @@ from typing import Any
 from .bus import Bus
 from .config import Config
 from .consumer import Consumer
-from .memory import tune_gc
+from .memory import hold_heap, tune_gc
 from .store import Store, open_embedded
 from .systemd import Notifier
 from .users import UserExtractor, load_fedmsg_config
@@ -225,6 +225,7 @@ async def run_listener(
 
         backfill_task.add_done_callback(_backfill_done)
     tune_gc()  # start-up is done: the per-message path follows (listener.memory)
+    hold_heap()  # a burst's memory stays in the heap until it is over, then trim_heap
     inputs = [f"{len(endpoints)} endpoint(s)"] if bus is not None else []
     if amqp is not None:
         inputs.append(f"AMQP {amqp.settings.url.split('@')[-1]}")

@@ -135,3 +135,32 @@ async def test_blink_shows_the_newest_and_bounds_the_wait_with_first_ts(
     c.handle_body(body(9, now - 1))
     event = c.take_blink()
     assert event is not None and event["first_ts"] == now - 1 and event["total"] == 1
+
+
+async def test_heap_trimmed_once_a_burst_is_over_not_during_it(
+    redis_url: str, extractor: Any, monkeypatch: Any
+) -> None:
+    import listener.consumer as consumer_mod
+
+    monkeypatch.setattr(consumer_mod, "TRIM_EVERY_MSGS", 3000)
+    c = make(redis_url, extractor)
+    await c.warm_up()
+    now = time.time()
+    for i in range(3000):
+        assert c.handle_body(body(i, now))
+    assert await c.flush() == 3000
+    assert c.stats.heap_trims == 0  # a flush of 3,000: the burst may still be going on
+    assert await c.flush() == 0  # nothing pending any more: it is over
+    assert c.stats.heap_trims == 1
+    for i in range(3000, 6000):
+        assert c.handle_body(body(i, now))
+        if (i + 1) % 1000 == 0:
+            assert await c.flush() == 1000  # flushes of 1,000 (not < TRIM_QUIET_MSGS)
+    assert c.stats.heap_trims == 1
+    for i in range(6000, 6500):
+        assert c.handle_body(body(i, now))
+    assert await c.flush() == 500  # a small flush after 3,500 messages: trimmed
+    assert c.stats.heap_trims == 2
+    assert await c.flush() == 0  # nothing new since: not again
+    assert c.stats.heap_trims == 2
+    await c.store.close()

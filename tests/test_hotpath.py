@@ -478,3 +478,43 @@ def test_tune_gc_freezes_start_up_and_raises_the_young_threshold() -> None:
     before, after, frozen, gen0 = json.loads(out.stdout.strip().splitlines()[-1])
     assert after == [gen0, before[1], before[2]] and gen0 > before[0]
     assert frozen > 10_000  # the interpreter and the imported modules
+
+
+def test_hold_heap_keeps_freed_memory_until_trim_heap() -> None:
+    import ctypes.util
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    if "glibc" not in (os.confstr("CS_GNU_LIBC_VERSION") or "") or not ctypes.util.find_library(
+        "c"
+    ):
+        pytest.skip("mallopt and malloc_trim are glibc's")
+    # in a fresh interpreter: the malloc options are process-wide
+    script = r"""
+import os, sys
+from listener.memory import hold_heap, trim_heap
+def rss():
+    with open(f"/proc/{os.getpid()}/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS"))
+def cycle():
+    blocks = [bytes(4000) for _ in range(25_000)]  # ~100 MiB at the heap's top
+    peak = rss()
+    del blocks
+    return peak - rss()  # KiB handed back by free() itself
+auto = cycle()
+assert hold_heap() is True
+held = cycle()
+before = rss()
+assert trim_heap() is True
+print(auto, held, before - rss())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    auto, held, trimmed = (int(x) for x in out)
+    assert auto > 50_000  # by default glibc trims the top of the heap at once
+    assert held < 10_000  # held: free() gives nothing back...
+    assert trimmed > 50_000  # ...until trim_heap
