@@ -181,8 +181,9 @@ if new_count > 0 then
     redis.call('HSET', p .. ':meta', 'last_message_at', last_ts)
   end
 end
-redis.call('SET', bk, table.concat(flags), 'EX', cfg.batch_ttl)
-return flags
+local recorded = table.concat(flags)
+redis.call('SET', bk, recorded, 'EX', cfg.batch_ttl)
+return {new_count, recorded}
 """
 
 
@@ -431,11 +432,17 @@ class Store:
                 orjson.dumps([topics, categories, users]),
             ],
         )
-        if res and res[0] == -1:
-            # already applied (a retry after a lost reply): the recorded flags
-            recorded = res[1].decode() if isinstance(res[1], bytes) else str(res[1])
-            return [c == "1" for c in recorded]
-        return [bool(x) for x in res]
+        # ``[new count, flags]`` (``-1`` for a retry of an applied batch: the flags
+        # it recorded), the flags one string of "1"/"0", one per message: one bulk
+        # reply instead of an array of one integer per message
+        recorded = res[1] if isinstance(res[1], bytes) else str(res[1]).encode()
+        if len(recorded) != len(batch):
+            raise RuntimeError(
+                f"flush script returned {len(recorded)} flags for {len(batch)} messages"
+            )
+        if res[0] == len(batch):  # every message new: live traffic
+            return [True] * len(batch)
+        return [c == 49 for c in recorded]  # b"1"
 
     async def ensure_epoch(self, now: float) -> tuple[str, bool]:
         """Return the namespace's epoch id, creating it if missing.
