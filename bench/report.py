@@ -34,6 +34,12 @@ def num(v: Any, digits: int = 0) -> str:
     return str(v)
 
 
+def drain_samples(rep: dict[str, Any]) -> str:
+    """`` (a / b / c)``: every drain rate of a repetition, when it has several."""
+    rates = [d.get("rate") for d in rep.get("drains") or []]
+    return f" ({' / '.join(num(x) for x in rates)})" if len(rates) > 1 else ""
+
+
 def study_section(existing: str) -> str | None:
     """The seed-study section of an existing report, verbatim (None if absent)."""
     m = re.search(rf"^{re.escape(STUDY_HEADING)}\n.*?(?=^## |\Z)", existing, re.S | re.M)
@@ -90,7 +96,7 @@ def targets(r: dict[str, Any]) -> str:
         L, N = ing["listener"], ing.get("naive") or []
         sus = med([x["sustained"] for x in L])
         nsus = med([x["sustained"] for x in N])
-        drain = med([x["drain"].get("rate") for x in L])
+        drain = med([d.get("rate") for x in L for d in x.get("drains") or [x["drain"]]])
         ratio = sus / nsus if sus and nsus else None
         rss = max((x["rss_mib"].get("after_backfill") or 0) for x in L)
         peak = max((x["rss_mib"].get("peak") or 0) for x in L)
@@ -201,7 +207,10 @@ def ingest(r: dict[str, Any]) -> str:
         "- **drain**: the listener is stopped (SIGSTOP), "
         f"{p['drain']:,} messages are queued, it is resumed: messages / seconds until all "
         "are counted, the publisher idle (the listener's own ceiling), and the listener's "
-        "CPU time per message meanwhile (all threads).",
+        f"CPU time per message meanwhile (all threads); {p.get('drains', 1)} drains per "
+        "repetition, one after the other (each lasts 2-3 s: one slow moment of the shared "
+        "host moves one sample a lot).  The table shows each repetition's median drain "
+        "(all of them in brackets); the target row takes the median of every drain.",
         f"- **backfill**: first thing in each repetition, {p['backfill']:,} messages with "
         "timestamps spread over the last 7 days, every one of the "
         f"{p['n_users']:,} users at least once, at full speed: it leaves the 7 d window "
@@ -225,7 +234,7 @@ def ingest(r: dict[str, Any]) -> str:
         ratio = lr["sustained"] / nr["sustained"] if nr.get("sustained") else None
         out.append(
             f"| {k + 1} | {num(lr['sustained'])} | {num(nr.get('sustained'))} | "
-            f"{num(ratio, 1)}× | {num(lr['drain'].get('rate'))} | "
+            f"{num(ratio, 1)}× | {num(lr['drain'].get('rate'))}{drain_samples(lr)} | "
             f"{num(lr['drain'].get('cpu_us_per_msg'), 1)} µs | "
             f"{num(lr['burst'].get('lost'))}, {num(lr['burst'].get('seconds'), 1)} | "
             f"{num(lr['hwm_burst'].get('lost'))} / "
@@ -238,7 +247,8 @@ def ingest(r: dict[str, Any]) -> str:
     out.append(
         f"| **median** | **{num(sus)}** | **{num(nsus)}** | "
         f"**{num(sus / nsus if sus and nsus else None, 1)}×** | "
-        f"**{num(med([x['drain'].get('rate') for x in L]))}** | "
+        f"**{num(med([d.get('rate') for x in L for d in x.get('drains') or [x['drain']]]))}**"
+        " (all drains) | "
         f"{num(med([x['drain'].get('cpu_us_per_msg') for x in L]), 1)} µs | "
         f"{num(med([x['burst'].get('lost') for x in L]))}, "
         f"{num(med([x['burst'].get('seconds') for x in L]), 1)} | "
