@@ -196,6 +196,35 @@ async def test_flush_leaves_exactly_the_state_of_the_reference_script(redis_url:
         await new.close()
 
 
+async def test_flush_of_large_batches_matches_the_reference_script(redis_url: str) -> None:
+    # batches past the script's chunks of 1,000 ids (SMISMEMBER, SADD), with
+    # duplicates inside a batch, across batches and across neighbouring hours
+    now = int(time.time())
+    hour = now - now % 3600
+    rng = random.Random(9)
+    p_ref, p_new = f"ref{uuid.uuid4().hex[:6]}", f"new{uuid.uuid4().hex[:6]}"
+    ref = Store.from_url(redis_url, prefix=p_ref)
+    new = Store.from_url(redis_url, prefix=p_new)
+    ids = [f"big-{k}" for k in range(2600)]
+    for k, size in enumerate((1500, 3000, 2200)):
+        batch = [
+            Counted(
+                rng.choice(ids),
+                hour - rng.choice([7201, 3601, 3599, 1, 0]) + rng.randint(0, 1),
+                "org.fedoraproject.prod.git.receive",
+                "git",
+                (f"u{rng.randrange(50)}",),
+            )
+            for _ in range(size)
+        ]
+        flags_ref = await run_reference(ref.r, ref, batch, f"big{k}")
+        assert await new.flush(batch, f"big{k}") == flags_ref
+        assert 0 < flags_ref.count(False) < size
+    assert await dump(new.r, p_new) == await dump(ref.r, p_ref)
+    await ref.close()
+    await new.close()
+
+
 async def test_flush_skips_keys_that_would_expire_at_once(redis_url: str) -> None:
     st = Store.from_url(redis_url, prefix=f"x{uuid.uuid4().hex[:6]}")
     now = int(time.time())
