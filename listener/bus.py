@@ -277,6 +277,8 @@ class Link:
     reconnects: int = 0
     disconnects: int = 0
     gaps: int = 0
+    #: the last receive pass stopped at :data:`DRAIN_MAX` (more was queued)
+    backlog: bool = False
     _cn_cache: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False)
 
 
@@ -424,6 +426,13 @@ class Bus:
         if n:
             link.received += n
             link.last_msg_at = now
+        if n >= DRAIN_MAX:
+            link.backlog = True
+        elif link.backlog:
+            # the queue this link had is empty now: count the end of the burst at
+            # once rather than at the next flush tick (Consumer.flush_wanted)
+            link.backlog = False
+            self.consumer.flush_wanted.set()
         return n
 
     def _drain_monitor(self, link: Link, now: float) -> None:

@@ -56,6 +56,8 @@ class Config:
             +/- need two periods).
         step_s: how often windows and longtail are recomputed, seconds.
         flush_interval_s: how often pending counts are written to Redis, seconds.
+        flush_batch_max: most messages in one flush (one Lua script call); while
+            more are pending (a burst) the next flush follows at once.
         max_pending: messages held while Redis is unreachable; past it the oldest
             are dropped and counted (``pending_overflow``).
         dedupe_s: how long a msg_id is remembered in Redis for de-duplication.
@@ -115,6 +117,7 @@ class Config:
     retention_s: int = 14 * 86400
     step_s: float = 5.0
     flush_interval_s: float = 0.2
+    flush_batch_max: int = 20_000
     max_pending: int = 200_000
     dedupe_s: int = 86400
     dedupe_memory: int = 200_000
@@ -166,6 +169,8 @@ class Config:
             problems.append("step_s and flush_interval_s must be > 0")
         if self.max_pending < 1:
             problems.append("max_pending must be >= 1")
+        if self.flush_batch_max < 1:
+            problems.append("flush_batch_max must be >= 1")
         if not 0 < self.web_port < 65536 and self.web_port != 0:
             problems.append("web_port out of range")
         if self.bus not in ("zmq", "amqp", "both"):

@@ -146,6 +146,12 @@ class Consumer:
         #: called with every envelope decoded from bus frames (the bus follows
         #: publishers' sequence numbers with it); must not raise
         self.on_envelope: Callable[[Envelope], None] | None = None
+        #: the flush task flushes at once instead of at its next tick when this is
+        #: set: by the bus when a backlog has just been received (its queue was
+        #: full and is empty again), by :meth:`flush` when it left a full batch
+        #: pending.  A burst reaches Redis in batches of ``flush_batch_max`` one
+        #: after the other, and its end up to ``flush_interval_s`` sooner.
+        self.flush_wanted = asyncio.Event()
 
     # -- the per-message path (sync, never raises) --------------------------
 
@@ -357,13 +363,18 @@ class Consumer:
                 win.reset(await self.store.read_window(w, now, usercat=False), now)
             self.redis_ok = True
 
-    async def flush(self, now: float | None = None, limit: int = 50_000) -> int:
+    async def flush(self, now: float | None = None, limit: int | None = None) -> int:
         """Write pending messages to Redis in one atomic, idempotent script call.
+
+        Args:
+            limit: most messages written (default ``flush_batch_max``); when as
+                many are still pending afterwards, :attr:`flush_wanted` is set.
 
         Returns the number of messages counted as new.  On a Redis error the batch
         stays pending (retried with the same batch id, so it never double-counts)
         and the error propagates.
         """
+        limit = self.cfg.flush_batch_max if limit is None else limit
         async with self._lock:
             if self._retry_batch is not None:
                 batch_id, batch = self._retry_batch
@@ -424,6 +435,8 @@ class Consumer:
             self.stats.counted += new
             self._since_trim += len(batch)
             self._trim_after_burst(len(batch))
+            if len(self.pending) >= limit:  # a burst: the next batch at once
+                self.flush_wanted.set()
             return new
 
     def _trim_after_burst(self, flushed: int) -> None:

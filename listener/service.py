@@ -75,12 +75,28 @@ def _store_from_url(cfg: Config, url: str) -> Store:
 
 
 async def _every(
-    interval_s: float, fn: Callable[[], Awaitable[Any]], name: str, max_backoff_s: float = 10.0
+    interval_s: float,
+    fn: Callable[[], Awaitable[Any]],
+    name: str,
+    max_backoff_s: float = 10.0,
+    wake: asyncio.Event | None = None,
 ) -> None:
-    """Call ``fn`` every ``interval_s``; on error log and back off (doubling)."""
+    """Call ``fn`` every ``interval_s``; on error log and back off (doubling).
+
+    ``wake``, when set, calls ``fn`` at once instead of at the end of the interval
+    (not while backing off); it is cleared at each call.
+    """
     delay = interval_s
     while True:
-        await asyncio.sleep(delay)
+        if wake is None or delay > interval_s:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                pass
+        if wake is not None:
+            wake.clear()
         try:
             await fn()
             delay = interval_s
@@ -196,7 +212,10 @@ async def run_listener(
         await store.set_health(health)
 
     tasks = [
-        asyncio.create_task(_every(cfg.flush_interval_s, consumer.flush, "flush"), name="flush"),
+        asyncio.create_task(
+            _every(cfg.flush_interval_s, consumer.flush, "flush", wake=consumer.flush_wanted),
+            name="flush",
+        ),
         asyncio.create_task(_every(cfg.step_s, consumer.step, "step"), name="step"),
         asyncio.create_task(
             _every(cfg.blink_interval_s, consumer.publish_blink, "blink"), name="blink"

@@ -164,3 +164,21 @@ async def test_heap_trimmed_once_a_burst_is_over_not_during_it(
     assert await c.flush() == 0  # nothing new since: not again
     assert c.stats.heap_trims == 2
     await c.store.close()
+
+
+async def test_flush_of_a_full_batch_asks_for_the_next_one_at_once(
+    redis_url: str, extractor: Any
+) -> None:
+    c = make(redis_url, extractor, flush_batch_max=10)
+    await c.warm_up()
+    now = time.time()
+    for i in range(25):
+        assert c.handle_body(body(i, now))
+    got = []
+    for _ in range(3):
+        c.flush_wanted.clear()  # what the flush task does before each call
+        got.append((await c.flush(), c.flush_wanted.is_set()))
+    # 15 left (a full batch more): at once; 5 left, then none: the next tick
+    assert got == [(10, True), (10, False), (5, False)]
+    assert (await c.store.read_window(3600, time.time())).messages == 25
+    await c.store.close()

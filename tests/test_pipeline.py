@@ -140,6 +140,38 @@ async def test_replay_of_real_messages_gives_fedmsg_meta_counts(
     await h.close()
 
 
+async def test_end_of_a_backlog_is_flushed_at_once_not_at_the_next_tick(
+    redis_url: str, extractor: Any, examples: list[Any]
+) -> None:
+    from listener.bus import DRAIN_MAX
+    from listener.service import _every
+
+    h = Harness(redis_url, extractor, flush_interval_s=60.0)
+    bodies = rebased(examples, time.time())
+    await h.start(bodies[0])
+    await h.consumer.flush()
+    base = h.consumer.stats.counted
+    flusher = asyncio.create_task(
+        _every(60.0, h.consumer.flush, "flush", wake=h.consumer.flush_wanted)
+    )
+    try:
+        # sent while the bus cannot run (same thread): it finds them all queued
+        n = 4 * DRAIN_MAX + 123
+        for k in range(n):
+            body = dict(bodies[k % len(bodies)], msg_id=f"backlog-{k}")
+            h.pub.send_multipart(encode_frames(body))
+        deadline = time.monotonic() + 10 * TIMEOUT_FACTOR
+        while h.consumer.stats.counted < base + n:
+            # the flush tick is 60 s away: only the end of the backlog flushes
+            assert time.monotonic() < deadline, f"counted {h.consumer.stats.counted - base}"
+            await asyncio.sleep(0.02)
+        assert h.consumer.stats.counted == base + n
+        assert h.bus is not None and not h.bus.links[0].backlog
+    finally:
+        flusher.cancel()
+        await h.close()
+
+
 async def test_malformed_frames_are_counted_and_the_consumer_keeps_going(
     redis_url: str, extractor: Any, examples: list[Any]
 ) -> None:
