@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 import uuid
 from collections import Counter, deque
@@ -32,6 +33,7 @@ from .windows import SlidingWindow, choose_bucket
 log = logging.getLogger(__name__)
 
 _new_tuple = tuple.__new__  # a named tuple without its Python-level __new__
+_timestamp = operator.attrgetter("timestamp")
 
 #: After this many messages, once a flush finds fewer than :data:`TRIM_QUIET_MSGS`
 #: pending (the burst is over), the heap is trimmed
@@ -383,7 +385,11 @@ class Consumer:
                     self._trim_after_burst(0)
                     return 0
                 n = min(limit, len(self.pending))
-                batch = [self.pending.popleft() for _ in range(n)]
+                if n == len(self.pending):  # the usual case: all of it, in C
+                    batch = list(self.pending)
+                    self.pending.clear()
+                else:
+                    batch = [self.pending.popleft() for _ in range(n)]
                 batch_id = uuid.uuid4().hex
                 self._retry_batch = (batch_id, batch)
             t0 = time.perf_counter()
@@ -421,7 +427,7 @@ class Consumer:
                         m.timestamp for m, is_new in zip(batch, flags, strict=True) if is_new
                     )
                 else:
-                    newest = max(m.timestamp for m in batch)
+                    newest = max(map(_timestamp, batch))
                 if self.last_message_at is None or newest > self.last_message_at:
                     self.last_message_at = float(newest)
             for win in self.windows.values():
