@@ -16,6 +16,7 @@ Example (``wallboard.toml``)::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,41 @@ def default_state_dir() -> str:
         os.path.expanduser("~"), ".local", "state"
     )
     return os.path.join(base, "fedmsg-wallboard")
+
+
+#: ``(field, lowest value, whether the lowest is allowed)`` checked at start-up; a
+#: float field must also be finite (TOML has ``nan`` and ``inf``).  0 is allowed
+#: where it means "off" (``hwm``: unlimited; ``heartbeat_ivl_s``; ``metrics_port``).
+_NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
+    ("step_s", 0, False),
+    ("flush_interval_s", 0, False),
+    ("blink_interval_s", 0, False),
+    ("silence_s", 0, False),
+    ("redis_timeout_s", 0, False),
+    ("ping_interval_s", 0, False),
+    ("ping_timeout_s", 0, False),
+    ("heartbeat_ivl_s", 0, True),
+    ("heartbeat_timeout_s", 0, True),
+    ("max_future_skew_s", 0, True),
+    ("retention_s", 1, True),
+    ("dedupe_s", 1, True),
+    ("dedupe_memory", 0, True),
+    ("max_pending", 1, True),
+    ("flush_batch_max", 1, True),
+    ("history_len", 1, True),
+    ("hwm", 0, True),
+    ("tcp_keepalive_idle_s", 1, True),
+    ("tcp_keepalive_intvl_s", 1, True),
+    ("tcp_keepalive_cnt", 1, True),
+    ("reconnect_ivl_ms", 0, True),
+    ("reconnect_ivl_max_ms", 0, True),
+    ("max_body_bytes", 1, True),
+    ("blink_batch_max", 1, True),
+    ("recent_len", 1, True),
+    ("top_users", 1, True),
+    ("max_clients_per_ip", 1, True),
+    ("client_queue_max", 1, True),
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +97,7 @@ class Config:
         max_pending: messages held while Redis is unreachable; past it the oldest
             are dropped and counted (``pending_overflow``).
         dedupe_s: how long a msg_id is remembered in Redis for de-duplication.
-        dedupe_memory: msg_ids remembered in memory (LRU).
+        dedupe_memory: msg_ids remembered in memory (the newest; FIFO).
         history_len: points kept in each window's longtail history.
         max_future_skew_s: timestamps further in the future than this are clamped
             to arrival time (any future timestamp is clamped; this one is counted).
@@ -165,14 +201,17 @@ class Config:
             problems.append("windows_s must be > 0")
         if not self.buckets_s or any(b <= 0 for b in self.buckets_s):
             problems.append("buckets_s must be a non-empty list of positive seconds")
-        if self.step_s <= 0 or self.flush_interval_s <= 0:
-            problems.append("step_s and flush_interval_s must be > 0")
-        if self.max_pending < 1:
-            problems.append("max_pending must be >= 1")
-        if self.flush_batch_max < 1:
-            problems.append("flush_batch_max must be >= 1")
-        if not 0 < self.web_port < 65536 and self.web_port != 0:
-            problems.append("web_port out of range")
+        if len(set(self.windows_s)) != len(self.windows_s):
+            problems.append("windows_s has the same window twice")
+        for name, low, inclusive in _NUMBER_RULES:
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, not {value!r}")
+            elif value < low or (value == low and not inclusive):
+                problems.append(f"{name} must be {'>=' if inclusive else '>'} {low}")
+        for name in ("web_port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                problems.append(f"{name} out of range (0-65535)")
         if self.bus not in ("zmq", "amqp", "both"):
             problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

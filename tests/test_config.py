@@ -59,6 +59,13 @@ BAD_VALUES = [
     ("retention_s = 3600\n", "retention_s must be >= the longest window"),
     ("max_pending = 0\n", "max_pending must be >= 1"),
     ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING or ERROR"),
+    ("step_s = nan\n", "step_s must be a finite number, not nan"),
+    ("flush_interval_s = inf\n", "flush_interval_s must be a finite number, not inf"),
+    ("blink_interval_s = 0\n", "blink_interval_s must be > 0"),
+    ("metrics_port = 70000\n", "metrics_port out of range (0-65535)"),
+    ("hwm = -1\n", "hwm must be >= 0"),
+    ("top_users = -3\n", "top_users must be >= 1"),
+    ("windows_s = [3600, 3600]\n", "windows_s has the same window twice"),
     ("step_s = \n", "invalid TOML"),
 ]
 
