@@ -27,7 +27,7 @@ from .envelope import Envelope, Rejected, category_of, decode_frames, envelope_f
 from .livesnapshot import live_snapshot
 from .memory import trim_heap
 from .store import Counted, Store, aggregate
-from .users import UserExtractor, clean_usernames
+from .users import UserExtractor, clean_usernames, is_log_milestone
 from .windows import SlidingWindow, choose_bucket
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,15 @@ class Consumer:
 
     def _reject(self, rej: Rejected) -> None:
         self.stats.rejected[rej.reason] += 1
-        log.warning("rejected msg_id=%s: %s (%s)", rej.msg_id, rej.reason, rej.detail)
+        n = self.stats.rejected[rej.reason]
+        # a flood of bad messages must not flood the journal: the 1st, 10th, 100th,
+        # 1,000th and every 10,000th of each reason at WARNING, the rest at DEBUG
+        # (all of them counted, fedmsg_wallboard_rejected_total{reason})
+        level = logging.WARNING if is_log_milestone(n) else logging.DEBUG
+        log.log(
+            level, "rejected msg_id=%s: %s (%s); %d rejected as %s so far",
+            rej.msg_id, rej.reason, rej.detail, n, rej.reason,
+        )
 
     def _accept(
         self,
@@ -276,7 +284,7 @@ class Consumer:
     def _too_old(self, env: Envelope) -> None:
         self.stats.rejected["too_old"] += 1
         n_old = self.stats.rejected["too_old"]
-        if n_old in (1, 10, 100, 1000) or n_old % 10000 == 0:
+        if is_log_milestone(n_old):
             log.warning(
                 "%d message(s) older than the longest window (%d s) dropped so far, "
                 "latest msg_id=%s (replaying old messages? use --rebase-time)",

@@ -167,6 +167,7 @@ class UserExtractor:
         self._cache: dict[str, Any] = {}
         self._cache_size = cache_size
         self.errors = 0
+        self._failed_topics: set[str] = set()  # topics a processor failed on (logged)
 
     @staticmethod
     def load_fas_cache(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -230,12 +231,21 @@ class UserExtractor:
             raw = self.processor(body).usernames(body, **self.processor_config)
         except Exception as exc:
             self.errors += 1
-            log.warning(
-                "processor failed on msg_id=%s topic=%s: %s: %s",
+            topic = str(body.get("topic"))[:120]
+            # the first failure on each topic, then the 1st, 10th, 100th... of all at
+            # WARNING; the rest at DEBUG: a real processor failing on every message
+            # of a busy topic must not flood the journal
+            first = len(self._failed_topics) < 1000 and topic not in self._failed_topics
+            if first:
+                self._failed_topics.add(topic)
+            log.log(
+                logging.WARNING if first or is_log_milestone(self.errors) else logging.DEBUG,
+                "processor failed on msg_id=%s topic=%s: %s: %s; %d processor failures so far",
                 body.get("msg_id"),
-                str(body.get("topic"))[:120],
+                topic,
                 type(exc).__name__,
                 str(exc)[:200],
+                self.errors,
             )
             return frozenset()
         return clean_usernames(raw)
@@ -277,6 +287,12 @@ def install_fas_cache(entries: Mapping[str, str] | None, replace: bool = False) 
         fasshim._fas_cache.update(entries)
     if not fasshim._fas_cache:
         fasshim._fas_cache[FAS_SENTINEL] = FAS_SENTINEL
+
+
+def is_log_milestone(n: int) -> bool:
+    """Whether the ``n``-th occurrence of a repeated event is logged at WARNING: the
+    1st, 10th, 100th, 1,000th and every 10,000th (the others go to DEBUG)."""
+    return n in (1, 10, 100, 1000) or n % 10000 == 0
 
 
 def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:

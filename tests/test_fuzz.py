@@ -248,7 +248,7 @@ def _records_with(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.L
 async def test_poison_messages_are_counted_or_rejected_and_logged_once(
     redis_url: str, extractor: Any, examples: list[Any], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING)
+    caplog.set_level(logging.DEBUG)  # repeats of a reason go to DEBUG
     consumer, store = fresh_consumer(redis_url, extractor)
     await consumer.warm_up()
     now = time.time()
@@ -420,3 +420,32 @@ def test_watchdog_fed_through_poison_and_not_when_stuck(redis_url: str, tmp_path
         pub.close()
         ctx.destroy(linger=0)
         notify.close()
+
+
+async def test_a_flood_of_bad_messages_is_counted_but_logged_at_milestones(
+    redis_url: str, extractor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    consumer, store = fresh_consumer(redis_url, extractor)
+    await consumer.warm_up()
+    now = time.time()
+    topic = "org.fedoraproject.prod.bodhi.update.comment"
+    for k in range(1200):
+        assert not consumer.handle_frames([topic.encode(), b"{not json %d" % k], now)
+    # the bodhi processor raises on this shape (KeyError): counted, users empty
+    for k in range(300):
+        body = {"topic": topic, "msg": {"comment": None}, "msg_id": f"flood-{k}",
+                "timestamp": now, "i": 1, "username": "apache"}
+        assert consumer.handle_frames(encode_frames(body), now)
+    assert consumer.stats.rejected["bad_json"] == 1200
+    assert consumer.stats.processor_errors == 300
+    rejected = _records_with(caplog, "rejected msg_id=")
+    # the 1st, 10th, 100th and 1,000th
+    assert [r.getMessage().rsplit("; ", 1)[1] for r in rejected] == [
+        f"{n} rejected as bad_json so far" for n in (1, 10, 100, 1000)
+    ]
+    failed = [r for r in _records_with(caplog, "processor failed") if "flood-" in r.getMessage()]
+    assert 1 <= len(failed) <= 4  # the first on this topic, then milestones of all errors
+    await consumer.flush()
+    assert (await store.read_window(3600, time.time())).topics[topic] == 300
+    await store.close()
