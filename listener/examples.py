@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .envelope import Rejected, envelope_from_dict
 from .errors import InputError
 
 
@@ -115,7 +116,9 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
         ``usernames``...) are returned as they are.
 
     Raises:
-        InputError: unreadable file, invalid JSON, or no messages in it.
+        InputError: unreadable file, invalid JSON, a JSONL line that is not a
+            fedmsg message (:func:`listener.envelope.envelope_from_dict`), or no
+            messages in it.
     """
     p = Path(path)
     try:
@@ -144,7 +147,13 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
             raise InputError(f"{p}:{lineno}: invalid JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{lineno}: not a JSON object")
-        bodies.append(unwrap_record(obj))
+        body = unwrap_record(obj)
+        checked = envelope_from_dict(body)
+        if isinstance(checked, Rejected):
+            raise InputError(
+                f"{p}:{lineno}: not a fedmsg message ({checked.reason}: {checked.detail})"
+            )
+        bodies.append(body)
     if not bodies:
         raise InputError(f"{p}: no messages")
     return bodies

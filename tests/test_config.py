@@ -20,7 +20,7 @@ import pytest
 
 from listener.config import FIELD_NAMES, Config, load
 from listener.errors import ConfigError
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, free_port, run_cli
 
 EXIT_CONFIG = 78
 
@@ -298,3 +298,16 @@ def test_usage_errors_exit_2_with_the_reason(args: list[str], message: str) -> N
     r = run_cli(*args, timeout=60)
     assert r.returncode == 2, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_replay_of_a_line_that_is_not_a_fedmsg_message_exits_2_naming_it(
+    tmp_path: Path,
+) -> None:
+    good = {"topic": "org.fedoraproject.prod.git.receive", "msg": {}, "msg_id": "a",
+            "timestamp": 1.0}
+    path = write(tmp_path, json.dumps(good) + "\n" + '{"not": "an envelope"}\n', "x.jsonl")
+    r = run_cli("replay", str(path), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+                "--wait-subscribers", "0", timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"{path}:2: not a fedmsg message (bad_msg: topic missing" in r.stderr
+    assert "Traceback" not in r.stderr
