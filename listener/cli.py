@@ -276,6 +276,14 @@ def _run_check(args: argparse.Namespace) -> int:
     endpoints = list(cfg.endpoints) or [
         e for group in (fcfg.get("endpoints") or {}).values() for e in group
     ]
+    if cfg.bus != "amqp":  # what ``listen`` would refuse (listener.bus.Bus)
+        from .bus import check_endpoint
+        from .errors import ConfigError
+
+        if not endpoints:
+            raise ConfigError("no ZeroMQ endpoint: set endpoints in fedmsg.d/ or --endpoint")
+        for e in endpoints:
+            check_endpoint(e)
     print(
         json.dumps(
             {

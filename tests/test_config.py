@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
 import tomllib
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -119,6 +122,24 @@ def test_check_config_ok_prints_json(tmp_path: Path) -> None:
         "redis": "redis://127.0.0.1:6379/3",
         "validate_signatures": False,
     }
+
+
+def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
+    # no endpoint anywhere (the built-in fedmsg default has none), or one libzmq would
+    # retry for ever: listen exits 78 on both, so check-config must too
+    env = {k: v for k, v in os.environ.items() if k != "FEDMSG_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)  # run from a folder without fedmsg.d/
+    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/0"\n')
+    r = subprocess.run(
+        [sys.executable, "-m", "listener", "check-config", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=env,
+    )
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert "no ZeroMQ endpoint" in r.stderr and r.stdout == ""
+    bad = write(tmp_path, 'endpoints = ["tcp://127.0.0.1:99999"]\n', "bad.toml")
+    r = run_cli("check-config", "--config", str(bad), timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert "port must be 1-65535" in r.stderr
 
 
 def test_check_config_without_endpoints_uses_fedmsg_d(tmp_path: Path) -> None:
