@@ -170,7 +170,17 @@ async def run_listener(
     prefix = cfg.topic_prefix
     fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
     extractor = UserExtractor(fcfg, fas_cache=fas_cache)
-    store, handle = await open_store(cfg)
+    # a signal during the start-up wait for Redis stops it (exit 0), not 10 s later
+    opening = asyncio.create_task(open_store(cfg))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if not opening.done():
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        log.info("stopped before Redis was reachable")
+        return 0
+    stopping.cancel()
+    store, handle = opening.result()
     consumer = Consumer(cfg, extractor, store)
     consumer.validator = validator
     await consumer.warm_up()

@@ -739,3 +739,25 @@ def test_web_unit_bad_config_exits_78(tmp_path: Path, notify: NotifySocket) -> N
     assert rc == 78, svc.stderr
     assert "web_port out of range" in svc.stderr
     assert not notify.lines("READY=1")
+
+
+def test_sigterm_during_the_start_up_wait_for_redis_exits_0_at_once() -> None:
+    # the listener waits up to 10 s for Redis at start-up; a stop request (systemctl
+    # stop, Ctrl-C) during that wait must not wait it out and then exit 69
+    port = free_port()  # nothing listens there
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "listener", "listen", "--redis-url",
+         f"redis://127.0.0.1:{port}/0", "--endpoint", f"tcp://127.0.0.1:{free_port()}"],
+        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        time.sleep(2.0)  # imports done, waiting for Redis
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out  # it was 69, once the 10 s had passed
+    assert "stopped before Redis was reachable" in out
+    assert "not reachable" not in out
