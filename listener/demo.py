@@ -13,6 +13,7 @@ the AMQP input, see docs/AMQP.md).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import signal
 import subprocess
@@ -62,6 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(args.dir).resolve()
     logs = base / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # one demo per folder: a second one would share (and, stopping, shut down) the
+    # first one's embedded Redis and logs.  The lock goes with the process.
+    lock = open(base / "demo.lock", "a")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"a demo is already running in {base}: stop it first, or use another "
+              "--dir (make run DEMO_DIR=...) and --port", file=sys.stderr)
+        return 75  # EX_TEMPFAIL
     os.environ.setdefault("FEDMSG_CONFIG", str(Path(__file__).resolve().parent.parent / "fedmsg.d"))
     handle, url = open_embedded(str(base / "redis"))
     print(f"embedded Redis: {url}", flush=True)

@@ -332,3 +332,19 @@ def test_replay_of_a_line_that_is_not_a_fedmsg_message_exits_2_naming_it(
     assert r.returncode == 2, r.stderr
     assert f"{path}:2: not a fedmsg message (no topic)" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_second_demo_in_the_same_folder_refuses_to_start(tmp_path: Path) -> None:
+    import fcntl
+
+    # the first demo holds demo.lock for its lifetime (here: this test process)
+    with open(tmp_path / "demo.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = subprocess.run(
+            [sys.executable, "-m", "listener.demo", "--dir", str(tmp_path), "--port",
+             str(free_port())],
+            capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+        )
+    assert r.returncode == 75, r.stderr
+    assert f"a demo is already running in {tmp_path}" in r.stderr
+    assert not (tmp_path / "redis").exists()  # its Redis was never touched
