@@ -423,10 +423,13 @@ def test_watchdog_fed_through_poison_and_not_when_stuck(redis_url: str, tmp_path
 
 
 async def test_a_flood_of_bad_messages_is_counted_but_logged_at_milestones(
-    redis_url: str, extractor: Any, caplog: pytest.LogCaptureFixture
+    redis_url: str, fedmsg_config: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    from listener.users import UserExtractor
+
     caplog.set_level(logging.WARNING)
-    consumer, store = fresh_consumer(redis_url, extractor)
+    # its own extractor: the session's has seen processor failures already
+    consumer, store = fresh_consumer(redis_url, UserExtractor(fedmsg_config))
     await consumer.warm_up()
     now = time.time()
     topic = "org.fedoraproject.prod.bodhi.update.comment"
@@ -445,7 +448,10 @@ async def test_a_flood_of_bad_messages_is_counted_but_logged_at_milestones(
         f"{n} rejected as bad_json so far" for n in (1, 10, 100, 1000)
     ]
     failed = [r for r in _records_with(caplog, "processor failed") if "flood-" in r.getMessage()]
-    assert 1 <= len(failed) <= 4  # the first on this topic, then milestones of all errors
+    # the first (on this topic, and the 1st of all), the 10th and the 100th
+    assert [r.getMessage().rsplit("; ", 1)[1] for r in failed] == [
+        f"{n} processor failures so far" for n in (1, 10, 100)
+    ]
     await consumer.flush()
     assert (await store.read_window(3600, time.time())).topics[topic] == 300
     await store.close()

@@ -354,7 +354,9 @@ def test_real_prod_signatures_verify_and_chain_to_fedora_not_to_us(pki: Pki) -> 
 def fedmsg_dir(tmp: Path, pki: Pki) -> Path:
     d = tmp / "fedmsg.d"
     d.mkdir()
-    cfg = pki.config(topic_prefix="org.fedoraproject", environment="prod", endpoints={})
+    # an endpoint, as check-config and listen require one
+    cfg = pki.config(topic_prefix="org.fedoraproject", environment="prod",
+                     endpoints={"test": [f"tcp://127.0.0.1:{free_port()}"]})
     (d / "base.py").write_text(f"config = {cfg!r}\n", encoding="utf-8")
     return d
 
