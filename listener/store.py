@@ -79,6 +79,14 @@ local function key_of(ib) return p .. ':ids:' .. ib end
 -- an id set whose expiry time has passed would be deleted at the end of this
 -- script: it is not written (the batch's own ids still de-duplicate, in `added`)
 local function gone(ib) return ib + ib_size + cfg.ids_ttl <= now end
+local function push(lists, key, value)
+  local l = lists[key]
+  if not l then
+    l = {}
+    lists[key] = l
+  end
+  l[#l + 1] = value
+end
 -- 1. the batch's msg_ids by hour bucket
 local stamp_of = {}
 local by_bucket = {}
@@ -88,12 +96,7 @@ for idx = 1, #ids do
     local ts = stamps[idx]
     local ib = ts - (ts % ib_size)
     stamp_of[idx] = ib
-    local g = by_bucket[ib]
-    if not g then
-      g = {}
-      by_bucket[ib] = g
-    end
-    g[#g + 1] = id
+    push(by_bucket, ib, id)
   end
 end
 -- 2. what Redis held before the batch: each live id set asked once, in chunks
@@ -150,14 +153,7 @@ for idx = 1, #ids do
         added[ib] = a
       end
       a[id] = true
-      if not gone(ib) then
-        local t = to_add[ib]
-        if not t then
-          t = {}
-          to_add[ib] = t
-        end
-        t[#t + 1] = id
-      end
+      if not gone(ib) then push(to_add, ib, id) end
     end
   end
   flags[idx] = new
