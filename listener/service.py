@@ -17,8 +17,10 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -72,6 +74,60 @@ def _store_from_url(cfg: Config, url: str) -> Store:
         retention_s=cfg.retention_s,
         dedupe_s=cfg.dedupe_s,
     )
+
+
+#: How long a listener's claim on its Redis namespace lasts unless renewed (every
+#: heartbeat, <= 2 s), seconds: a second listener on the same namespace waits this
+#: long for the first to go, then exits 69.
+WRITER_TTL_S = 15.0
+
+
+async def claim_writer(store: Store, me: str, stop: asyncio.Event) -> None:
+    """Become the namespace's one writer (:meth:`Store.claim_writer`), waiting up to
+    :data:`WRITER_TTL_S` for another listener to stop or its claim to expire.  A
+    holder on this host whose process is gone (a crash, ``kill -9``) is taken over
+    at once.  Returns early when ``stop`` is set.
+
+    Raises:
+        listener.errors.TransientError: another listener still holds it (exit 69).
+    """
+    from .errors import TransientError
+
+    deadline = time.monotonic() + WRITER_TTL_S + 1.0
+    gone = ""
+    logged = False
+    while not stop.is_set():
+        holder = await store.claim_writer(me, WRITER_TTL_S, gone)
+        if holder is None:
+            return
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            gone = holder  # its process is gone: take over on the next try
+            continue
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"another listener ({holder}) writes to Redis prefix {store.p.strip('{}')!r}: "
+                "one writer per prefix (use another --key-prefix, or stop it)"
+            )
+        if not logged:
+            log.warning("another listener (%s) holds Redis prefix %r: waiting up to %.0f s",
+                        holder, store.p.strip("{}"), WRITER_TTL_S)
+            logged = True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
 
 
 async def _every(
@@ -181,6 +237,15 @@ async def run_listener(
         return 0
     stopping.cancel()
     store, handle = opening.result()
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        await claim_writer(store, me, stop)
+    except BaseException:
+        await store.close()
+        raise
+    if stop.is_set():
+        await store.close()
+        return 0
     consumer = Consumer(cfg, extractor, store)
     consumer.validator = validator
     await consumer.warm_up()
@@ -198,6 +263,14 @@ async def run_listener(
         metrics_server = serve_metrics(consumer, cfg.metrics_port)
 
     async def heartbeat() -> None:
+        holder = await store.claim_writer(me, WRITER_TTL_S)  # renewed
+        if holder is not None:
+            log.error(
+                "another listener (%s) now writes to Redis prefix %r (this one did not "
+                "renew its claim for %.0f s): stopping", holder, cfg.key_prefix, WRITER_TTL_S,
+            )
+            stop.set()
+            return
         now = time.time()
         # fed only while the bus loop turns (listener.bus.STUCK_S)
         if bus is None or bus.alive(now):
@@ -301,6 +374,10 @@ async def run_listener(
         bus.close()
     if metrics_server is not None:
         metrics_server.shutdown()
+    try:
+        await asyncio.wait_for(store.release_writer(me), SHUTDOWN_TASKS_S)
+    except Exception as exc:  # it expires by itself (WRITER_TTL_S)
+        log.warning("Redis: writer claim not released: %s", exc or type(exc).__name__)
     try:
         await asyncio.wait_for(store.close(), SHUTDOWN_TASKS_S)
     except Exception as exc:

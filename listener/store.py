@@ -233,6 +233,19 @@ return {new_count, recorded}
 """
 
 
+#: The writer's claim on a namespace (``P:writer``): set to ``ARGV[1]`` for
+#: ``ARGV[2]`` ms when free, already ours, or held by ``ARGV[3]`` (a holder known to
+#: be gone); returns nothing then, else the holder.
+WRITER_LUA = r"""
+local cur = redis.call('GET', KEYS[1])
+if not cur or cur == ARGV[1] or (ARGV[3] ~= '' and cur == ARGV[3]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return false
+end
+return cur
+"""
+
+
 class Counted(NamedTuple):
     """One message ready to be written: the unit of a flush.
 
@@ -391,6 +404,10 @@ class Store:
         # A bucket size no window reads is still kept for the longest window.
         self.keep_s = {b: (k or max(self.windows_s)) for b, k in keep.items()}
         self._flush = self.r.register_script(FLUSH_LUA)
+        self._claim = self.r.register_script(WRITER_LUA)
+        self._release = self.r.register_script(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
+        )
         self.events_channel = f"{self.p}:events"
 
     @classmethod
@@ -597,6 +614,31 @@ class Store:
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest blink entries, oldest first."""
         return [orjson.loads(x) for x in await self.r.lrange(self.key("recent"), -limit, -1)]
+
+    async def claim_writer(self, me: str, ttl_s: float, gone: str = "") -> str | None:
+        """Claim (or renew) the one-writer role of this namespace for ``ttl_s`` seconds.
+
+        Two listeners counting into one namespace would each keep running totals
+        of half the truth and publish disagreeing ticks (docs/ARCHITECTURE.md: one
+        writer); the listener claims this at start-up and renews it every heartbeat.
+
+        Args:
+            me: this writer's id (``host:pid:random``).
+            gone: a holder known to be dead (same host, no such pid): taken over.
+
+        Returns:
+            None when ``me`` holds the role now; else the holder's id.
+        """
+        held = await self._claim(
+            keys=[self.key("writer")], args=[me, int(ttl_s * 1000), gone]
+        )
+        if held is None:
+            return None
+        return held.decode() if isinstance(held, bytes) else str(held)
+
+    async def release_writer(self, me: str) -> None:
+        """Give the writer role up (a clean stop), if ``me`` still holds it."""
+        await self._release(keys=[self.key("writer")], args=[me])
 
     async def set_health(self, fields: dict[str, Any]) -> None:
         """Record listener health fields in ``P:meta`` (strings/numbers)."""

@@ -121,3 +121,44 @@ def test_unknown_window_is_an_error() -> None:
     st = Store(aioredis.Redis(), buckets_s=(60, 3600))
     with pytest.raises(ValueError):
         st.bucket_for(90)
+
+
+async def test_one_writer_per_namespace_claimed_renewed_released(redis_url: str) -> None:
+    st = make_store(redis_url)
+    assert await st.claim_writer("hostA:1:a", 30) is None
+    assert await st.claim_writer("hostA:1:a", 30) is None  # renewed
+    assert await st.claim_writer("hostB:2:b", 30) == "hostA:1:a"  # held
+    assert await st.claim_writer("hostB:2:b", 30, gone="hostA:1:a") is None  # taken over
+    await st.release_writer("hostA:1:a")  # not its claim any more: nothing happens
+    assert await st.claim_writer("hostC:3:c", 30) == "hostB:2:b"
+    await st.release_writer("hostB:2:b")
+    assert await st.claim_writer("hostC:3:c", 30) is None
+    assert 0 < await st.r.pttl(st.key("writer")) <= 30_000  # it expires by itself
+    await st.close()
+
+
+async def test_a_second_listener_waits_then_gives_up_but_takes_over_a_dead_one(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import socket
+    import subprocess
+    import sys
+
+    import listener.service as service
+    from listener.errors import TransientError
+
+    monkeypatch.setattr(service, "WRITER_TTL_S", 1.0)
+    st = make_store(redis_url)
+    stop = asyncio.Event()
+    # a live holder elsewhere: waited for, then exit 69 (TransientError)
+    assert await st.claim_writer("elsewhere:1:x", 60) is None
+    with pytest.raises(TransientError, match=r"another listener \(elsewhere:1:x\)"):
+        await service.claim_writer(st, "here:2:y", stop)
+    # a holder on this host whose process is gone: taken over at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    await st.r.set(st.key("writer"), f"{socket.gethostname()}:{dead}:z")
+    await service.claim_writer(st, "me:3:w", stop)
+    assert (await st.r.get(st.key("writer"))) == b"me:3:w"
+    await st.close()

@@ -761,3 +761,36 @@ def test_sigterm_during_the_start_up_wait_for_redis_exits_0_at_once() -> None:
     assert proc.returncode == 0, out  # it was 69, once the 10 s had passed
     assert "stopped before Redis was reachable" in out
     assert "not reachable" not in out
+
+
+def test_second_listener_on_one_prefix_waits_for_the_first_then_takes_over(
+    redis_url: str, tmp_path: Path
+) -> None:
+    prefix = f"w{uuid.uuid4().hex[:8]}"
+    args = [sys.executable, "-m", "listener", "listen", "--redis-url", redis_url,
+            "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--key-prefix", prefix]
+    logs = {name: tmp_path / f"{name}.log" for name in ("a", "b")}
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for name in ("a", "b"):
+            with open(logs[name], "wb") as fh:
+                procs[name] = subprocess.Popen(args, cwd=str(ROOT), stdout=fh,
+                                               stderr=subprocess.STDOUT)
+            if name == "a":
+                wait_for(lambda: "listener ready" in logs["a"].read_text(), 60,
+                         what="first listener ready")
+        # the second one sees the first's claim and waits instead of counting too
+        wait_for(lambda: "holds Redis prefix" in logs["b"].read_text(), 60,
+                 what="second listener waiting")
+        assert "listener ready" not in logs["b"].read_text()
+        procs["a"].send_signal(signal.SIGTERM)
+        assert procs["a"].wait(30) == 0
+        # the first released its claim on a clean stop: the second takes over
+        wait_for(lambda: "listener ready" in logs["b"].read_text(), 30,
+                 what="second listener ready")
+        procs["b"].send_signal(signal.SIGTERM)
+        assert procs["b"].wait(30) == 0
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
