@@ -217,8 +217,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.wait_subscribers:
+            log.info("waiting up to %.0f s for %d subscriber(s) on %s",
+                     args.wait_timeout, args.wait_subscribers, args.endpoint)
             got = wait_subscribers(sock, args.wait_subscribers, args.wait_timeout)
-            log.info("%d subscriber(s) on %s", got, args.endpoint)
+            if got < args.wait_subscribers:
+                log.warning("%d of %d subscriber(s) on %s after %.0f s: publishing anyway "
+                            "(messages nobody receives are lost)", got, args.wait_subscribers,
+                            args.endpoint, args.wait_timeout)
+            else:
+                log.info("%d subscriber(s) on %s", got, args.endpoint)
         plan = schedule(
             bodies, args.rate, args.speed, args.loop, args.count, args.rebase_time
         )

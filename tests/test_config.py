@@ -359,3 +359,12 @@ def test_a_database_redis_does_not_have_is_a_config_error_not_unavailable(
     r = run_cli("snapshot", "--redis-url", f"{base}/99", timeout=60)
     assert r.returncode == EXIT_CONFIG, r.stderr
     assert "Redis refuses the URL's settings: DB index is out of range" in r.stderr
+
+
+def test_replay_with_nobody_subscribed_warns_that_messages_are_lost() -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    r = run_cli("replay", "--builtin-examples", "--endpoint", endpoint, "--count", "3",
+                "--wait-timeout", "1", timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert f"WARNING listener.replay: 0 of 1 subscriber(s) on {endpoint} after 1 s" in r.stderr
+    assert "published 3 messages" in r.stderr
