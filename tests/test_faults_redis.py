@@ -422,15 +422,22 @@ def test_redis_restart_without_persistence_marks_windows_warming(
         own_redis.start()  # empty
         pub.send(25, 100)
 
+        # "first counts" can pass with a message of the 100 still pending (when two
+        # probes were counted): it then lands in the new Redis too.  The window must
+        # hold exactly what the new Redis holds, the 25 and at most such stragglers,
+        # never the 101 from before.
         def reset_seen() -> Any:
             raw = r.get("{" + prefix + "}:state")
             tick = json.loads(raw) if raw else None
-            return tick if tick and tick["windows"]["3600"]["messages"] == 25 else None
+            total = redis_total(own_redis.url, prefix)
+            if tick and total >= 25 and tick["windows"]["3600"]["messages"] == total:
+                return tick
+            return None
 
         tick = wait_for(reset_seen, 30, interval=0.3, what="tick after the empty restart")
         assert tick["warming_up"] == {"3600": True, "86400": True, "604800": True}
         assert metrics(mport)["fedmsg_wallboard_redis_resets_total"] == 1
-        assert redis_total(own_redis.url, prefix) == 25
+        assert 25 <= redis_total(own_redis.url, prefix) <= 30
         print("redis-empty-restart", json.dumps({"before": 101, "after": 25, "resets": 1}))
     finally:
         out = stop_listener(proc)
