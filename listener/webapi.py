@@ -250,13 +250,16 @@ def health(
 
     Returns:
         ``{"ok", "redis": {"ok", "pubsub"}, "listener": {"ok", "heartbeat_age_s",
-        "redis_ok"}, "bus": {"state", "links": {"ok", "quiet", "dead"}, "gaps",
+        "redis_ok"}, "bus": {"state", "reported_state", "links": {"ok", "quiet", "dead"}, "gaps",
         "last_message_at", "lag_s", "messages_total"}, "web": {"clients"}, "time"}``.
         ``ok`` is True when Redis answers, the listener's heartbeat is younger than
         ``max(3 * step_s, 15)`` seconds and the bus ``state`` (from the listener's
         ZeroMQ links, :meth:`listener.bus.Bus.health_fields`) is not ``"dead"``.  A
         ``"quiet"`` bus (links connected, no message for a while) is healthy: the
-        lag is reported, not judged.
+        lag is reported, not judged.  When the heartbeat is stale, the listener's
+        last report says nothing about the bus now: ``state`` is ``"unknown"`` and
+        the last reported one is kept as ``"reported_state"`` (``links`` and
+        ``gaps`` are also from that last report).
     """
     meta = meta or {}
 
@@ -271,7 +274,9 @@ def health(
     listener_ok = beat_age is not None and beat_age <= max(3 * step_s, 15.0)
     last = num("last_message_at")
     total = num("messages_total")
-    bus_state = meta.get("listener_bus_state") or None
+    reported_state = meta.get("listener_bus_state") or None
+    # a stopped listener's last heartbeat still says "ok": nobody watches the bus now
+    bus_state = reported_state if listener_ok else "unknown"
     links = {k: int(num(f"listener_links_{k}") or 0) for k in ("ok", "quiet", "dead")}
     gaps = num("listener_gaps")
     return {
@@ -285,6 +290,7 @@ def health(
         },
         "bus": {
             "state": bus_state,
+            "reported_state": reported_state,
             "links": links,
             "gaps": None if gaps is None else int(gaps),
             "last_message_at": last,

@@ -180,6 +180,7 @@ def test_health_judgement() -> None:
     assert h["ok"] is True and h["listener"]["heartbeat_age_s"] == 10.0
     assert h["bus"] == {
         "state": None,
+        "reported_state": None,
         "links": {"ok": 0, "quiet": 0, "dead": 0},
         "gaps": None,
         "last_message_at": 40.0,
@@ -187,8 +188,13 @@ def test_health_judgement() -> None:
         "messages_total": 7,
     }
     assert h["listener"]["redis_ok"] is True and h["web"]["clients"] == 3
-    # heartbeat older than max(3 * step_s, 15) s: listener down
-    assert webapi.health(meta, 116.0, 5.0, True, True, 0)["ok"] is False
+    # heartbeat older than max(3 * step_s, 15) s: listener down, and its last word
+    # on the bus ("ok") is not today's state
+    stale = webapi.health({**meta, "listener_bus_state": "ok"}, 116.0, 5.0, True, True, 0)
+    assert stale["ok"] is False and stale["listener"]["ok"] is False
+    assert stale["bus"]["state"] == "unknown" and stale["bus"]["reported_state"] == "ok"
+    fresh = webapi.health({**meta, "listener_bus_state": "ok"}, 114.0, 5.0, True, True, 0)
+    assert fresh["bus"]["state"] == fresh["bus"]["reported_state"] == "ok"
     # Redis down from the web process: not ok, whatever the listener said
     assert webapi.health(None, 110.0, 5.0, False, False, 0)["ok"] is False
     assert webapi.health({"listener_heartbeat": "junk"}, 110.0, 5.0, True, True, 0)["ok"] is False
