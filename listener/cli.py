@@ -13,7 +13,8 @@ Exit codes: 0 success; 1 runtime error; 2 usage or input error; 69
 (``EX_UNAVAILABLE``) Redis unreachable at start-up, or another resource
 unavailable (the web port already in use); 78 (``EX_CONFIG``) bad configuration
 (systemd units set ``RestartPreventExitStatus=78``); 141 standard output closed
-early (piped into ``head``: 128 + SIGPIPE, as a shell reports it), silently.
+early (piped into ``head``: 128 + SIGPIPE, as a shell reports it), silently;
+``gource`` exits 0 then, since Gource closing its input ends a stream normally.
 """
 
 from __future__ import annotations
