@@ -244,9 +244,13 @@ def serve_metrics(
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-    server = make_server(
-        addr, port, make_app(consumer, loop), _ThreadingWSGIServer, handler_class=_QuietHandler
-    )
+    try:
+        server = make_server(
+            addr, port, make_app(consumer, loop), _ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+    except OSError as exc:  # "[Errno 98] Address already in use" names no port
+        raise OSError(exc.errno, f"metrics port {addr}:{port}: {exc.strerror}") from exc
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
     thread.start()
     return server

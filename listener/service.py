@@ -14,6 +14,7 @@ once, other changed settings are logged as needing a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -248,6 +249,19 @@ async def run_listener(
         return 0
     consumer = Consumer(cfg, extractor, store)
     consumer.validator = validator
+    metrics_server = None
+    if cfg.metrics_port:
+        from .metrics import serve_metrics
+
+        try:
+            metrics_server = serve_metrics(consumer, cfg.metrics_port)
+        except OSError:  # the port is taken: exit 69, and let a restart claim at once
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(store.release_writer(me), SHUTDOWN_TASKS_S)
+            await store.close()
+            if handle is not None and hasattr(handle, "shutdown"):
+                handle.shutdown(save=True)
+            raise
     await consumer.warm_up()
     bus = Bus(cfg, endpoints, prefix, consumer) if cfg.bus != "amqp" else None
     amqp = None
@@ -255,12 +269,6 @@ async def run_listener(
         from .amqp import AmqpInput
 
         amqp = AmqpInput(cfg, consumer)
-
-    metrics_server = None
-    if cfg.metrics_port:
-        from .metrics import serve_metrics
-
-        metrics_server = serve_metrics(consumer, cfg.metrics_port)
 
     async def heartbeat() -> None:
         holder = await store.claim_writer(me, WRITER_TTL_S)  # renewed

@@ -290,3 +290,26 @@ def test_healthz_and_metrics_while_redis_is_down(listener: Listener, redis_serve
     )
     assert health["ready"] is True
     assert listener.stop() == 0
+
+
+def test_a_metrics_port_in_use_exits_69_naming_the_port(redis_url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        prefix = f"m{uuid.uuid4().hex[:8]}"
+        r = run_cli(
+            "listen", "--redis-url", redis_url, "--key-prefix", prefix,
+            "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--metrics-port", str(port),
+            "--state-dir", str(tmp_path / "state"), "--fedmsg-config", str(ROOT / "fedmsg.d"),
+            timeout=60,
+        )
+    assert r.returncode == 69, r.stderr
+    assert f"metrics port 127.0.0.1:{port}: Address already in use" in r.stderr
+    assert "Traceback" not in r.stderr
+    # its writer claim is released: a restart on a free port need not wait 15 s for it
+    import redis
+
+    assert redis.Redis.from_url(redis_url).exists(f"{{{prefix}}}:writer") == 0
