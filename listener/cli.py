@@ -328,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         mod.add_parser(sub)
+    # also after the command (``fedmsg-wallboard listen --log-level DEBUG``);
+    # SUPPRESS: an absent one must not overwrite a top-level one with None
+    for command in sub.choices.values():
+        if not any("--log-level" in a.option_strings for a in command._actions):
+            command.add_argument(
+                "--log-level", type=log_level, default=argparse.SUPPRESS,
+                help="as before the command: DEBUG, INFO, WARNING, ERROR",
+            )
     return parser
 
 

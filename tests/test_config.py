@@ -370,3 +370,18 @@ def test_replay_with_nobody_subscribed_warns_that_messages_are_lost() -> None:
     assert r.returncode == 0, r.stderr
     assert f"WARNING listener.replay: 0 of 1 subscriber(s) on {endpoint} after 1 s" in r.stderr
     assert "published 3 messages" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--log-level", "DEBUG", "check-config"], "DEBUG"),
+        (["check-config", "--log-level", "warning"], "WARNING"),
+        (["--log-level", "ERROR", "check-config"], "ERROR"),  # not undone by the command
+        (["check-config"], None),
+    ],
+)
+def test_log_level_before_or_after_the_command(argv: list[str], expected: str | None) -> None:
+    from listener.cli import build_parser
+
+    assert build_parser().parse_args(argv).log_level == expected
