@@ -31,7 +31,7 @@ from .consumer import Consumer
 from .memory import hold_heap, tune_gc
 from .store import Store, open_embedded
 from .systemd import Notifier
-from .users import UserExtractor, load_fedmsg_config
+from .users import UserExtractor, is_log_milestone, load_fedmsg_config
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +142,13 @@ async def _every(
 
     ``wake``, when set, calls ``fn`` at once instead of at the end of the interval
     (not while backing off); it is cleared at each call.
+
+    A Redis outage fails every task on every retry: of a run of failures, the 1st,
+    10th, 100th... (:func:`listener.users.is_log_milestone`) are warnings, the rest
+    DEBUG, and the first success after them is one INFO line with their count.
     """
     delay = interval_s
+    failures, failing_since = 0, 0.0
     while True:
         if wake is None or delay > interval_s:
             await asyncio.sleep(delay)
@@ -156,12 +161,26 @@ async def _every(
             wake.clear()
         try:
             await fn()
-            delay = interval_s
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             delay = min(max_backoff_s, max(delay * 2, interval_s))
-            log.warning("%s failed (%s: %s); retry in %.1f s", name, type(exc).__name__, exc, delay)
+            failures += 1
+            if failures == 1:
+                failing_since = time.monotonic()
+            log.log(
+                logging.WARNING if is_log_milestone(failures) else logging.DEBUG,
+                "%s failed (%s: %s); retry in %.1f s (%d failure(s) in a row)",
+                name, type(exc).__name__, exc, delay, failures,
+            )
+        else:
+            delay = interval_s
+            if failures:
+                log.info(
+                    "%s works again after %d failure(s) in %.0f s",
+                    name, failures, time.monotonic() - failing_since,
+                )
+                failures = 0
 
 
 async def run_listener(

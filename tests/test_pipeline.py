@@ -320,3 +320,36 @@ def test_listen_replay_snapshot_twice_and_restart(redis_url: str, extractor: Any
         assert snapshot(redis_url, prefix)["messages"] == 25
     finally:
         stop(proc)
+
+
+async def test_a_run_of_task_failures_logs_milestones_then_one_recovery_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis outage fails flush, step, blink and heartbeat on every retry: the
+    journal gets the 1st and 10th failure of the run as warnings, then one INFO line."""
+    import logging
+
+    from listener.service import _every
+
+    calls = 0
+    done = asyncio.Event()
+
+    async def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 12:
+            raise ConnectionError("Redis is down")
+        done.set()
+
+    caplog.set_level(logging.DEBUG, logger="listener.service")
+    task = asyncio.create_task(_every(0.001, flaky, "flush", max_backoff_s=0.002))
+    await asyncio.wait_for(done.wait(), 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    failed = [r for r in caplog.records if "flush failed" in r.getMessage()]
+    assert len(failed) == 12
+    assert [r.levelno for r in failed].count(logging.WARNING) == 2  # the 1st and the 10th
+    assert "(10 failure(s) in a row)" in failed[9].getMessage()
+    back = [r for r in caplog.records if "works again" in r.getMessage()]
+    assert len(back) == 1 and "after 12 failure(s)" in back[0].getMessage()
+    assert back[0].levelno == logging.INFO
