@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from .longtail import LongtailStats, gini_from_histogram, longtail_closed_form
+from .longtail import LongtailStats, gini_from_histogram, longtail_closed_form, rank_profile
 from .snapshot import snapshot_object, top_items
 from .windows import Counts
 
@@ -55,13 +55,15 @@ def live_stats(per_user: Mapping[str, int], top: list[list[Any]] | None = None) 
     else:
         head = min([u for u, c in per_user.items() if c == high])
     tail = min([u for u, c in per_user.items() if c == low])
+    hist = Counter(values)
     return LongtailStats(
         users=n,
         longtail=lt,
         longtail_normalized=lt / high,
-        gini=gini_from_histogram(Counter(values)),
+        gini=gini_from_histogram(hist),
         head=(head, high),
         tail=(tail, low),
+        ranks=rank_profile(hist),
     )
 
 

@@ -130,6 +130,56 @@ class LongtailStats:
     gini: float | None
     head: tuple[str, int] | None
     tail: tuple[str, int] | None
+    #: the ranked curve :func:`rank_profile` samples, ``((rank, count), ...)``
+    ranks: tuple[tuple[int, int], ...] = ()
+
+
+#: :func:`rank_profile`'s defaults: every one of the first 16 ranks (the head
+#: falls fast), then 48 ranks evenly spaced up to the last.
+PROFILE_HEAD_POINTS = 16
+PROFILE_POINTS = 48
+
+
+def rank_profile(
+    hist: Mapping[int, int],
+    head_points: int = PROFILE_HEAD_POINTS,
+    points: int = PROFILE_POINTS,
+) -> tuple[tuple[int, int], ...]:
+    """The seed's ranked curve (users by count, descending), sampled for a chart.
+
+    The seed's longtail is the mean gap between this curve and the straight line
+    from ``(0, head)`` to ``(n, tail)``; a page that draws only the top users shows
+    the line's first few ranks of thousands.  This samples the whole curve.
+
+    Args:
+        hist: ``{count: number of users with that count}`` (counts > 0).
+        head_points: ranks 1..head_points are all kept.
+        points: this many ranks evenly spaced over 1..n are added (and n itself).
+
+    Returns:
+        ``((rank, count), ...)``, rank ascending (1 = the head, n = the tail),
+        count non-increasing: at most ``head_points + points + 1`` pairs, exact at
+        every rank given (the count of the user at that rank).  ``()`` when empty.
+        Cost O(d log d) for d distinct counts.
+    """
+    runs = sorted(((c, k) for c, k in hist.items() if c > 0 and k > 0), reverse=True)
+    n = sum(k for _, k in runs)
+    if not n:
+        return ()
+    wanted = set(range(1, min(n, head_points) + 1))
+    if points > 1:
+        wanted.update(1 + round(i * (n - 1) / (points - 1)) for i in range(points))
+    wanted.add(n)
+    out: list[tuple[int, int]] = []
+    it = iter(runs)
+    count, k = next(it)
+    last = k  # the last rank of the current run
+    for rank in sorted(wanted):
+        while rank > last:
+            count, k = next(it)
+            last += k
+        out.append((rank, count))
+    return tuple(out)
 
 
 def gini_from_histogram(hist: Mapping[int, int]) -> float | None:
@@ -171,11 +221,13 @@ def stats(per_user: Mapping[str, int]) -> LongtailStats:
     values = [c for _, c in items]
     lt = longtail(values)
     assert lt is not None
+    hist = Counter(values)
     return LongtailStats(
         users=len(items),
         longtail=lt,
         longtail_normalized=lt / head[1],
-        gini=gini_from_histogram(Counter(values)),
+        gini=gini_from_histogram(hist),
         head=head,
         tail=tail,
+        ranks=rank_profile(hist),
     )

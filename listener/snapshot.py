@@ -8,6 +8,7 @@ and inside the websocket ``snapshot``/``tick`` events (docs/PROTOCOL.md)::
      "top_users": [[name, messages], ...],          # top 20, or all
      "longtail": 1.2, "longtail_normalized": 0.2, "gini": 0.3,   # null when empty
      "head": [name, messages], "tail": [name, messages],          # null when empty
+     "ranks": [[rank, messages], ...],  # the ranked curve, sampled (longtail.rank_profile)
      "last_message_at": 1504643075.0}                              # null if never
 """
 
@@ -78,5 +79,6 @@ def snapshot_object(
         "gini": st.gini,
         "head": list(st.head) if st.head else None,
         "tail": list(st.tail) if st.tail else None,
+        "ranks": [list(p) for p in st.ranks],
         "last_message_at": last_message_at,
     }

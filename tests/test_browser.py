@@ -299,6 +299,18 @@ def test_longtail_matches_snapshot(wall: tuple[Wall, Any]) -> None:
     assert api["head"][0] in page.text_content("#lt-cards")
     hist = page.evaluate("Chart.getChart('history').data.datasets[0].data")
     assert hist and hist[-1] == pytest.approx(api["longtail"], rel=1e-12)
+    # head to tail: every user by rank, and the seed's line across all n of them
+    n = api["users"]
+    curve = page.evaluate("Chart.getChart('dist').data.datasets[0].data")
+    assert curve[0] == {"x": 0, "y": api["head"][1]}
+    assert [[p["x"], p["y"]] for p in curve[1:]] == api["ranks"]
+    assert curve[-1] == {"x": n, "y": api["tail"][1]}
+    line = page.evaluate("Chart.getChart('dist').data.datasets[1].data")
+    assert line == [{"x": 0, "y": api["head"][1]}, {"x": n, "y": api["tail"][1]}]
+    assert page.evaluate("Chart.getChart('dist').scales.x.max") == n
+    assert 1 < n < 10_000  # fmtInt: "1,234" below 10k
+    sub = page.text_content("#dist-sub")
+    assert sub == f"all {n:,} users by messages, and the seed's straight line"
     page.evaluate("wallboard.show('live')")
 
 

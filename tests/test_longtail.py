@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from listener.longtail import (
     gini,
@@ -120,3 +123,35 @@ def test_stats_head_tail_and_ties() -> None:
     assert st.tail == ("y", 1)
     assert st.longtail == longtail([3, 3, 1, 1])
     assert math.isclose(st.longtail_normalized or 0, (st.longtail or 0) / 3)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=50), max_size=400))
+def test_rank_profile_is_the_sorted_curve_at_its_ranks(values: list[int]) -> None:
+    from collections import Counter
+
+    from listener.longtail import PROFILE_HEAD_POINTS, PROFILE_POINTS, rank_profile
+
+    ranked = sorted(values, reverse=True)
+    prof = rank_profile(Counter(values))
+    if not values:
+        assert prof == ()
+        return
+    ranks = [r for r, _ in prof]
+    assert ranks == sorted(set(ranks)) and ranks[0] == 1 and ranks[-1] == len(values)
+    assert all(c == ranked[r - 1] for r, c in prof)  # exact at every rank it gives
+    assert len(prof) <= PROFILE_HEAD_POINTS + PROFILE_POINTS + 1
+    assert ranks[: min(len(values), PROFILE_HEAD_POINTS)] == list(
+        range(1, min(len(values), PROFILE_HEAD_POINTS) + 1)
+    )
+
+
+def test_rank_profile_spans_all_users_of_a_large_window() -> None:
+    from collections import Counter
+
+    from listener.longtail import rank_profile
+
+    values = [max(1, 1000 // r) for r in range(1, 10_001)]  # Zipf-like, 10,000 users
+    prof = rank_profile(Counter(values))
+    assert prof[0] == (1, 1000) and prof[-1] == (10_000, 1)
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(prof[15:])]
+    assert max(gaps) <= 10_000 // 47 + 1  # evenly spread, not only the head

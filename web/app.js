@@ -242,16 +242,22 @@
         },
       },
     });
+    // Every user of the window by rank (snapshot "ranks", sampled by the listener)
+    // against the seed's straight line from (0, head) to (n, tail): the longtail
+    // is the mean gap between the two.
     charts.dist = new Chart($("dist"), {
-      data: { labels: [], datasets: [
-        { type: "bar", label: "messages", data: [], backgroundColor: withAlpha("#51a2da", 0.75), borderRadius: 4, order: 2 },
-        { type: "line", label: "head-to-tail line", data: [], borderColor: "#f0a03c", borderWidth: 3, pointRadius: 0, order: 1 },
+      type: "line",
+      data: { datasets: [
+        { label: "messages per user, by rank", data: [], borderColor: cssVar("--accent"), backgroundColor: withAlpha("#51a2da", 0.28), fill: "origin", stepped: "before", pointRadius: 0, borderWidth: 3, order: 2 },
+        { label: "the seed's head-to-tail line", data: [], borderColor: "#f0a03c", borderWidth: 3, borderDash: [10, 6], pointRadius: 0, order: 1 },
       ] },
       options: {
+        animation: false,
+        parsing: false,
         plugins: { legend: { display: true, labels: { color: cssVar("--text"), boxWidth: r * 1.2 } } },
         scales: {
-          x: { grid: { display: false }, ticks: { color: cssVar("--text"), maxRotation: 50, minRotation: 30, autoSkip: false } },
-          y: { beginAtZero: true, ticks: { precision: 0 } },
+          x: { type: "linear", min: 0, grid: { display: false }, title: { display: true, text: "users, by rank" }, ticks: { precision: 0, maxTicksLimit: 6, maxRotation: 0 } },
+          y: { beginAtZero: true, title: { display: true, text: "messages" }, ticks: { precision: 0 } },
         },
       },
     });
@@ -556,14 +562,18 @@
     const c = charts.dist;
     if (!c) return;
     const snap = S.windows[win()];
-    const top = (snap && snap.top_users) || [];
-    c.data.labels = top.map(([u]) => (String(u).length > 18 ? String(u).slice(0, 17) + "\u2026" : String(u)));
-    c.data.datasets[0].data = top.map(([, n]) => n);
-    // The seed's line from (0, head) to (n, tail), n = all users of the window.
     const n = snap ? snap.users : 0;
+    // rank r's user covers x in [r-1, r]: the curve starts at the head's count
+    // at x = 0 and ends at the tail's at x = n, as the seed's line does
+    const ranks = (snap && snap.ranks) || [];
+    const curve = ranks.map(([rank, msgs]) => ({ x: rank, y: msgs }));
+    if (curve.length) curve.unshift({ x: 0, y: curve[0].y });
+    c.data.datasets[0].data = curve;
     const head = snap && snap.head ? snap.head[1] : 0;
     const tail = snap && snap.tail ? snap.tail[1] : 0;
-    c.data.datasets[1].data = top.map((_, x) => (n ? head + ((tail - head) * x) / n : null));
+    c.data.datasets[1].data = n ? [{ x: 0, y: head }, { x: n, y: tail }] : [];
+    c.options.scales.x.max = n || 1;
+    $("dist-sub").textContent = n ? `all ${fmtInt(n)} users by messages, and the seed's straight line` : "no users in this window";
     updateChart(c, S.view === "longtail");
   }
 
