@@ -334,6 +334,14 @@ _CONFIG_REPLIES = ("DB index is out of range", "invalid password", "WRONGPASS", 
 
 
 def _is_config_reply(exc: BaseException) -> bool:
+    """Whether a failed connection is Redis refusing the URL (wrong or missing
+    password, a database it does not have), which no retry can change."""
+    from redis.exceptions import AuthenticationError
+
+    # redis-py strips the WRONGPASS/NOAUTH prefixes and raises AuthenticationError
+    # ("invalid username-password pair", "Authentication required.")
+    if isinstance(exc, AuthenticationError):
+        return True
     text = str(exc)
     return any(r in text for r in _CONFIG_REPLIES)
 

@@ -23,7 +23,7 @@ import pytest
 
 from listener.config import FIELD_NAMES, Config, load
 from listener.errors import ConfigError
-from tests.conftest import ROOT, free_port, run_cli
+from tests.conftest import ROOT, free_port, run_cli, wait_for
 
 EXIT_CONFIG = 78
 
@@ -361,6 +361,33 @@ def test_a_database_redis_does_not_have_is_a_config_error_not_unavailable(
     r = run_cli("snapshot", "--redis-url", f"{base}/99", timeout=60)
     assert r.returncode == EXIT_CONFIG, r.stderr
     assert "Redis refuses the URL's settings: DB index is out of range" in r.stderr
+
+
+@pytest.mark.parametrize("password", ["wrong", ""])
+def test_a_wrong_or_missing_redis_password_is_a_config_error(
+    tmp_path: Path, password: str
+) -> None:
+    import subprocess
+
+    from tests.conftest import redis_server_binary
+
+    port = free_port()
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--requirepass", "s3cret", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        import redis
+
+        wait_for(lambda: redis.Redis(port=port, password="s3cret").ping(), 15, what="redis")
+        auth = f":{password}@" if password else ""
+        r = run_cli("snapshot", "--redis-url", f"redis://{auth}127.0.0.1:{port}/0", timeout=60)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert r.returncode == EXIT_CONFIG, r.stderr  # not 69: systemd would retry for ever
+    assert "Redis refuses the URL's settings" in r.stderr
 
 
 def test_replay_with_nobody_subscribed_warns_that_messages_are_lost() -> None:
