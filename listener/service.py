@@ -131,6 +131,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop.
+
+    redis-py 8's asyncio pipeline may swallow the CancelledError that ``cancel()``
+    threw into it (measured: 121 of 300 cancellations during ``execute()``), so a
+    loop around it would go on and shutdown would wait ``SHUTDOWN_TASKS_S`` for it.
+    ``Task.cancelling()`` still counts the request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
 async def _every(
     interval_s: float,
     fn: Callable[[], Awaitable[Any]],
@@ -164,6 +177,7 @@ async def _every(
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            _raise_if_cancelled()
             delay = min(max_backoff_s, max(delay * 2, interval_s))
             failures += 1
             if failures == 1:
@@ -174,6 +188,7 @@ async def _every(
                 name, type(exc).__name__, exc, delay, failures,
             )
         else:
+            _raise_if_cancelled()
             delay = interval_s
             if failures:
                 log.info(

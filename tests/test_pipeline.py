@@ -353,3 +353,30 @@ async def test_a_run_of_task_failures_logs_milestones_then_one_recovery_line(
     back = [r for r in caplog.records if "works again" in r.getMessage()]
     assert len(back) == 1 and "after 12 failure(s)" in back[0].getMessage()
     assert back[0].levelno == logging.INFO
+
+
+async def test_a_task_whose_call_swallows_cancel_still_stops() -> None:
+    """redis-py's pipeline may swallow the CancelledError of ``cancel()``; the
+    periodic loop must stop anyway (a 5 s stall at shutdown otherwise)."""
+    from listener.service import _every
+
+    inside = asyncio.Event()
+    calls = 0
+
+    async def swallows() -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:  # the loop went on after cancel(): end it, so the test fails
+            raise asyncio.CancelledError()
+        inside.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            pass  # what redis-py's execute() may do
+
+    task = asyncio.create_task(_every(0.01, swallows, "blink"))
+    await asyncio.wait_for(inside.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=2)
+    assert task in done and task.cancelled()
+    assert calls == 1
