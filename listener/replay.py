@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -51,6 +52,7 @@ def schedule(
     count: int | None,
     rebase_time: bool,
     clock: Any = time.time,
+    run_id: str = "",
 ) -> Iterator[tuple[float, dict[str, Any]]]:
     """Yield ``(send_at, body)`` pairs: when (UNIX s) to send which body.
 
@@ -66,6 +68,11 @@ def schedule(
             ``certificate``: what the listener follows sequences by,
             :class:`listener.bus.SequenceTracker`), as if each recorded publisher
             were one process publishing again; signatures, if any, no longer match.
+        run_id: when set, every ``msg_id`` (first pass too) gets the suffix
+            ``-{run_id}`` (then ``-rN``): a new replay of the same recording counts
+            as new messages in a Redis that remembers the earlier run's ids
+            (``dedupe_s``).  Empty: the recorded ids, so a second replay of a file
+            is recognised and not counted twice.
     """
     if not bodies:
         return
@@ -87,8 +94,9 @@ def schedule(
             else:
                 at = start
             out = dict(body)
-            if rnd:
-                out["msg_id"] = f"{body.get('msg_id', '')}-r{rnd}"
+            if run_id or rnd:
+                suffix = (f"-{run_id}" if run_id else "") + (f"-r{rnd}" if rnd else "")
+                out["msg_id"] = f"{body.get('msg_id', '')}{suffix}"
             if rebase_time:
                 # new timestamps, and new sequence numbers per publisher: the
                 # recorded ``i`` belong to many old processes, and one counter over
@@ -184,6 +192,11 @@ def add_parser(sub: Any) -> None:
     pace.add_argument("--speed", type=positive_float, help="factor on the original spacing")
     p.add_argument("--rebase-time", action="store_true", help="timestamps = send time")
     p.add_argument("--loop", action="store_true", help="repeat (fresh msg_ids each pass)")
+    p.add_argument(
+        "--new-ids", action="store_true",
+        help="fresh msg_ids for this run (a suffix per run): counted again by a Redis that "
+        "saw an earlier replay of the same messages (default: the recorded ids, deduplicated)",
+    )
     p.add_argument("--count", type=int, help="stop after N messages")
     p.add_argument("--wait-subscribers", type=int, default=1, help="subscriptions to wait for")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for them")
@@ -227,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
             else:
                 log.info("%d subscriber(s) on %s", got, args.endpoint)
         plan = schedule(
-            bodies, args.rate, args.speed, args.loop, args.count, args.rebase_time
+            bodies, args.rate, args.speed, args.loop, args.count, args.rebase_time,
+            run_id=uuid.uuid4().hex[:8] if args.new_ids else "",
         )
         progress = None
         if args.progress:

@@ -301,6 +301,11 @@ def test_listen_replay_snapshot_twice_and_restart(redis_url: str, extractor: Any
         replay(endpoint, stream, "--rebase-time", "--rate", "200")
         time.sleep(1.5)
         assert snapshot(redis_url, prefix)["messages"] == 25
+        # --new-ids (what the demo replays with): a new run counts again, twice over
+        replay(endpoint, stream, "--rebase-time", "--rate", "200", "--new-ids")
+        replay(endpoint, stream, "--rebase-time", "--rate", "200", "--new-ids")
+        wait_for(lambda: snapshot(redis_url, prefix)["messages"] == 75, 30, interval=0.5,
+                 what="two --new-ids runs counted")
     finally:
         out = stop(proc)
     assert "listener stopped" in out
@@ -312,12 +317,12 @@ def test_listen_replay_snapshot_twice_and_restart(redis_url: str, extractor: Any
     proc = start_listener(redis_url, endpoint, prefix)
     try:
 
-        def tick_has_25() -> bool:
+        def tick_has_75() -> bool:
             raw = r.get("{" + prefix + "}:state")
-            return bool(raw) and json.loads(raw)["windows"]["3600"]["messages"] == 25
+            return bool(raw) and json.loads(raw)["windows"]["3600"]["messages"] == 75
 
-        wait_for(tick_has_25, 30, interval=0.3, what="restarted listener's tick")
-        assert snapshot(redis_url, prefix)["messages"] == 25
+        wait_for(tick_has_75, 30, interval=0.3, what="restarted listener's tick")
+        assert snapshot(redis_url, prefix)["messages"] == 75
     finally:
         stop(proc)
 

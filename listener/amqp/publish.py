@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -70,6 +71,7 @@ def publish_replay(
     count: int | None = None,
     stop: threading.Event | None = None,
     timeout_s: float = 30.0,
+    run_id: str = "",
 ) -> int:
     """Publish fedmsg bodies to ``amq.topic`` as bridged messages, with
     fedora-messaging's publish API (each publish waits for the broker's confirm).
@@ -83,6 +85,7 @@ def publish_replay(
         count: stop after this many (None: one pass, or forever with ``loop``).
         stop: set it to stop early (checked between messages).
         timeout_s: longest wait for one confirm, seconds.
+        run_id: a suffix for every msg_id of this run (``schedule``'s ``run_id``).
 
     Returns:
         Messages published.
@@ -99,7 +102,9 @@ def publish_replay(
     configure_publisher(amqp_url)
     items = [wire_body(dict(b)) for b in bodies]
     sent = 0
-    for at, body in schedule(items, rate or None, None, loop, count, rebase_time=True):
+    for at, body in schedule(
+        items, rate or None, None, loop, count, rebase_time=True, run_id=run_id
+    ):
         if stop is not None and stop.is_set():
             break
         delay = at - time.time()
@@ -149,10 +154,14 @@ def add_parser(sub: Any) -> None:
     src.add_argument(
         "--builtin-examples",
         action="store_true",
-        help="the ~557 real messages shipped with fedmsg_meta (the default)",
+        help="the 553 distinct real messages shipped with fedmsg_meta (the default)",
     )
     p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: max)")
     p.add_argument("--loop", action="store_true", help="replay forever with fresh msg_ids")
+    p.add_argument(
+        "--new-ids", action="store_true",
+        help="fresh msg_ids for this run, as replay --new-ids (default: the recorded ids)",
+    )
     p.add_argument("--count", type=int, help="stop after N messages")
     p.add_argument("--timeout", type=float, default=30.0, help="longest wait for a confirm, s")
     p.set_defaults(func=run_replay)
@@ -170,7 +179,8 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     try:
         n = publish_replay(
-            args.amqp_url, bodies, args.rate, args.loop, args.count, timeout_s=args.timeout
+            args.amqp_url, bodies, args.rate, args.loop, args.count, timeout_s=args.timeout,
+            run_id=uuid.uuid4().hex[:8] if args.new_ids else "",
         )
     except (ConnectionException, PublishException) as exc:
         log.error("publishing to %s failed: %s", redact(args.amqp_url), exc)
