@@ -272,12 +272,14 @@ class Consumer:
         self.stats.accepted += 1
         self.last_received_at = now
         if blink:
+            # the clamped time, as counted: a publisher whose clock runs ahead must
+            # not hold the page's "last message" in the future (never "stale")
             if not self._blink_total:
-                self._blink_first_ts = env.timestamp
+                self._blink_first_ts = ts
             self._blink_counts[category] += 1
             self._blink_total += 1
             self._blinks.append(
-                (topic, msg_id, env.timestamp, ulist, category, env.body if wire is None else wire)
+                (topic, msg_id, ts, ulist, category, env.body if wire is None else wire)
             )
         return True
 
@@ -320,7 +322,9 @@ class Consumer:
         of the newest messages; ``counts``/``total`` cover all of them;
         ``first_ts`` is the fedmsg ``timestamp`` (UNIX s) of the first message
         accepted since the previous blink, shown or omitted: the one that waited
-        longest for this event (its latency bounds every other's).
+        longest for this event (its latency bounds every other's).  ``ts`` and
+        ``first_ts`` are clamped to the receive time, as the counts are: a
+        timestamp in the future is shown as now.
         """
         if not self._blink_total:
             return None

@@ -66,6 +66,11 @@ async def test_future_timestamps_clamped_and_old_ones_dropped(
     assert c.stats.future_clamped == 1
     assert c.stats.rejected["too_old"] == 1
     assert [m.timestamp for m in c.pending] == [int(now), int(now)]
+    # the live event shows them at the receive time too, not a day ahead (the page's
+    # "last message" would otherwise never turn stale)
+    event = c.take_blink()
+    assert event is not None and event["first_ts"] == now
+    assert [m["ts"] for m in event["msgs"]] == [now, now]
     await c.store.close()
 
 
