@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 import orjson
 
@@ -105,9 +105,12 @@ def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
     """Split a request target into a decoded path and its query parameters.
 
     ``"/api/snapshot?window=3600"`` -> ``("/api/snapshot", {"window": ["3600"]})``.
+    The target is in origin-form (RFC 9112 §3.2.1: path, then ``?query``), split at
+    the first ``?``: ``urlsplit`` would read ``//healthz`` as a host and answer the
+    page (200) to a health probe with a doubled slash.
     """
-    parts = urlsplit(target)
-    return unquote(parts.path) or "/", parse_qs(parts.query, keep_blank_values=True)
+    path, _, query = target.partition("?")
+    return unquote(path) or "/", parse_qs(query, keep_blank_values=True)
 
 
 def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:

@@ -260,6 +260,8 @@ async def test_api_snapshot_equals_cli(stack: Any, examples: list[Any]) -> None:
         ("/vendor/../../setup.py", 404),
         ("/web/index.html", 404),
         ("//etc/passwd", 404),
+        ("//healthz", 404),  # not the page (200): a probe with a doubled slash
+        ("//", 404),
         ("/ws", 426),
     ],
 )
