@@ -72,6 +72,14 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
 )
 
 
+#: Settings handed to libzmq's ``setsockopt`` as a C ``int``: larger ones overflow.
+_SOCKOPT_INTS = frozenset(
+    ("hwm", "tcp_keepalive_idle_s", "tcp_keepalive_intvl_s", "tcp_keepalive_cnt",
+     "reconnect_ivl_ms", "reconnect_ivl_max_ms")
+)
+INT32_MAX = 2**31 - 1
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting, with its default.  Units are in the names (``_s`` seconds).
@@ -209,13 +217,19 @@ class Config:
                 problems.append(f"{name} must be a finite number, not {value!r}")
             elif value < low or (value == low and not inclusive):
                 problems.append(f"{name} must be {'>=' if inclusive else '>'} {low}")
+            elif name in _SOCKOPT_INTS and value > INT32_MAX:  # libzmq's int options
+                problems.append(f"{name} must be <= {INT32_MAX}")
+            elif name.startswith("heartbeat_") and value * 1000 > INT32_MAX:  # as ms
+                problems.append(f"{name} must be <= {INT32_MAX // 1000} s")
         for name in ("web_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 problems.append(f"{name} out of range (0-65535)")
         if self.bus not in ("zmq", "amqp", "both"):
             problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            problems.append(f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING or ERROR")
+            problems.append(
+                f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )
         if not problems:
             from .windows import choose_bucket
 
@@ -247,8 +261,15 @@ def _coerce(name: str, value: Any) -> Any:
     kind = default.type
     if isinstance(value, list):
         value = tuple(value)
-    if "tuple" in str(kind) and not isinstance(value, tuple):
-        raise ConfigError(f"{name} must be a list")
+    if "tuple" in str(kind):
+        if not isinstance(value, tuple):
+            raise ConfigError(f"{name} must be a list")
+        item = "int" if "int" in str(kind) else "str"
+        for v in value:  # tuple[int, ...] (seconds) or tuple[str, ...]
+            if item == "int" and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ConfigError(f"{name} must be a list of whole seconds, got {v!r}")
+            if item == "str" and not isinstance(v, str):
+                raise ConfigError(f"{name} must be a list of strings, got {v!r}")
     if str(kind) == "int" and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if str(kind) == "float":
@@ -278,7 +299,7 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config
                 data = tomllib.load(fh)
         except OSError as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:  # TOML is UTF-8
             raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:

@@ -61,7 +61,7 @@ BAD_VALUES = [
     ("windows_s = [90]\n", "no bucket size in [60, 3600] divides a 90 s window"),
     ("retention_s = 3600\n", "retention_s must be >= the longest window"),
     ("max_pending = 0\n", "max_pending must be >= 1"),
-    ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING or ERROR"),
+    ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     ("step_s = nan\n", "step_s must be a finite number, not nan"),
     ("flush_interval_s = inf\n", "flush_interval_s must be a finite number, not inf"),
     ("blink_interval_s = 0\n", "blink_interval_s must be > 0"),
@@ -70,7 +70,24 @@ BAD_VALUES = [
     ("top_users = -3\n", "top_users must be >= 1"),
     ("windows_s = [3600, 3600]\n", "windows_s has the same window twice"),
     ("step_s = \n", "invalid TOML"),
+    # list items have the list's type (fresh-user trial: tracebacks or crashes later)
+    ("windows_s = [3600.0, 86400]\n", "windows_s must be a list of whole seconds, got 3600.0"),
+    ("endpoints = [1, 2]\n", "endpoints must be a list of strings, got 1"),
+    ("allowed_origins = [1]\n", "allowed_origins must be a list of strings, got 1"),
+    ("amqp_bindings = [[1]]\n", "amqp_bindings must be a list of strings, got [1]"),
+    # libzmq takes these as a C int: an overflow crashed listen (rc 1)
+    ("hwm = 9999999999999\n", "hwm must be <= 2147483647"),
+    ("reconnect_ivl_ms = 9999999999999\n", "reconnect_ivl_ms must be <= 2147483647"),
+    ("tcp_keepalive_idle_s = 9999999999999\n", "tcp_keepalive_idle_s must be <= 2147483647"),
+    ("heartbeat_ivl_s = 1e12\n", "heartbeat_ivl_s must be <= 2147483 s"),
 ]
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'key_prefix = "\xff"\n')  # TOML is UTF-8; this is Latin-1
+    with pytest.raises(ConfigError, match="invalid TOML in"):
+        load(path)
 
 
 @pytest.mark.parametrize(("text", "message"), BAD_VALUES)
