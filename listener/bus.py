@@ -52,7 +52,7 @@ import base64
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,23 +211,62 @@ class SequenceTracker:
 # -- endpoints (PURE) ---------------------------------------------------------------
 
 
+#: libzmq's transports (zmq_connect(3)).
+ZMQ_TRANSPORTS = ("tcp", "ipc", "inproc", "pgm", "epgm", "vmci", "tipc", "ws", "wss", "udp")
+
+
+def resolve_endpoints(endpoints: Sequence[str], fedmsg_config: Mapping[str, Any]) -> list[str]:
+    """The endpoints ``listen`` subscribes to: ``endpoints`` (the wallboard config or
+    ``--endpoint``), else every one of fedmsg's ``endpoints`` groups, each checked
+    (:func:`check_endpoint`) and listed once, in order.
+
+    An endpoint given twice would be two SUB sockets on one publisher: every
+    message twice, and the ones without a ``msg_id`` counted twice.
+
+    Raises:
+        listener.errors.ConfigError: a bad endpoint (no endpoint at all is left to
+            the caller: ``--bus amqp`` needs none).
+    """
+    found = list(endpoints) or [
+        e for group in (fedmsg_config.get("endpoints") or {}).values() for e in group
+    ]
+    for e in found:
+        check_endpoint(e)
+    unique = list(dict.fromkeys(found))
+    if len(unique) < len(found):
+        log.warning("the same ZeroMQ endpoint is listed more than once: subscribing once "
+                    "to each of %s", ", ".join(unique))
+    return unique
+
+
 def check_endpoint(endpoint: str) -> None:
-    """Reject a ``tcp://`` endpoint that libzmq would accept and never reach.
+    """Reject an endpoint libzmq cannot use, and a ``tcp://`` one it would accept
+    and never reach.
 
     libzmq resolves ``tcp://host:port`` when it connects, in the background: a port
     outside 1..65535 or a dotted-number host that is no IPv4 address
     (``tcp://999.1.1.1:99999``) is accepted by ``connect`` and then retried for
-    ever.  Other transports (``ipc://``, ``inproc://``) and host names are left to
+    ever.  An endpoint must be ``transport://address`` with one of libzmq's
+    transports; other transports' addresses (``ipc://``) and host names are left to
     libzmq.
 
     Raises:
-        listener.errors.ConfigError: the endpoint names such a host or port.
+        listener.errors.ConfigError: not ``transport://address``, or a host or port
+            as above.
     """
     import ipaddress
 
     from .errors import ConfigError
 
-    if not endpoint.startswith("tcp://"):
+    if not isinstance(endpoint, str):
+        raise ConfigError(f"bad ZeroMQ endpoint {endpoint!r}: not a string")
+    transport, sep, address = endpoint.partition("://")
+    if not sep or not address or transport not in ZMQ_TRANSPORTS:
+        raise ConfigError(
+            f"bad ZeroMQ endpoint {endpoint!r}: expected transport://address with a "
+            f"transport among {', '.join(ZMQ_TRANSPORTS)} (fedmsg: tcp://host:port)"
+        )
+    if transport != "tcp":
         return
     rest = endpoint[len("tcp://"):]
     host, sep, port = rest.rpartition(":")

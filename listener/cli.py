@@ -274,17 +274,27 @@ def _run_check(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     fcfg = load_fedmsg_config(cfg.fedmsg_config or None)
     check_signature_setup(fcfg)
-    endpoints = list(cfg.endpoints) or [
-        e for group in (fcfg.get("endpoints") or {}).values() for e in group
-    ]
+    endpoints: list[str] = []
     if cfg.bus != "amqp":  # what ``listen`` would refuse (listener.bus.Bus)
-        from .bus import check_endpoint
+        from .bus import resolve_endpoints
         from .errors import ConfigError
 
+        endpoints = resolve_endpoints(cfg.endpoints, fcfg)
         if not endpoints:
             raise ConfigError("no ZeroMQ endpoint: set endpoints in fedmsg.d/ or --endpoint")
-        for e in endpoints:
-            check_endpoint(e)
+    if cfg.bus != "zmq":  # the URL and TLS files listen's AMQP input would refuse
+        from .amqp.settings import AmqpSettings
+
+        AmqpSettings.from_config(cfg).parameters()
+    if cfg.redis_url:  # the URL's form only: check-config connects to nothing
+        from redis.connection import parse_url
+
+        from .errors import ConfigError
+
+        try:
+            parse_url(cfg.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis URL {cfg.redis_url!r}: {exc}") from exc
     print(
         json.dumps(
             {

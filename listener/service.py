@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .bus import Bus
+from .bus import Bus, resolve_endpoints
 from .config import Config
 from .consumer import Consumer
 from .memory import hold_heap, tune_gc
@@ -255,9 +255,7 @@ async def run_listener(
     from .signatures import check_signature_setup
 
     validator = check_signature_setup(fcfg)
-    endpoints = list(cfg.endpoints) or [
-        e for group in (fcfg.get("endpoints") or {}).values() for e in group
-    ]
+    endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus != "amqp" else []
     prefix = cfg.topic_prefix
     fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
     extractor = UserExtractor(fcfg, fas_cache=fas_cache)

@@ -96,7 +96,8 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
         fedmsg's merged config dict.
 
     Raises:
-        listener.errors.ConfigError: the folder does not exist or fedmsg fails.
+        listener.errors.ConfigError: the folder does not exist or holds no ``*.py``,
+            the endpoints are not ``{name: [endpoint, ...]}``, or fedmsg fails.
     """
     from .errors import ConfigError
 
@@ -107,6 +108,8 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
         path = Path(config_dir)
         if path.is_dir():
             filenames = sorted(str(p) for p in path.glob("*.py"))
+            if not filenames:  # fedmsg would then search ./fedmsg.d, /etc/fedmsg.d...
+                raise ConfigError(f"fedmsg config folder {path} has no *.py file")
         elif path.is_file():
             filenames = [str(path)]
         else:
@@ -132,6 +135,15 @@ def load_fedmsg_config(config_dir: str | os.PathLike[str] | None = None) -> dict
         raise ConfigError(
             f"cannot load fedmsg config: {exc} (give a fedmsg.d with --fedmsg-config)"
         ) from exc
+    endpoints = config.get("endpoints") or {}
+    if not isinstance(endpoints, dict):
+        raise ConfigError(f"fedmsg config: endpoints must be a dict, got {endpoints!r}"[:300])
+    for name, group in endpoints.items():
+        if not isinstance(group, list | tuple) or not all(isinstance(e, str) for e in group):
+            raise ConfigError(
+                f"fedmsg config: endpoints[{name!r}] must be a list of endpoint strings "
+                f"(fedmsg: {{name: ['tcp://host:port', ...]}}), got {group!r}"[:300]
+            )
     return config
 
 

@@ -159,6 +159,63 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
     assert "port must be 1-65535" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('endpoints = ["garbage"]\n', "bad ZeroMQ endpoint 'garbage': expected transport://"),
+        ('endpoints = [""]\n', "bad ZeroMQ endpoint '': expected transport://"),
+        ('bus = "amqp"\namqp_url = "garbage"\n', "bad amqp_url 'garbage'"),
+        ('redis_url = "http://x"\n', "bad Redis URL 'http://x'"),
+    ],
+)
+def test_check_config_refuses_what_listen_exits_78_on(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    r = run_cli("check-config", "--config", str(write(tmp_path, text)), timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("fedmsg_py", "message"),
+    [
+        (None, "has no *.py file"),  # not ./fedmsg.d or /etc/fedmsg.d in its place
+        ('config = dict(endpoints={"a": [9940]})\n', "endpoints['a'] must be a list of"),
+    ],
+)
+def test_a_fedmsg_config_folder_is_used_as_given(
+    tmp_path: Path, fedmsg_py: str | None, message: str
+) -> None:
+    given = tmp_path / "given"
+    given.mkdir()
+    if fedmsg_py:
+        (given / "endpoints.py").write_text(fedmsg_py, encoding="utf-8")
+    elsewhere = tmp_path / "fedmsg.d"  # in the working directory: fedmsg's own search
+    elsewhere.mkdir()
+    (elsewhere / "x.py").write_text(
+        'config = dict(endpoints={"s": ["tcp://127.0.0.1:1"]})\n', encoding="utf-8"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FEDMSG_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "listener", "check-config", "--fedmsg-config", str(given)],
+        capture_output=True, text=True, timeout=60, cwd=str(tmp_path), env=env,
+    )
+    assert r.returncode == EXIT_CONFIG, r.stdout + r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_same_endpoint_twice_is_subscribed_once(tmp_path: Path) -> None:
+    # two SUB sockets on one publisher: each message twice, and those without a
+    # msg_id counted twice
+    e = "tcp://127.0.0.1:5001"
+    cfg = write(tmp_path, f'endpoints = ["{e}", "{e}"]\n')
+    r = run_cli("check-config", "--config", str(cfg), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["endpoints"] == [e]
+    assert "listed more than once" in r.stderr
+
+
 def test_check_config_without_endpoints_uses_fedmsg_d(tmp_path: Path) -> None:
     cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/0"\n')
     r = run_cli(
