@@ -398,7 +398,18 @@ async def run_web(
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-    store, handle = await open_store(cfg)
+    # a signal during the start-up wait for Redis stops it (exit 0), as listen does
+    opening = asyncio.create_task(open_store(cfg))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not opening.done():
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        log.info("web: stopped before Redis was reachable")
+        notifier.close()
+        return 0
+    store, handle = opening.result()
     web = WebServer(cfg, store, web_root, notifier)
     try:
         await web.start(host, port)

@@ -741,19 +741,27 @@ def test_web_unit_bad_config_exits_78(tmp_path: Path, notify: NotifySocket) -> N
     assert not notify.lines("READY=1")
 
 
-def test_sigterm_during_the_start_up_wait_for_redis_exits_0_at_once() -> None:
-    # the listener waits up to 10 s for Redis at start-up; a stop request (systemctl
+@pytest.mark.parametrize(
+    ("command", "sig"),
+    [("listen", signal.SIGTERM), ("web", signal.SIGTERM), ("web", signal.SIGINT)],
+)
+def test_a_stop_during_the_start_up_wait_for_redis_exits_0_at_once(
+    command: str, sig: signal.Signals
+) -> None:
+    # listen and web wait up to 10 s for Redis at start-up; a stop request (systemctl
     # stop, Ctrl-C) during that wait must not wait it out and then exit 69
     port = free_port()  # nothing listens there
+    extra = (["--endpoint", f"tcp://127.0.0.1:{free_port()}"] if command == "listen"
+             else ["--port", str(free_port())])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "listener", "listen", "--redis-url",
-         f"redis://127.0.0.1:{port}/0", "--endpoint", f"tcp://127.0.0.1:{free_port()}"],
+        [sys.executable, "-m", "listener", command, "--redis-url",
+         f"redis://127.0.0.1:{port}/0", *extra],
         cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
         time.sleep(2.0)  # imports done, waiting for Redis
         assert proc.poll() is None
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
