@@ -19,10 +19,13 @@ import copy
 import hashlib
 import inspect
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from .errors import InputError
 
@@ -132,6 +135,8 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
             page = None
         if isinstance(page, dict) and isinstance(page.get("raw_messages"), list):
             bodies = [m for m in page["raw_messages"] if isinstance(m, dict)]
+            for k, m in enumerate(bodies):
+                _check_timestamp(m, f"{p}: raw_messages[{k}]")
             bodies.sort(key=lambda m: float(m.get("timestamp") or 0))
             if not bodies:
                 raise InputError(f"{p}: datagrepper page without messages")
@@ -140,8 +145,10 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except ValueError as exc:
+            # orjson, as the bus decodes: strict JSON (a lone surrogate escape such
+            # as "\ud800" is refused here, not when the message is encoded again)
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
             raise InputError(f"{p}:{lineno}: invalid JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise InputError(f"{p}:{lineno}: not a JSON object")
@@ -151,10 +158,24 @@ def load_file(path: str | Path) -> list[dict[str, Any]]:
             # what every message needs to be published or counted; a missing
             # timestamp is left to the caller (replay --rebase-time sets one)
             raise InputError(f"{p}:{lineno}: not a fedmsg message (no topic)")
+        _check_timestamp(body, f"{p}:{lineno}")
         bodies.append(body)
     if not bodies:
         raise InputError(f"{p}: no messages")
     return bodies
+
+
+def _check_timestamp(body: dict[str, Any], where: str) -> None:
+    """A ``timestamp``, when there is one, is a finite number (UNIX seconds).
+
+    Raises:
+        InputError: naming ``where`` (``file:line``).
+    """
+    ts = body.get("timestamp")
+    if ts is None:
+        return
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        raise InputError(f"{where}: timestamp {str(ts)[:40]!r} is not a number of seconds")
 
 
 def iter_sources(

@@ -102,7 +102,7 @@ def schedule(
                 # recorded ``i`` belong to many old processes, and one counter over
                 # all publishers would read as gaps in each publisher's sequence
                 out["timestamp"] = max(at, clock())
-                who = (body.get("username"), body.get("certificate"))
+                who = (str(body.get("username")), str(body.get("certificate")))
                 out["i"] = next_i[who] = next_i.get(who, 0) + 1
             yield at, out
             sent += 1
@@ -167,9 +167,25 @@ def publish(
     return sent
 
 
+#: Slowest pace accepted (``--rate`` msgs/s, ``--speed`` factor): one message per
+#: 1,000 s.  Slower ones put send times past what ``time.sleep`` takes.
+MIN_PACE = 0.001
+
+
+def pace_number(text: str) -> float:
+    """argparse type of ``--rate`` and ``--speed``: a finite number >= :data:`MIN_PACE`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not MIN_PACE <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be >= {MIN_PACE} and finite: {text}")
+    return value
+
+
 def add_parser(sub: Any) -> None:
     """Register the ``replay`` subcommand."""
-    from .cli import positive_float
+    from .cli import non_negative_float
 
     p = sub.add_parser(
         "replay",
@@ -188,8 +204,10 @@ def add_parser(sub: Any) -> None:
     mode.add_argument("--bind", action="store_true", default=True, help="bind (default)")
     mode.add_argument("--connect", action="store_true", help="connect instead of bind")
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=positive_float, help="messages per second")
-    pace.add_argument("--speed", type=positive_float, help="factor on the original spacing")
+    pace.add_argument("--rate", type=pace_number, help="messages per second (>= 0.001)")
+    pace.add_argument(
+        "--speed", type=pace_number, help="factor on the original spacing (>= 0.001)"
+    )
     p.add_argument("--rebase-time", action="store_true", help="timestamps = send time")
     p.add_argument("--loop", action="store_true", help="repeat (fresh msg_ids each pass)")
     p.add_argument(
@@ -199,7 +217,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--count", type=int, help="stop after N messages")
     p.add_argument("--wait-subscribers", type=int, default=1, help="subscriptions to wait for")
-    p.add_argument("--wait-timeout", type=float, default=30.0, help="seconds to wait for them")
+    p.add_argument("--wait-timeout", type=non_negative_float, default=30.0,
+                   help="seconds to wait for them")
     p.add_argument("--hwm", type=int, default=0, help="send high-water mark (0: unlimited)")
     p.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     p.set_defaults(func=run)

@@ -410,6 +410,41 @@ def test_replay_of_a_line_that_is_not_a_fedmsg_message_exits_2_naming_it(
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("line", "extra", "message"),
+    [
+        ('"timestamp": "abc"', (), "x.jsonl:1: timestamp 'abc' is not a number of seconds"),
+        ('"timestamp": 1.0, "summary": "\\ud800"', (), "x.jsonl:1: invalid JSON"),
+        ('"timestamp": 1.0, "username": ["a"]', ("--rebase-time",), None),  # sent: rc 0
+    ],
+)
+def test_replay_of_bad_input_exits_2_naming_the_line(
+    tmp_path: Path, line: str, extra: tuple[str, ...], message: str | None
+) -> None:
+    path = write(tmp_path, '{"topic": "org.fedoraproject.prod.git.receive", "msg": {}, '
+                 f'"msg_id": "a", {line}}}\n', "x.jsonl")
+    r = run_cli("replay", str(path), "--endpoint", f"tcp://127.0.0.1:{free_port()}",
+                "--wait-subscribers", "0", *extra, timeout=60)
+    assert "Traceback" not in r.stderr
+    if message is None:
+        assert r.returncode == 0, r.stderr
+        assert "published 1 messages" in r.stderr
+    else:
+        assert r.returncode == 2, r.stderr
+        assert message in r.stderr
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [("--wait-timeout", "nan"), ("--rate", "1e-300"), ("--speed", "0"), ("--rate", "inf")],
+)
+def test_replay_refuses_pacing_it_cannot_keep(flags: tuple[str, str]) -> None:
+    r = run_cli("replay", "--builtin-examples", "--endpoint",
+                f"tcp://127.0.0.1:{free_port()}", *flags, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"argument {flags[0]}" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_a_second_demo_in_the_same_folder_refuses_to_start(tmp_path: Path) -> None:
     import fcntl
 
