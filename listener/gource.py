@@ -339,9 +339,14 @@ class BusSource:
         import zmq
         import zmq.asyncio
 
+        from .bus import check_endpoint
+
+        for endpoint in self.endpoints:  # ConfigError (exit 78), as listen
+            check_endpoint(endpoint)
         self.ctx = zmq.asyncio.Context()
         for endpoint in self.endpoints:
             sock = self.ctx.socket(zmq.SUB)
+            self.socks.append(sock)  # closed by close() even if set-up fails here
             sock.setsockopt(zmq.RCVHWM, self.cfg.hwm)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
@@ -351,7 +356,6 @@ class BusSource:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, self.cfg.reconnect_ivl_max_ms)
             sock.setsockopt(zmq.SUBSCRIBE, self.topic_prefix.encode("utf-8"))
             sock.connect(endpoint)
-            self.socks.append(sock)
             log.info("SUB connected to %s (prefix %r)", endpoint, self.topic_prefix)
 
     async def close(self) -> None:

@@ -117,10 +117,10 @@ def schedule(
 def open_publisher(ctx: zmq.Context[Any], endpoint: str, bind: bool, hwm: int) -> Any:
     """An XPUB socket bound or connected to ``endpoint`` (linger 2 s)."""
     sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.SNDHWM, hwm)
-    sock.setsockopt(zmq.LINGER, 2000)
-    sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-    try:
+    try:  # a socket left open would hang ctx.term() for ever
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         if bind:
             sock.bind(endpoint)
         else:
@@ -185,7 +185,7 @@ def pace_number(text: str) -> float:
 
 def add_parser(sub: Any) -> None:
     """Register the ``replay`` subcommand."""
-    from .cli import non_negative_float
+    from .cli import non_negative_float, non_negative_int
 
     p = sub.add_parser(
         "replay",
@@ -219,7 +219,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--wait-subscribers", type=int, default=1, help="subscriptions to wait for")
     p.add_argument("--wait-timeout", type=non_negative_float, default=30.0,
                    help="seconds to wait for them")
-    p.add_argument("--hwm", type=int, default=0, help="send high-water mark (0: unlimited)")
+    p.add_argument("--hwm", type=non_negative_int, default=0,
+                   help="send high-water mark (0: unlimited)")
     p.add_argument("--progress", action="store_true", help="show a tqdm progress bar")
     p.set_defaults(func=run)
 
@@ -239,6 +240,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not bodies:
         log.error("nothing to replay: give files or --builtin-examples")
+        return 2
+    from .bus import check_endpoint
+    from .errors import ConfigError
+
+    try:
+        check_endpoint(args.endpoint)
+    except ConfigError as exc:
+        log.error("%s", exc)
         return 2
     ctx: zmq.Context[Any] = zmq.Context()
     try:

@@ -445,6 +445,26 @@ def test_replay_refuses_pacing_it_cannot_keep(flags: tuple[str, str]) -> None:
     assert f"argument {flags[0]}" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        # a socket left open by a failed setsockopt hung ctx.term() for ever
+        (["replay", "--builtin-examples", "--hwm", "-1"], 2, "argument --hwm"),
+        (["replay", "--builtin-examples", "--endpoint", "tcp://127.0.0.1:99999"], 2,
+         "port must be 1-65535"),
+        (["gource", "--endpoint", "garbage", "--count", "1"], EXIT_CONFIG,
+         "bad ZeroMQ endpoint 'garbage'"),
+    ],
+)
+def test_a_bad_endpoint_or_hwm_exits_instead_of_hanging(
+    args: list[str], code: int, message: str
+) -> None:
+    r = run_cli(*args, "--redis-url", "redis://127.0.0.1:1/0", timeout=60) if args[0] == "gource" \
+        else run_cli(*args, "--wait-subscribers", "0", timeout=60)
+    assert r.returncode == code, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
 def test_a_second_demo_in_the_same_folder_refuses_to_start(tmp_path: Path) -> None:
     import fcntl
 
