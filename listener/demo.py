@@ -16,6 +16,7 @@ import argparse
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,7 +37,6 @@ def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     """Wait until ``host:port`` accepts connections (False if ``proc`` died or time ran out)."""
-    import socket
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -46,6 +46,26 @@ def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: f
         except OSError:
             time.sleep(0.2)
     return False
+
+
+def _busy_ports(args: argparse.Namespace) -> list[str]:
+    """The demo's TCP ports (web, and the replay's bus unless ``--amqp``) that
+    something already listens on, as ``"web port host:N"`` phrases."""
+    wanted = [("web port", args.host, args.port)]
+    if not args.amqp and args.bus.startswith("tcp://"):
+        host, _, port = args.bus[len("tcp://"):].rpartition(":")
+        if port.isdigit():
+            wanted.append(("bus", host or "127.0.0.1", int(port)))
+    busy = []
+    for what, host, port in wanted:
+        with socket.socket() as probe:
+            # as the web server and libzmq bind: a port in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                busy.append(f"{what} {host}:{port}")
+    return busy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         print(f"a demo is already running in {base}: stop it first, or use another "
-              "--dir (make run DEMO_DIR=...) and --port", file=sys.stderr)
+              "--dir (make run DEMO_DIR=...), --port and --bus", file=sys.stderr)
         return 75  # EX_TEMPFAIL
+    # the ports too: another demo's replay would feed this listener, and the page
+    # printed would be the other demo's
+    busy = _busy_ports(args)
+    if busy:
+        print(f"{' and '.join(busy)} already in use (another demo?): stop it, or choose "
+              "others with --port and --bus", file=sys.stderr)
+        return 75
     os.environ.setdefault("FEDMSG_CONFIG", str(Path(__file__).resolve().parent.parent / "fedmsg.d"))
     handle, url = open_embedded(str(base / "redis"))
     print(f"embedded Redis: {url}", flush=True)

@@ -465,6 +465,23 @@ def test_a_bad_endpoint_or_hwm_exits_instead_of_hanging(
     assert message in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_second_demo_on_a_bus_port_in_use_refuses_to_start(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:  # another demo's replay, say
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(
+            [sys.executable, "-m", "listener.demo", "--dir", str(tmp_path / "d"),
+             "--port", str(free_port()), "--bus", f"tcp://127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=60, cwd=str(ROOT),
+        )
+    assert r.returncode == 75, r.stderr
+    assert f"bus 127.0.0.1:{port} already in use" in r.stderr
+    assert not (tmp_path / "d" / "redis").exists()  # nothing started
+
+
 def test_a_second_demo_in_the_same_folder_refuses_to_start(tmp_path: Path) -> None:
     import fcntl
 
