@@ -37,7 +37,6 @@ def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]
 
 def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     """Wait until ``host:port`` accepts connections (False if ``proc`` died or time ran out)."""
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         try:
