@@ -290,7 +290,8 @@ def collect_events(
         ts = stamp(idx, body) if stamp is not None else message_timestamp(body)
         if ts is None:
             skipped["bad_timestamp"] += 1
-            log.warning("msg_id=%s: no valid timestamp; skipped", body.get("msg_id"))
+            # counted; one summary line at the end ("skipped: bad_timestamp N")
+            log.debug("msg_id=%s: no valid timestamp; skipped", body.get("msg_id"))
             continue
         key = message_key(body)
         if key in seen:
