@@ -8,14 +8,20 @@ in one process).  Metric names: ``fedmsg_wallboard_<what>_total`` for counters
 
 ``/healthz`` (also ``/ready``) answers JSON, status 200 when ready, else 503::
 
-    {"live": true, "ready": true, "redis_ok": true, "last_message_at": 1504643075.0,
+    {"live": true, "ready": true, "redis_ok": true, "bus_state": "ok",
+     "last_message_at": 1504643075.0,
      "last_message_age_s": 3.2, "lag_s": 0.4, "pending": 0, "received": 25,
      "counted": 25}
 
 ``live``: the event loop ran a no-op within :data:`PROBE_TIMEOUT_S`; ``redis_ok``:
 Redis answered PING through the listener's own connection within that time;
-``ready`` = both.  ``last_message_at``: timestamp of the newest counted message
-(UNIX s); ``last_message_age_s``: seconds since the newest message *arrived*;
+``ready`` = both.  ``bus_state``: the ZeroMQ links' state
+(:meth:`listener.bus.Bus.state`: ``ok``, ``quiet`` or ``dead``; None without
+ZeroMQ input), reported, not part of ``ready``: a dead publisher is not fixed by
+restarting the listener, which reconnects by itself (the web process's
+``/healthz`` judges the whole: not ok while the bus is dead).
+``last_message_at``: timestamp of the newest counted message (UNIX s);
+``last_message_age_s``: seconds since the newest message *arrived*;
 ``lag_s``: seconds between a message's timestamp and its arrival, for the newest
 one (bus + publisher delay; None before the first).  ``/live`` answers 200 while
 the loop is live.  The server runs in a thread, so a stuck loop still gets
@@ -165,12 +171,18 @@ def health(consumer: Any, loop: asyncio.AbstractEventLoop | None, now: float) ->
 
     live = _probe(loop, noop)
     redis_ok = live and _probe(loop, ping)
+    state_of = getattr(consumer, "bus_state", None)
+    try:
+        bus_state = state_of(now) if state_of is not None else None
+    except Exception:  # read from this thread while the loop changes the links
+        bus_state = None
     last_at = consumer.last_message_at
     received_at = consumer.last_received_at
     return {
         "live": live,
         "ready": live and redis_ok,
         "redis_ok": redis_ok,
+        "bus_state": bus_state,
         "last_message_at": last_at,
         "last_message_age_s": None if received_at is None else round(now - received_at, 3),
         "lag_s": (

@@ -296,6 +296,8 @@ async def run_listener(
             raise
     await consumer.warm_up()
     bus = Bus(cfg, endpoints, prefix, consumer) if cfg.bus != "amqp" else None
+    if bus is not None:
+        consumer.bus_state = bus.state  # the listener's /healthz
     amqp = None
     if cfg.bus != "zmq":
         from .amqp import AmqpInput

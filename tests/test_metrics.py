@@ -210,6 +210,13 @@ def test_metrics_match_the_snapshot_after_a_replay(listener: Listener) -> None:
     assert health["counted"] == CORPUS_MESSAGES and health["received"] == CORPUS_MESSAGES
     assert 0 <= health["last_message_age_s"] < 60
     assert 0 <= health["lag_s"] < 60
+    # the replay has unbound: the link goes dead (<= 5 s), reported but still ready
+    # (restarting the listener would not bring a publisher back)
+    status, health = wait_for(
+        lambda: (h := healthz(listener.metrics_port))[1]["bus_state"] == "dead" and h,
+        30, interval=0.3, what="bus_state dead",
+    )
+    assert status == 200 and health["ready"] is True
 
     # the same file again: same msg_ids, all duplicates, nothing counted twice
     listener.replay("--rebase-time")
