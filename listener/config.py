@@ -224,6 +224,9 @@ class Config:
         for name in ("web_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 problems.append(f"{name} out of range (0-65535)")
+        if not self.key_prefix or "{" in self.key_prefix or "}" in self.key_prefix:
+            # keys are {prefix}:...: a Redis Cluster hash tag needs a non-empty one
+            problems.append(f"key_prefix must be non-empty, without braces: {self.key_prefix!r}")
         if self.bus not in ("zmq", "amqp", "both"):
             problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -185,7 +185,7 @@ def pace_number(text: str) -> float:
 
 def add_parser(sub: Any) -> None:
     """Register the ``replay`` subcommand."""
-    from .cli import non_negative_float, non_negative_int
+    from .cli import non_negative_float, non_negative_int, positive_int
 
     p = sub.add_parser(
         "replay",
@@ -215,7 +215,7 @@ def add_parser(sub: Any) -> None:
         help="fresh msg_ids for this run (a suffix per run): counted again by a Redis that "
         "saw an earlier replay of the same messages (default: the recorded ids, deduplicated)",
     )
-    p.add_argument("--count", type=int, help="stop after N messages")
+    p.add_argument("--count", type=positive_int, help="stop after N messages (>= 1)")
     p.add_argument("--wait-subscribers", type=int, default=1, help="subscriptions to wait for")
     p.add_argument("--wait-timeout", type=non_negative_float, default=30.0,
                    help="seconds to wait for them")

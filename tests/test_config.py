@@ -69,6 +69,8 @@ BAD_VALUES = [
     ("hwm = -1\n", "hwm must be >= 0"),
     ("top_users = -3\n", "top_users must be >= 1"),
     ("windows_s = [3600, 3600]\n", "windows_s has the same window twice"),
+    ('key_prefix = ""\n', "key_prefix must be non-empty, without braces"),
+    ('key_prefix = "a}b{"\n', "key_prefix must be non-empty, without braces"),
     ("step_s = \n", "invalid TOML"),
     # list items have the list's type (fresh-user trial: tracebacks or crashes later)
     ("windows_s = [3600.0, 86400]\n", "windows_s must be a list of whole seconds, got 3600.0"),
@@ -436,7 +438,8 @@ def test_replay_of_bad_input_exits_2_naming_the_line(
 
 @pytest.mark.parametrize(
     "flags",
-    [("--wait-timeout", "nan"), ("--rate", "1e-300"), ("--speed", "0"), ("--rate", "inf")],
+    [("--wait-timeout", "nan"), ("--rate", "1e-300"), ("--speed", "0"), ("--rate", "inf"),
+     ("--count", "0"), ("--count", "-1")],
 )
 def test_replay_refuses_pacing_it_cannot_keep(flags: tuple[str, str]) -> None:
     r = run_cli("replay", "--builtin-examples", "--endpoint",

@@ -136,6 +136,8 @@ def iter_bodies(path: str | None) -> Iterator[dict[str, Any]]:
 
 def add_parser(sub: Any) -> None:
     """Register ``amqp-replay``: publish recorded messages to an AMQP broker."""
+    from ..cli import positive_int
+
     p = sub.add_parser(
         "amqp-replay",
         help="publish recorded real messages to an AMQP broker (fedora-messaging)",
@@ -162,7 +164,7 @@ def add_parser(sub: Any) -> None:
         "--new-ids", action="store_true",
         help="fresh msg_ids for this run, as replay --new-ids (default: the recorded ids)",
     )
-    p.add_argument("--count", type=int, help="stop after N messages")
+    p.add_argument("--count", type=positive_int, help="stop after N messages (>= 1)")
     p.add_argument("--timeout", type=float, default=30.0, help="longest wait for a confirm, s")
     p.set_defaults(func=run_replay)
 
