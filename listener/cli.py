@@ -314,7 +314,7 @@ def _run_check(args: argparse.Namespace) -> int:
         from .errors import ConfigError
 
         try:
-            parse_url(cfg.redis_url)
+            parse_url(cfg.redis_url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {cfg.redis_url!r}: {exc}") from exc
     print(
