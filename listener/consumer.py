@@ -243,10 +243,11 @@ class Consumer:
             if reason is not None:
                 self._reject(Rejected(reason, "signature check failed", msg_id or None))
                 return False
-        ts = env.timestamp
+        ts = shown_ts = env.timestamp
         if ts > now:
             if ts > now + self.cfg.max_future_skew_s:
                 self.stats.future_clamped += 1
+                shown_ts = now  # absurd: the page must not wait for it to turn stale
             ts = now
         if ts < now - self._max_age_s:
             self._too_old(env)
@@ -275,14 +276,15 @@ class Consumer:
         self.stats.accepted += 1
         self.last_received_at = now
         if blink:
-            # the clamped time, as counted: a publisher whose clock runs ahead must
-            # not hold the page's "last message" in the future (never "stale")
+            # a timestamp beyond max_future_skew_s is shown as now: it must not hold
+            # the page's "last message" in the future (never "stale"); a small skew
+            # is shown as sent, so latencies measured from it stay true
             if not self._blink_total:
-                self._blink_first_ts = ts
+                self._blink_first_ts = shown_ts
             self._blink_counts[category] += 1
             self._blink_total += 1
             self._blinks.append(
-                (topic, msg_id, ts, ulist, category, env.body if wire is None else wire)
+                (topic, msg_id, shown_ts, ulist, category, env.body if wire is None else wire)
             )
         return True
 
@@ -326,8 +328,8 @@ class Consumer:
         ``first_ts`` is the fedmsg ``timestamp`` (UNIX s) of the first message
         accepted since the previous blink, shown or omitted: the one that waited
         longest for this event (its latency bounds every other's).  ``ts`` and
-        ``first_ts`` are clamped to the receive time, as the counts are: a
-        timestamp in the future is shown as now.
+        ``first_ts`` are the message's own, except one more than
+        ``max_future_skew_s`` ahead of the receive time: shown as that time.
         """
         if not self._blink_total:
             return None
