@@ -61,6 +61,11 @@ def header(r: dict[str, Any]) -> str:
                 f"{part} {p['load_before'][0]:.2f} → {p['load_after'][0]:.2f} "
                 f"({p['seconds']:.0f} s)"
             )
+    speeds = [
+        f"{part} {r[part]['host_speed_ms'][0]} → {r[part]['host_speed_ms'][1]}"
+        for part in ("ingest", "compute", "fanout", "study")
+        if isinstance(r.get(part), dict) and "host_speed_ms" in r[part]
+    ]
     return "\n".join(
         [
             "# Benchmarks",
@@ -77,6 +82,9 @@ def header(r: dict[str, Any]) -> str:
             f"{m['websockets']}",
             f"- repetitions: {r['reps']} (medians reported); 1-minute load average at the "
             "start → end of each part: " + ("; ".join(loads) or "-"),
+            "- host speed (one Python thread; lower is faster: a fixed loop of "
+            "2,000,000 integer additions, best of 3, ms) at the start → end of each part: "
+            + ("; ".join(speeds) or "not recorded"),
             "- the machine is shared with other engineers' test runs: a load average above "
             f"{m['nproc']} means the benchmarks got only part of the CPU (all rates are then "
             "lower bounds); CPU time per message is the steadier figure.",

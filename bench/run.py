@@ -37,6 +37,25 @@ PARTS = ("compute", "ingest", "fanout", "study")
 DEFAULT_PARTS = ("compute", "ingest", "fanout")
 
 
+#: Iterations of :func:`host_speed_ms`'s loop.
+SPEED_LOOP = 2_000_000
+
+
+def host_speed_ms(runs: int = 3) -> float:
+    """The host's speed for one Python thread right now: the best of ``runs`` timings
+    of a fixed pure-Python loop (``SPEED_LOOP`` integer additions), ms.  A shared
+    virtual machine's speed changes by 2x within hours while its load average stays
+    low; runs are compared with this beside them (lower is faster)."""
+    best = float("inf")
+    for _ in range(runs):
+        t = time.perf_counter()
+        acc = 0
+        for i in range(SPEED_LOOP):
+            acc += i
+        best = min(best, time.perf_counter() - t)
+    return round(best * 1000, 1)
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import orjson
@@ -159,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in parts:
         log(f"{name}: running (load {os.getloadavg()[0]:.2f})")
+        speed0 = host_speed_ms()
         try:
             results[name] = run_part(name, args.quick, args.reps, log)
+            results[name]["host_speed_ms"] = [speed0, host_speed_ms()]
             log(f"{name}: done in {results[name]['seconds']} s")
         except Exception as exc:  # report the failure, run the other parts
             failed = True
