@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
@@ -85,37 +86,40 @@ def epoch_seconds(text: str) -> float:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number >= 0 that fits a C int (libzmq options)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if not 0 <= value <= 2**31 - 1:
-        raise argparse.ArgumentTypeError(f"must be 0-{2**31 - 1}: {text}")
-    return value
+def bounded(
+    kind: type[int] | type[float], low: float, high: float = float("inf"),
+    low_inclusive: bool = True,
+) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` (int or float) within ``low..high`` (``high``
+    excluded when infinite: nan and inf are refused), else a usage error (exit 2)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "a whole number" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        above = value >= low if low_inclusive else value > low
+        if not (above and (value <= high if high < float("inf") else value < high)):
+
+            def shown(x: float) -> str:
+                return str(int(x)) if kind is int else f"{x:g}"
+
+            bound = f"{'>=' if low_inclusive else '>'} {shown(low)}"
+            if high < float("inf"):
+                bound += f" and <= {shown(high)}"
+            elif kind is float:
+                bound += " and finite"
+            raise argparse.ArgumentTypeError(f"must be {bound}: {text}")
+        return value
+
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
-    return value
+#: argparse types built with :func:`bounded`.
+non_negative_int = bounded(int, 0, 2**31 - 1)  # libzmq options are a C int
+non_negative_float = bounded(float, 0)
+positive_int = bounded(int, 0, low_inclusive=False)
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -126,17 +130,6 @@ def log_level(text: str) -> str:
     if text.upper() not in LOG_LEVELS:
         raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
     return text.upper()
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer > 0 (a clear usage error otherwise, exit 2)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
-    return value
 
 
 def add_common(p: argparse.ArgumentParser) -> None:

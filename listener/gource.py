@@ -636,19 +636,9 @@ async def _follow(
 # -- CLI -------------------------------------------------------------------------
 
 
-def _non_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
-    return value
-
-
 def add_parser(sub: Any) -> None:
     """Register the ``gource`` subcommand."""
-    from .cli import add_common, positive_int
+    from .cli import add_common, non_negative_float, positive_int
 
     p = sub.add_parser(
         "gource",
@@ -666,7 +656,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--topic-prefix", help="only topics starting with this")
     p.add_argument(
         "--since",
-        type=_non_negative,
+        type=non_negative_float,
         default=0.0,
         help="first replay the last SECONDS of history (datagrepper, else Redis's ticker list)",
     )

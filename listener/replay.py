@@ -174,13 +174,9 @@ MIN_PACE = 0.001
 
 def pace_number(text: str) -> float:
     """argparse type of ``--rate`` and ``--speed``: a finite number >= :data:`MIN_PACE`."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not MIN_PACE <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be >= {MIN_PACE} and finite: {text}")
-    return value
+    from .cli import bounded
+
+    return float(bounded(float, MIN_PACE)(text))
 
 
 def add_parser(sub: Any) -> None:
