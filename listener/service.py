@@ -65,6 +65,30 @@ async def open_store(cfg: Config) -> tuple[Store, Any]:
     return store, handle
 
 
+async def open_store_unless_stopped(
+    cfg: Config, stop: asyncio.Event
+) -> tuple[Store, Any] | None:
+    """:func:`open_store`, given up when ``stop`` is set first: a signal during the
+    start-up wait for Redis (up to 10 s) stops the process at once (exit 0), not
+    after the wait with 69.  Used by ``listen`` and ``web``.
+
+    Returns:
+        ``(store, handle)``, or None when ``stop`` came first.
+
+    Raises:
+        What :func:`open_store` raises.
+    """
+    opening = asyncio.create_task(open_store(cfg))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not opening.done():
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        return None
+    return opening.result()
+
+
 def _store_from_url(cfg: Config, url: str) -> Store:
     return Store.from_url(
         url,
@@ -259,17 +283,11 @@ async def run_listener(
     prefix = cfg.topic_prefix
     fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
     extractor = UserExtractor(fcfg, fas_cache=fas_cache)
-    # a signal during the start-up wait for Redis stops it (exit 0), not 10 s later
-    opening = asyncio.create_task(open_store(cfg))
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
-    if not opening.done():
-        opening.cancel()
-        await asyncio.gather(opening, return_exceptions=True)
+    opened = await open_store_unless_stopped(cfg, stop)
+    if opened is None:
         log.info("stopped before Redis was reachable")
         return 0
-    stopping.cancel()
-    store, handle = opening.result()
+    store, handle = opened
     me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
         await claim_writer(store, me, stop)

@@ -384,7 +384,7 @@ async def run_web(
         listener.errors.ConfigError: a page file is missing (exit 78).
         OSError: the port cannot be bound.
     """
-    from .service import open_store
+    from .service import open_store_unless_stopped
 
     notifier = notifier or Notifier()
     stop = stop or asyncio.Event()
@@ -398,18 +398,12 @@ async def run_web(
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
-    # a signal during the start-up wait for Redis stops it (exit 0), as listen does
-    opening = asyncio.create_task(open_store(cfg))
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if not opening.done():
-        opening.cancel()
-        await asyncio.gather(opening, return_exceptions=True)
+    opened = await open_store_unless_stopped(cfg, stop)
+    if opened is None:
         log.info("web: stopped before Redis was reachable")
         notifier.close()
         return 0
-    store, handle = opening.result()
+    store, handle = opened
     web = WebServer(cfg, store, web_root, notifier)
     try:
         await web.start(host, port)
