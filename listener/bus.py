@@ -20,9 +20,11 @@ Link health.  A socket monitor (``zmq_socket_monitor``) reports
 ``HANDSHAKE_SUCCEEDED`` and ``DISCONNECTED``: a link is *connected* between the two.
 Each link has a state (:meth:`Bus.health`):
 
-* ``"ok"``: connected (or reconnecting for less than ``dead_after_s`` =
-  ``heartbeat_ivl_s`` clamped to 2..5 s) and a message arrived within
-  ``heartbeat_timeout_s``;
+* ``"connecting"``: no ZMTP handshake has succeeded on the link yet, for less
+  than ``dead_after_s`` = ``heartbeat_ivl_s`` clamped to 2..5 s since it was
+  opened: the start-up grace, not yet a failure and not yet proof of a publisher;
+* ``"ok"``: connected (or reconnecting for less than ``dead_after_s``) and a
+  message arrived within ``heartbeat_timeout_s``;
 * ``"quiet"``: connected, heartbeats answered, but no message for longer: a quiet
   bus, not a failure;
 * ``"dead"``: not connected for longer than that grace: the publisher is gone or
@@ -63,6 +65,7 @@ from zmq.utils.monitor import parse_monitor_message
 from .config import Config
 from .consumer import Consumer
 from .envelope import Envelope
+from .webapi import LINK_STATES
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +299,7 @@ class Link:
         last_msg_at: arrival time (UNIX s) of the newest message, or None.
         created_at: when the socket was (re)created, UNIX s.
         connected: a ZMTP handshake succeeded and no disconnect followed.
+        ever_connected: a handshake has succeeded once since the listener started.
         down_since: when the link last stopped being connected (or was created).
         received: messages received on this link.
         reconnects: times the socket was recreated.
@@ -311,6 +315,7 @@ class Link:
     last_msg_at: float | None = None
     created_at: float = 0.0
     connected: bool = False
+    ever_connected: bool = False
     down_since: float = 0.0
     received: int = 0
     reconnects: int = 0
@@ -487,7 +492,7 @@ class Bus:
             except Exception:  # a malformed monitor message: ignore it
                 continue
             if event in _UP_EVENTS and not link.connected:
-                link.connected = True
+                link.connected = link.ever_connected = True
                 log.info("link %s connected (ZMTP handshake done)", link.endpoint)
             elif event in _DOWN_EVENTS and link.connected:
                 link.connected = False
@@ -624,9 +629,12 @@ class Bus:
         return now - self.loop_at < STUCK_S
 
     def link_state(self, link: Link, now: float) -> str:
-        """``"ok"``, ``"quiet"`` or ``"dead"`` (module docstring)."""
-        if not link.connected and now - link.down_since > self.dead_after_s:
-            return "dead"
+        """``"connecting"``, ``"ok"``, ``"quiet"`` or ``"dead"`` (module docstring)."""
+        if not link.connected:
+            if now - link.down_since > self.dead_after_s:
+                return "dead"
+            if not link.ever_connected:
+                return "connecting"
         last = link.last_msg_at if link.last_msg_at is not None else link.created_at
         return "ok" if now - last <= self.quiet_after_s else "quiet"
 
@@ -634,7 +642,8 @@ class Bus:
         """Per-link health, one dict per endpoint.
 
         Returns:
-            ``[{"endpoint", "state" ("ok" | "quiet" | "dead"), "connected" (bool),
+            ``[{"endpoint", "state" ("connecting" | "ok" | "quiet" | "dead"),
+            "connected" (bool),
             "silent_s" (seconds since the last message, None before the first),
             "down_s" (seconds not connected, 0 when connected), "received",
             "reconnects", "disconnects", "gaps" (messages)}, ...]``.
@@ -656,9 +665,10 @@ class Bus:
 
     def state(self, now: float) -> str:
         """The bus as a whole: ``"ok"`` if any link is ok, else ``"quiet"`` if any
-        link is quiet, else ``"dead"``."""
+        link is quiet, else ``"connecting"`` if any link is in its start-up grace,
+        else ``"dead"``."""
         states = {self.link_state(link, now) for link in self.links}
-        for s in ("ok", "quiet"):
+        for s in LINK_STATES[:-1]:
             if s in states:
                 return s
         return "dead"
@@ -667,20 +677,19 @@ class Bus:
         """Fields the listener's heartbeat records in Redis ``P:meta`` (``/healthz``).
 
         Returns:
-            ``{"listener_bus_state": "ok" | "quiet" | "dead", "listener_links_ok",
-            "listener_links_quiet", "listener_links_dead" (counts),
+            ``{"listener_bus_state": one of :data:`listener.webapi.LINK_STATES`,
+            "listener_links_ok", "listener_links_quiet", "listener_links_connecting",
+            "listener_links_dead" (counts),
             "listener_gaps" (messages), "listener_links_json" (JSON list of at most
             ``max_links`` :meth:`health` entries)}``.
         """
         import json
 
         links = self.health(now)
-        counts = {s: sum(1 for x in links if x["state"] == s) for s in ("ok", "quiet", "dead")}
+        counts = {s: sum(1 for x in links if x["state"] == s) for s in LINK_STATES}
         return {
             "listener_bus_state": self.state(now),
-            "listener_links_ok": counts["ok"],
-            "listener_links_quiet": counts["quiet"],
-            "listener_links_dead": counts["dead"],
+            **{f"listener_links_{s}": counts[s] for s in LINK_STATES},
             "listener_gaps": self.consumer.stats.gaps,
             "listener_links_json": json.dumps(links[:max_links]),
         }

@@ -148,7 +148,7 @@ class Consumer:
         #: called with every envelope decoded from bus frames (the bus follows
         #: publishers' sequence numbers with it); must not raise
         self.on_envelope: Callable[[Envelope], None] | None = None
-        #: ``now -> "ok" | "quiet" | "dead"``: the bus input's state for the
+        #: ``now -> "ok" | "quiet" | "connecting" | "dead"``: the bus state for the
         #: listener's ``/healthz`` (:meth:`listener.bus.Bus.state`); None: no ZeroMQ
         self.bus_state: Callable[[float], str] | None = None
         #: the flush task flushes at once instead of at its next tick when this is

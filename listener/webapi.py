@@ -39,6 +39,10 @@ MAX_USERNAME_LEN = 64
 
 #: Most history points per window in a ``snapshot`` event (evenly thinned).
 HISTORY_POINTS = 720
+#: The bus states in ``/healthz``, best first: a link's and the bus's
+#: (:meth:`listener.bus.Bus.link_state`).  ``"connecting"``: no ZMTP handshake yet,
+#: in a link's first seconds; ``"dead"``: not connected for longer than that grace.
+LINK_STATES = ("ok", "quiet", "connecting", "dead")
 
 #: Content-Security-Policy of every page response: scripts and styles from this
 #: origin only, no inline script, websocket to this origin only.
@@ -253,13 +257,15 @@ def health(
 
     Returns:
         ``{"ok", "redis": {"ok", "pubsub"}, "listener": {"ok", "heartbeat_age_s",
-        "redis_ok"}, "bus": {"state", "reported_state", "links": {"ok", "quiet", "dead"}, "gaps",
+        "redis_ok"}, "bus": {"state", "reported_state", "links": {"ok", "quiet",
+        "connecting", "dead"}, "gaps",
         "last_message_at", "lag_s", "messages_total"}, "web": {"clients"}, "time"}``.
         ``ok`` is True when Redis answers, the listener's heartbeat is younger than
         ``max(3 * step_s, 15)`` seconds and the bus ``state`` (from the listener's
         ZeroMQ links, :meth:`listener.bus.Bus.health_fields`) is not ``"dead"``.  A
         ``"quiet"`` bus (links connected, no message for a while) is healthy: the
-        lag is reported, not judged.  When the heartbeat is stale, the listener's
+        lag is reported, not judged; so is a ``"connecting"`` one (no handshake yet,
+        within the first seconds of a link).  When the heartbeat is stale, the listener's
         last report says nothing about the bus now: ``state`` is ``"unknown"`` and
         the last reported one is kept as ``"reported_state"`` (``links`` and
         ``gaps`` are also from that last report).
@@ -280,7 +286,7 @@ def health(
     reported_state = meta.get("listener_bus_state") or None
     # a stopped listener's last heartbeat still says "ok": nobody watches the bus now
     bus_state = reported_state if listener_ok else "unknown"
-    links = {k: int(num(f"listener_links_{k}") or 0) for k in ("ok", "quiet", "dead")}
+    links = {k: int(num(f"listener_links_{k}") or 0) for k in LINK_STATES}
     gaps = num("listener_gaps")
     return {
         "ok": bool(redis_ok and listener_ok and bus_state != "dead"),

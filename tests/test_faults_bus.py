@@ -397,6 +397,38 @@ async def test_quiet_bus_is_not_a_dead_link(redis_url: str, extractor: Any) -> N
         pub.kill()
 
 
+async def test_never_connected_link_is_connecting_then_dead_never_ok(
+    redis_url: str, extractor: Any
+) -> None:
+    """An endpoint nobody publishes on reads "connecting" (not "ok": nothing proves
+    a publisher yet) until the grace ends, then "dead"; a publisher appearing later
+    makes it "ok" once a message arrives."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    rig = Rig(redis_url, extractor, endpoint, **FAST_LINK)
+    await rig.start()
+    pub = None
+    try:
+        seen = set()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < rig.bus.dead_after_s + 1.0:
+            seen.add(rig.bus.state(time.time()))
+            await asyncio.sleep(0.05)
+        assert seen == {"connecting", "dead"}, seen
+        h = rig.bus.health(time.time())[0]
+        assert h["state"] == "dead" and not h["connected"] and h["silent_s"] is None
+        fields = rig.bus.health_fields(time.time())
+        assert fields["listener_bus_state"] == "dead" and fields["listener_links_dead"] == 1
+        assert fields["listener_links_connecting"] == 0
+        pub = PublisherProcess(endpoint)
+        await until(lambda: rig.link.connected, 15, "connected")
+        await join(rig, lambda: pub.send(1), timeout=15)
+        assert rig.bus.state(time.time()) == "ok"
+    finally:
+        await rig.close()
+        if pub is not None:
+            pub.kill()
+
+
 async def test_burst_over_the_high_water_mark(redis_url: str, extractor: Any) -> None:
     """20,000 messages while the consumer cannot read (its loop is busy): libzmq
     drops at the high-water marks, every drop is counted as a gap, and the next

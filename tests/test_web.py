@@ -181,7 +181,7 @@ def test_health_judgement() -> None:
     assert h["bus"] == {
         "state": None,
         "reported_state": None,
-        "links": {"ok": 0, "quiet": 0, "dead": 0},
+        "links": {"ok": 0, "quiet": 0, "connecting": 0, "dead": 0},
         "gaps": None,
         "last_message_at": 40.0,
         "lag_s": 70.0,
@@ -202,6 +202,10 @@ def test_health_judgement() -> None:
     quiet = {**meta, "listener_bus_state": "quiet", "listener_links_quiet": "1"}
     h = webapi.health(quiet, 110.0, 5.0, True, True, 0)
     assert h["ok"] is True and h["bus"]["state"] == "quiet" and h["bus"]["links"]["quiet"] == 1
+    # so is one whose links are still in their first seconds (not yet a failure)
+    connecting = {**meta, "listener_bus_state": "connecting", "listener_links_connecting": "1"}
+    h = webapi.health(connecting, 110.0, 5.0, True, True, 0)
+    assert h["ok"] is True and h["bus"]["links"]["connecting"] == 1
     dead = {**meta, "listener_bus_state": "dead", "listener_links_dead": "1", "listener_gaps": "4"}
     h = webapi.health(dead, 110.0, 5.0, True, True, 0)
     assert h["ok"] is False and h["bus"]["gaps"] == 4
