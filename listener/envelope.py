@@ -30,11 +30,18 @@ REJECT_REASONS = (
     "not_object",  # body JSON is not an object
     "topic_mismatch",  # topic frame differs from the body's topic
     "bad_msg",  # msg missing, null, or not an object
+    "bad_topic",  # topic longer than MAX_TOPIC_CHARS
     "bad_timestamp",  # timestamp missing or not a finite number
     "unsigned",  # validate_signatures is on and the message carries no signature
     "bad_signature",  # signature validation failed (forged, tampered, revoked)
     "too_old",  # older than the longest window
 )
+
+#: Longest topic accepted, characters: AMQP 0-9-1's limit on a routing key (a
+#: ``shortstr``, 255 bytes), which fedora-messaging topics are.  Fedora's longest
+#: known topic has 78 (``org.centos.prod.ci.pipeline.allpackages-build...``); a
+#: longer one would become a Redis hash field and a bar on the wall for 7 days.
+MAX_TOPIC_CHARS = 255
 
 #: Largest body accepted, in bytes (fedmsg messages are a few KiB; koji's biggest
 #: are ~100 KiB).
@@ -149,6 +156,10 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
     topic = get("topic")
     if not isinstance(topic, str) or not topic:
         return Rejected("bad_msg", "topic missing or not a string", msg_id or None)
+    if len(topic) > MAX_TOPIC_CHARS:
+        return Rejected(
+            "bad_topic", f"topic of {len(topic)} characters > {MAX_TOPIC_CHARS}", msg_id or None
+        )
     msg = get("msg")
     if not isinstance(msg, dict):
         return Rejected("bad_msg", f"msg is {type(msg).__name__}", msg_id or None)

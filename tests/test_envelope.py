@@ -50,6 +50,8 @@ def test_encode_then_decode_round_trips() -> None:
         (frames({**GOOD, "msg": "a string body"}), "bad_msg"),
         (frames({k: v for k, v in GOOD.items() if k != "msg"}), "bad_msg"),
         (frames({**GOOD, "topic": 7}), "bad_msg"),
+        (frames({**GOOD, "topic": "t" * 100_000}, topic="t" * 100_000), "bad_topic"),
+        (frames({**GOOD, "topic": "t" * 256}, topic="t" * 256), "bad_topic"),
         (frames(GOOD, topic="org.fedoraproject.prod.other"), "topic_mismatch"),
         ([b"\xff\xfe", json.dumps(GOOD).encode()], "bad_utf8"),
         ([GOOD["topic"].encode(), b'{"a": "\xff"}'], "bad_utf8"),
@@ -62,6 +64,13 @@ def test_malformed_frames_are_rejected_by_reason(fs: list[bytes], reason: str) -
     res = decode_frames(fs)
     assert isinstance(res, Rejected)
     assert res.reason == reason
+
+
+def test_longest_topic_accepted() -> None:
+    """255 characters (AMQP's routing-key limit) is accepted; 256 is not (above)."""
+    topic = "org.fedoraproject.prod." + "x" * (255 - 23)
+    env = decode_frames(frames({**GOOD, "topic": topic}, topic=topic))
+    assert isinstance(env, Envelope) and len(env.topic) == 255
 
 
 def test_ten_megabyte_body_is_rejected_before_parsing() -> None:
