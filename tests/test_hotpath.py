@@ -350,6 +350,23 @@ def test_live_snapshot_equals_build_snapshot_but_for_rounding() -> None:
                     assert got[key] == want[key], key
 
 
+def test_top_users_from_the_histogram_equals_the_heap() -> None:
+    """The n-th largest count found by walking ``Counter(values)`` down is the
+    heap's: same users, same order, ties at the threshold included."""
+    from collections import Counter
+
+    from listener.livesnapshot import top_users
+
+    rng = random.Random(4)
+    for n in (1, 2, 21, 200, 5000):
+        for kind in ("zipf", "flat", "ties", "random"):
+            users = _window(rng, n, kind).users
+            hist = Counter(users.values())
+            for k in (1, 2, 5, 20, n - 1):
+                if k >= 1:
+                    assert top_users(users, k, hist) == top_users(users, k), (n, kind, k)
+
+
 async def test_consumer_windows_with_duplicates_and_old_messages_match_redis(
     redis_url: str, extractor: Any
 ) -> None:
