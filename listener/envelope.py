@@ -31,6 +31,7 @@ REJECT_REASONS = (
     "topic_mismatch",  # topic frame differs from the body's topic
     "bad_msg",  # msg missing, null, or not an object
     "bad_topic",  # topic longer than MAX_TOPIC_CHARS
+    "bad_msg_id",  # msg_id longer than MAX_MSG_ID_CHARS
     "bad_timestamp",  # timestamp missing or not a finite number
     "unsigned",  # validate_signatures is on and the message carries no signature
     "bad_signature",  # signature validation failed (forged, tampered, revoked)
@@ -42,6 +43,11 @@ REJECT_REASONS = (
 #: known topic has 78 (``org.centos.prod.ci.pipeline.allpackages-build...``); a
 #: longer one would become a Redis hash field and a bar on the wall for 7 days.
 MAX_TOPIC_CHARS = 255
+
+#: Longest msg_id accepted, characters.  fedmsg's are ``<year>-<uuid4>`` (41),
+#: fedora-messaging's a uuid (36); a longer one would be kept in the dedupe
+#: memory and Redis' msg_id sets, and sent in every blink and the ticker.
+MAX_MSG_ID_CHARS = 255
 
 #: Largest body accepted, in bytes (fedmsg messages are a few KiB; koji's biggest
 #: are ~100 KiB).
@@ -153,6 +159,11 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
     get = body.get
     raw_id = get("msg_id")
     msg_id = raw_id if isinstance(raw_id, str) else ""
+    if len(msg_id) > MAX_MSG_ID_CHARS:
+        return Rejected(
+            "bad_msg_id", f"msg_id of {len(msg_id)} characters > {MAX_MSG_ID_CHARS}",
+            msg_id[:60] + "...",
+        )
     topic = get("topic")
     if not isinstance(topic, str) or not topic:
         return Rejected("bad_msg", "topic missing or not a string", msg_id or None)

@@ -44,6 +44,12 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: Longest username kept, characters.  FAS usernames are at most 32; a longer
+#: "user" (a processor passing through a raw field, a crafted message) is dropped:
+#: it would be a Redis field for the longest window and travel in every tick and
+#: blink.  ``/api/radar?users=`` refuses longer names with the same limit.
+MAX_USERNAME_LEN = 64
+
 #: Config keys never handed to fedmsg.meta processors (they trigger network look-ups).
 _NETWORK_KEYS = ("fas_credentials", "fasjson_credentials", "fasjson")
 
@@ -308,7 +314,8 @@ def is_log_milestone(n: int) -> bool:
 
 
 def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:
-    """Drop ``None``, empty and non-string entries from a processor's result."""
+    """Drop ``None``, empty, non-string and longer than :data:`MAX_USERNAME_LEN`
+    entries from a processor's result (names are stripped first)."""
     if not raw:
         return frozenset()
     names = []
@@ -316,7 +323,7 @@ def clean_usernames(raw: Iterable[Any] | None) -> frozenset[str]:
         for u in raw:  # a plain loop: cheaper than a generator for 1-3 names
             if isinstance(u, str):
                 u = u.strip()
-                if u:
+                if u and len(u) <= MAX_USERNAME_LEN:
                     names.append(u)
     except TypeError:  # not iterable
         return frozenset()

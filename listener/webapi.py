@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, unquote
 
 import orjson
 
+from .users import MAX_USERNAME_LEN
+
 #: The page's files, by URL path -> path under the web root.  Only these are
 #: served: a request for anything else is a 404, so no path can reach outside.
 STATIC_FILES: Mapping[str, str] = {
@@ -33,9 +35,9 @@ STATIC_FILES: Mapping[str, str] = {
 #: Periods accepted by ``GET /api/diff?period=``, seconds.
 DIFF_PERIODS_S: Mapping[str, int] = {"day": 86400, "week": 604800}
 
-#: Most users accepted in ``?users=`` of ``/api/radar``; longest username.
+#: Most users accepted in ``?users=`` of ``/api/radar`` (the longest username is
+#: :data:`listener.users.MAX_USERNAME_LEN`, the same as counted).
 MAX_RADAR_USERS = 12
-MAX_USERNAME_LEN = 64
 
 #: Most history points per window in a ``snapshot`` event (evenly thinned).
 HISTORY_POINTS = 720

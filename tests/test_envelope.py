@@ -52,6 +52,8 @@ def test_encode_then_decode_round_trips() -> None:
         (frames({**GOOD, "topic": 7}), "bad_msg"),
         (frames({**GOOD, "topic": "t" * 100_000}, topic="t" * 100_000), "bad_topic"),
         (frames({**GOOD, "topic": "t" * 256}, topic="t" * 256), "bad_topic"),
+        (frames({**GOOD, "msg_id": "2024-" + "x" * 1_000_000}), "bad_msg_id"),
+        (frames({**GOOD, "msg_id": "x" * 256}), "bad_msg_id"),
         (frames(GOOD, topic="org.fedoraproject.prod.other"), "topic_mismatch"),
         ([b"\xff\xfe", json.dumps(GOOD).encode()], "bad_utf8"),
         ([GOOD["topic"].encode(), b'{"a": "\xff"}'], "bad_utf8"),
@@ -64,6 +66,13 @@ def test_malformed_frames_are_rejected_by_reason(fs: list[bytes], reason: str) -
     res = decode_frames(fs)
     assert isinstance(res, Rejected)
     assert res.reason == reason
+
+
+def test_longest_msg_id_accepted_and_a_longer_one_not_logged_whole() -> None:
+    env = decode_frames(frames({**GOOD, "msg_id": "m" * 255}))
+    assert isinstance(env, Envelope) and len(env.msg_id) == 255
+    res = decode_frames(frames({**GOOD, "msg_id": "m" * 100_000}))
+    assert isinstance(res, Rejected) and res.msg_id is not None and len(res.msg_id) < 100
 
 
 def test_longest_topic_accepted() -> None:

@@ -97,6 +97,7 @@ def test_processor_exception_is_counted(fedmsg_config: dict[str, Any]) -> None:
         ({"a", None, "", "  ", "b"}, {"a", "b"}),
         (None, set()),
         ([1, "x"], {"x"}),
+        (["u" * 64, "v" * 65, "w" * 100_000, " ralph "], {"u" * 64, "ralph"}),
     ],
 )
 def test_clean_usernames(raw: Any, expected: set[str]) -> None:
