@@ -67,6 +67,7 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
     ("blink_batch_max", 1, True),
     ("recent_len", 1, True),
     ("top_users", 1, True),
+    ("top_topics", 1, True),
     ("max_clients_per_ip", 1, True),
     ("client_queue_max", 1, True),
 )
@@ -124,6 +125,9 @@ class Config:
         blink_batch_max: most messages in one ``blink`` batch (rest counted).
         recent_len: messages kept for the page's ticker.
         top_users: users in a snapshot's ``top_users``.
+        top_topics: topics in the ``topics`` of the live events (tick, snapshot,
+            ``/api/state``), the busiest first; ``topics_total`` says how many
+            there were.  ``/api/snapshot`` and ``snapshot --json`` list them all.
         web_host / web_port: where ``fedmsg-wallboard web`` listens.
         allowed_origins: websocket Origin allow-list (empty: any).
         max_clients_per_ip: concurrent websockets per client address.
@@ -181,6 +185,7 @@ class Config:
     blink_batch_max: int = 30
     recent_len: int = 50
     top_users: int = 20
+    top_topics: int = 50
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     allowed_origins: tuple[str, ...] = ()

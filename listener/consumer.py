@@ -515,7 +515,8 @@ class Consumer:
                     for c in await self.store.read_buckets(win.bucket_s, gone, usercat=False):
                         win.remove(c)
                 snap = live_snapshot(  # build_snapshot's object, without sorting users
-                    w, now, win.totals, self.last_message_at, self.cfg.top_users
+                    w, now, win.totals, self.last_message_at, self.cfg.top_users,
+                    self.cfg.top_topics,  # every tick goes to every wall: bounded
                 )
                 warm = self.epoch_started_at is not None and (
                     now - w < self.epoch_started_at

@@ -4,7 +4,9 @@ Served identically by ``fedmsg-wallboard snapshot --json``, ``GET /api/snapshot`
 and inside the websocket ``snapshot``/``tick`` events (docs/PROTOCOL.md)::
 
     {"window_s": 3600, "end": 1504643081.0, "messages": 25, "users": 7,
-     "topics": {topic: messages}, "categories": {category: messages},
+     "topics": {topic: messages},   # the busiest first; all, or the top topics_n
+     "topics_total": 120,           # distinct topics in the window
+     "categories": {category: messages},
      "top_users": [[name, messages], ...],          # top 20, or all
      "longtail": 1.2, "longtail_normalized": 0.2, "gini": 0.3,   # null when empty
      "head": [name, messages], "tail": [name, messages],          # null when empty
@@ -72,6 +74,7 @@ def snapshot_object(
         "messages": int(counts.messages),
         "users": st.users,
         "topics": topics,
+        "topics_total": len(counts.topics),
         "categories": dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0]))),
         "top_users": top_users,
         "longtail": st.longtail,

@@ -205,7 +205,9 @@ class WebServer(HttpRoutes):
             windows = {}
             for w in self.cfg.windows_s:
                 counts = await self.store.read_window(w, now)
-                snap = build_snapshot(w, now, counts, last, self.cfg.top_users)
+                snap = build_snapshot(
+                    w, now, counts, last, self.cfg.top_users, self.cfg.top_topics
+                )
                 snap["warming_up"] = now - w < started
                 windows[str(w)] = snap
             source = "redis"
