@@ -105,7 +105,24 @@ class HttpRoutes:
     async def process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Answer HTTP requests; let websocket upgrades on ``/ws`` through (None)."""
+        """Answer HTTP requests; let websocket upgrades on ``/ws`` through (None).
+
+        ``GET`` and ``HEAD`` (the same answer without its body, RFC 9110 9.3.2);
+        any other method gets 405 with ``Allow: GET, HEAD``.
+        """
+        method = request.method
+        if method not in ("GET", "HEAD"):
+            resp = self._json_error(f"method {method[:16]} not allowed", 405)
+            resp.headers["Allow"] = "GET, HEAD"
+            return resp
+        resp = await self._answer(connection, request)
+        if method == "HEAD" and resp is not None and resp.body:
+            resp = Response(resp.status_code, resp.reason_phrase, resp.headers, b"")
+        return resp
+
+    async def _answer(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
         path, query = webapi.split_target(request.path)
         if path == "/ws":
             if "websocket" not in request.headers.get("Upgrade", "").lower():

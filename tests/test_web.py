@@ -60,11 +60,12 @@ async def feed(consumer: Consumer, examples: list[Any], n: int, now: float) -> l
 
 
 async def http(
-    port: int, target: str, headers: dict[str, str] | None = None
+    port: int, target: str, headers: dict[str, str] | None = None, method: str = "GET"
 ) -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP/1.1 GET (the target is sent byte for byte, unnormalised)."""
+    """One raw HTTP/1.1 request (the target is sent byte for byte, unnormalised).
+    For ``HEAD`` the body is what arrives before the server closes (should be none)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"GET {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
     await writer.drain()
@@ -75,7 +76,11 @@ async def http(
         if ":" in line:
             k, v = line.split(":", 1)
             hdrs[k.strip().lower()] = v.strip()
-    body = await asyncio.wait_for(reader.readexactly(int(hdrs.get("content-length", "0"))), 10 * T)
+    if method == "HEAD":
+        body = await asyncio.wait_for(reader.read(), 10 * T)  # until the server closes
+    else:
+        length = int(hdrs.get("content-length", "0"))
+        body = await asyncio.wait_for(reader.readexactly(length), 10 * T)
     writer.close()
     return int(status_line.split()[1]), hdrs, body
 
@@ -275,6 +280,20 @@ async def test_api_rejects(stack: Any, target: str, status: int) -> None:
     if status != 426:
         err = json.loads(body)
         assert err["status"] == status and err["error"]
+
+
+async def test_only_get_and_head(stack: Any) -> None:
+    """Nothing is written over HTTP: other methods get 405 (RFC 9110 15.5.6, with
+    ``Allow``); HEAD gets GET's status and headers without the body."""
+    for method in ("POST", "PUT", "DELETE", "PATCH"):
+        status, hdrs, body = await http(stack.port, "/api/state", method=method)
+        assert status == 405 and hdrs["allow"] == "GET, HEAD", method
+        assert json.loads(body)["status"] == 405
+    page = (ROOT / "web" / "vendor" / "chart.umd.min.js").read_bytes()
+    status, hdrs, body = await http(stack.port, "/vendor/chart.umd.min.js", method="HEAD")
+    assert status == 200 and int(hdrs["content-length"]) == len(page) and body == b""
+    status, hdrs, body = await http(stack.port, "/nope", method="HEAD")
+    assert status == 404 and int(hdrs["content-length"]) > 0 and body == b""
 
 
 async def test_static_files(stack: Any) -> None:
