@@ -112,9 +112,9 @@ class HttpRoutes:
         """
         method = request.method
         if method not in ("GET", "HEAD"):
-            resp = self._json_error(f"method {method[:16]} not allowed", 405)
-            resp.headers["Allow"] = "GET, HEAD"
-            return resp
+            refused = self._json_error(f"method {method[:16]} not allowed", 405)
+            refused.headers["Allow"] = "GET, HEAD"
+            return refused
         resp = await self._answer(connection, request)
         if method == "HEAD" and resp is not None and resp.body:
             resp = Response(resp.status_code, resp.reason_phrase, resp.headers, b"")
