@@ -356,7 +356,7 @@ async def backfill_after_gap(
 
 def add_parser(sub: Any) -> None:
     """Register the ``backfill`` subcommand."""
-    from .cli import add_common
+    from .cli import add_common, http_url
 
     p = sub.add_parser(
         "backfill",
@@ -365,7 +365,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)
-    p.add_argument("--datagrepper", required=True, metavar="URL",
+    p.add_argument("--datagrepper", required=True, metavar="URL", type=http_url,
                    help="datagrepper base URL, e.g. https://apps.fedoraproject.org/datagrepper")
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--since", type=float, metavar="SECONDS",

@@ -86,6 +86,17 @@ def epoch_seconds(text: str) -> float:
     return value
 
 
+def http_url(text: str) -> str:
+    """An argparse type: an ``http(s)://host...`` base URL (datagrepper), else a usage
+    error (exit 2) naming what is wrong (:func:`listener.config.http_url_problem`)."""
+    from .config import http_url_problem
+
+    problem = http_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
+
+
 def bounded(
     kind: type[int] | type[float], low: float, high: float = float("inf"),
     low_inclusive: bool = True,
@@ -181,6 +192,7 @@ def _listen_parser(sub: Any) -> None:
     p.add_argument(
         "--datagrepper",
         dest="datagrepper_url",
+        type=http_url,
         help="backfill the gap since the last counted message from this datagrepper at start",
     )
     p.add_argument(
@@ -302,14 +314,18 @@ def _run_check(args: argparse.Namespace) -> int:
 
         AmqpSettings.from_config(cfg).parameters()
     if cfg.redis_url:  # the URL's form only: check-config connects to nothing
-        from redis.connection import parse_url
+        from redis.asyncio import ConnectionPool
 
         from .errors import ConfigError
 
-        try:
-            parse_url(cfg.redis_url)  # type: ignore[no-untyped-call]
+        try:  # what listen's Store.from_url runs first: no connection is made
+            ConnectionPool.from_url(cfg.redis_url)
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {cfg.redis_url!r}: {exc}") from exc
+    if cfg.fas_cache:  # what listen loads at start (exit 78 when unreadable)
+        from .users import UserExtractor
+
+        UserExtractor.load_fas_cache(cfg.fas_cache)
     print(
         json.dumps(
             {

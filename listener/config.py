@@ -81,6 +81,23 @@ _SOCKOPT_INTS = frozenset(
 INT32_MAX = 2**31 - 1
 
 
+def http_url_problem(url: str) -> str | None:
+    """What is wrong with ``url`` as a web service's base URL (datagrepper's), or
+    None: it must be absolute ``http://`` or ``https://`` with a host."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme not in ("http", "https"):
+        return "not an http:// or https:// URL"
+    if not parts.hostname:
+        return "no host"
+    return None
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting, with its default.  Units are in the names (``_s`` seconds).
@@ -232,6 +249,10 @@ class Config:
         if not self.key_prefix or "{" in self.key_prefix or "}" in self.key_prefix:
             # keys are {prefix}:...: a Redis Cluster hash tag needs a non-empty one
             problems.append(f"key_prefix must be non-empty, without braces: {self.key_prefix!r}")
+        if self.datagrepper_url:
+            problem = http_url_problem(self.datagrepper_url)
+            if problem:
+                problems.append(f"datagrepper_url {self.datagrepper_url!r}: {problem}")
         if self.bus not in ("zmq", "amqp", "both"):
             problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

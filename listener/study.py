@@ -437,7 +437,7 @@ def render_svg(points: Sequence[WindowPoint], range_s: float, title: str | None 
 
 def add_parser(sub: Any) -> None:
     """Register the ``longtail`` subcommand."""
-    from .cli import epoch_seconds
+    from .cli import epoch_seconds, http_url
 
     p = sub.add_parser(
         "longtail",
@@ -448,7 +448,7 @@ def add_parser(sub: Any) -> None:
     src = p.add_argument_group("messages (at least one source)")
     src.add_argument("--input", action="append", default=[], metavar="FILE",
                      help="JSONL of fedmsg envelopes or datagrepper /raw JSON pages (repeatable)")
-    src.add_argument("--datagrepper", metavar="URL",
+    src.add_argument("--datagrepper", metavar="URL", type=http_url,
                      help="datagrepper base URL, e.g. https://apps.fedoraproject.org/datagrepper")
     src.add_argument("--builtin-examples", action="store_true",
                      help="the real messages shipped in fedmsg_meta_fedora_infrastructure's tests")

@@ -168,6 +168,10 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
         ('endpoints = [""]\n', "bad ZeroMQ endpoint '': expected transport://"),
         ('bus = "amqp"\namqp_url = "garbage"\n', "bad amqp_url 'garbage'"),
         ('redis_url = "http://x"\n', "bad Redis URL 'http://x'"),
+        ('redis_url = "localhost:6379"\n', "bad Redis URL 'localhost:6379'"),
+        ('datagrepper_url = "notaurl"\n', "datagrepper_url 'notaurl': not an http://"),
+        ('datagrepper_url = "https://"\n', "datagrepper_url 'https://': no host"),
+        ('datagrepper_url = "http://h:99999/"\n', "datagrepper_url 'http://h:99999/'"),
     ],
 )
 def test_check_config_refuses_what_listen_exits_78_on(
@@ -176,6 +180,24 @@ def test_check_config_refuses_what_listen_exits_78_on(
     r = run_cli("check-config", "--config", str(write(tmp_path, text)), timeout=60)
     assert r.returncode == EXIT_CONFIG, r.stderr
     assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_check_config_loads_the_fas_cache_as_listen_does(tmp_path: Path) -> None:
+    bad = tmp_path / "fas.json"
+    bad.write_text('{"bad json')
+    r = run_cli("check-config", "--config", str(write(tmp_path, f'fas_cache = "{bad}"\n')),
+                timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert f"fas cache {bad}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_datagrepper_flags_refuse_what_is_not_a_url() -> None:
+    for argv in (["backfill", "--datagrepper", "notaurl", "--since", "60"],
+                 ["longtail", "--datagrepper", "ftp://x/"],
+                 ["listen", "--datagrepper", "apps.fedoraproject.org/datagrepper"]):
+        r = run_cli(*argv, timeout=60)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert "not an http:// or https:// URL" in r.stderr, argv
 
 
 @pytest.mark.parametrize(
