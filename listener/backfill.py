@@ -77,6 +77,8 @@ class BackfillResult:
             periodic flush may write some of them first (they are then not here).
         rejected: messages the consumer rejected (invalid, too old, duplicates it
             remembered).
+        skipped: entries of datagrepper's pages that are not messages at all (not
+            a JSON object, no finite timestamp): never handed to the consumer.
         requests: HTTP requests sent to datagrepper (retries included).
         seconds: wall time, seconds.
     """
@@ -88,6 +90,7 @@ class BackfillResult:
     accepted: int = 0
     counted: int = 0
     rejected: int = 0
+    skipped: int = 0
     requests: int = 0
     seconds: float = 0.0
 
@@ -302,11 +305,13 @@ async def backfill_gap(
     finally:
         await lock.release()
         result.requests = client.stats.requests
+        result.skipped = client.stats.bad
         if own_client:
             client.close()
         result.seconds = time.monotonic() - t0
-    log.info("backfill %s: %d fetched, %d accepted, %d new in %.1f s", result.status,
-             result.fetched, result.accepted, result.counted, result.seconds)
+    log.info("backfill %s: %d fetched, %d accepted, %d rejected, %d new, %d skipped "
+             "(not messages) in %.1f s", result.status, result.fetched, result.accepted,
+             result.rejected, result.counted, result.skipped, result.seconds)
     return result
 
 
@@ -430,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
         print("backfill: no gap to fill")
     else:
         print(f"backfill {result.status}: {result.fetched} fetched, {result.accepted} accepted, "
-              f"{result.counted} new, {result.requests} requests in {result.seconds:.1f} s")
+              f"{result.rejected} rejected, {result.counted} new, {result.skipped} skipped "
+              f"(not messages), {result.requests} requests in {result.seconds:.1f} s")
     if result is not None and result.status == "busy":
         return 1
     return 0

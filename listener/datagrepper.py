@@ -49,7 +49,7 @@ from typing import Any, TextIO
 import requests
 
 from .errors import InputError, TransientError
-from .users import UserExtractor, clean_usernames
+from .users import UserExtractor, clean_usernames, is_log_milestone
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,11 @@ def raw_url(base_url: str) -> str:
     return url if url.endswith("/raw") else url + "/raw"
 
 
-def message_timestamp(msg: Mapping[str, Any]) -> float | None:
-    """A message's ``timestamp`` as float UNIX seconds, or None if missing/invalid."""
+def message_timestamp(msg: Any) -> float | None:
+    """A message's ``timestamp`` as float UNIX seconds, or None if missing/invalid
+    (or ``msg`` is not an object: a page entry such as ``5`` or ``null``)."""
+    if not isinstance(msg, Mapping):
+        return None
     ts = msg.get("timestamp")
     if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
         return None
@@ -354,6 +357,14 @@ class DatagrepperClient:
                 delay = min(self.max_backoff_s, delay * 2)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _skip(self, what: str) -> None:
+        """Count an entry of a page that is not a message (``stats.bad``); its 1st,
+        10th, 100th... logged at WARNING, the rest at DEBUG."""
+        self.stats.add(bad=1)
+        n = self.stats.bad
+        log.log(logging.WARNING if is_log_milestone(n) else logging.DEBUG,
+                "datagrepper: skipped %s; %d skipped so far", what, n)
+
     # -- one range, keyset paging -------------------------------------------
 
     def _pages(
@@ -432,13 +443,11 @@ class DatagrepperClient:
                 fresh = 0
                 for msg in batch:
                     if not isinstance(msg, dict):
-                        self.stats.add(bad=1)
+                        self._skip(f"an entry that is not an object: {str(msg)[:60]!r}")
                         continue
                     ts = message_timestamp(msg)
                     if ts is None:
-                        self.stats.add(bad=1)
-                        log.warning("datagrepper: msg_id=%s has no valid timestamp",
-                                    msg.get("msg_id"))
+                        self._skip(f"msg_id={msg.get('msg_id')!s:.80} has no valid timestamp")
                         continue
                     if not start <= ts <= end:
                         self.stats.add(out_of_range=1)

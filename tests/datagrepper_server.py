@@ -67,6 +67,9 @@ class FakeDatagrepper:
         self.slow_s = 5.0
         self.slow_span_s: float | None = None
         self.on_request: Callable[[FakeDatagrepper, dict[str, Any]], None] | None = None
+        #: entries that are not messages, added to the end of every page 1 (a
+        #: broken datagrepper or proxy): the client must count them, not crash
+        self.junk: list[Any] = []
         self._closing = threading.Event()
         self.add(messages)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -155,6 +158,8 @@ class FakeDatagrepper:
         total = len(keyed)
         pages = int(math.ceil(total / float(rows))) if rows > 0 else 1
         chosen = [r[2] for r in keyed[rows * (page - 1) : rows * page]] if rows > 0 else []
+        if page == 1:
+            chosen = chosen + list(self.junk)
         return 200, {
             "raw_messages": chosen,
             "total": total,

@@ -91,6 +91,24 @@ async def test_backfill_fills_the_counters_once(redis_url: str, extractor: Any, 
     await consumer.store.close()
 
 
+async def test_entries_that_are_not_messages_are_counted_as_skipped(
+    redis_url: str, extractor: Any, prefix: str, gap_msgs: list[Any], now: float
+) -> None:
+    """``5``, ``null`` and an object without a timestamp in datagrepper's pages are
+    skipped and counted (``skipped``), never silently dropped; the messages count."""
+    consumer = make_consumer(redis_url, extractor, prefix)
+    await consumer.warm_up()
+    with FakeDatagrepper(gap_msgs) as srv:
+        srv.junk = [5, None, {"msg": "a string", "msg_id": "no-ts"}]
+        res = await backfill_gap(consumer, srv.url, 4 * HOUR, now, client=fast_client(srv.url),
+                                 batch_size=100)
+    assert res.status == "done"
+    assert res.fetched == res.accepted == res.counted == len(gap_msgs)
+    assert res.skipped >= 3 and res.skipped % 3 == 0  # 3 per page 1 asked for
+    assert (await consumer.store.read_window(86400, now)).messages == len(gap_msgs)
+    await consumer.store.close()
+
+
 async def test_deduplicated_against_live_messages(redis_url: str, extractor: Any, prefix: str,
                                                   gap_msgs: list[Any], now: float) -> None:
     live = make_consumer(redis_url, extractor, prefix)
