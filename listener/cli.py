@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +85,18 @@ def epoch_seconds(text: str) -> float:
     if not 0 <= value < 95_617_584_000:  # also rejects nan and inf
         raise argparse.ArgumentTypeError(f"not a UNIX time in seconds: {text}")
     return value
+
+
+#: C0 and C1 control characters: what a terminal would interpret.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print to a terminal: control characters (an escape
+    sequence, a newline in a topic or username from the bus) are shown as
+    ``\\xNN`` instead of being interpreted.  For the text output of ``snapshot``,
+    ``radar`` and ``diff``; ``--json`` escapes them already."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def http_url(text: str) -> str:
@@ -281,10 +294,10 @@ def _run_snapshot(args: argparse.Namespace) -> int:
     )
     print("top topics:")
     for topic, n in list(snap["topics"].items())[:15]:
-        print(f"  {n:8d}  {topic}")
+        print(f"  {n:8d}  {printable(topic)}")
     print("top users:")
     for name, n in snap["top_users"]:
-        print(f"  {n:8d}  {name}")
+        print(f"  {n:8d}  {printable(name)}")
     return EXIT_OK
 
 

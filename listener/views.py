@@ -413,23 +413,26 @@ def run_radar(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     # one row per category (the radar's axes), one column per user
+    from .cli import printable
+
     totals = category_totals(counts)
     names = list(result["users"])
+    shown = {n: printable(n) for n in names}
     print(f"radar: window {result['window_s']} s ending {_fmt_time(end)} UTC")
     print("share(u, c) = count(u, c) / count(all users, c), in percent")
     if not result["categories"]:
         print("(no message in this window)")
         return 0
-    width = max(8, *(len(c) for c in result["categories"]))
-    cols = [max(7, len(n)) for n in names]
+    width = max(8, *(len(printable(c)) for c in result["categories"]))
+    cols = [max(7, len(shown[n])) for n in names]
     print(
         f"{'category':<{width}} {'all users':>9}"
-        + "".join(f" {n:>{w}}" for n, w in zip(names, cols, strict=True))
+        + "".join(f" {shown[n]:>{w}}" for n, w in zip(names, cols, strict=True))
     )
     for i, c in enumerate(result["categories"]):
         shares = [result["users"][n][i] for n in names]
         print(
-            f"{c:<{width}} {totals[c]:>9}"
+            f"{printable(c):<{width}} {totals[c]:>9}"
             + "".join(f" {100 * s:>{w - 1}.1f}%" for s, w in zip(shares, cols, strict=True))
         )
     return 0
@@ -471,12 +474,14 @@ def run_diff(args: argparse.Namespace) -> int:
     if not result["rows"]:
         print("(no messages in either period)")
         return 0
+    from .cli import printable
+
     print(f"  {'':1} {'current':>9} {'previous':>9} {'delta':>8} {'pct':>8}  {args.by}")
     for r in result["rows"]:
         mark = UP if r["delta"] > 0 else DOWN if r["delta"] < 0 else SAME
         pct = "new" if r["pct"] is None else f"{r['pct']:+.1f}%"
         print(
             f"  {mark} {r['current']:>9} {r['previous']:>9} {r['delta']:>+8} {pct:>8}"
-            f"  {r[args.by]}"
+            f"  {printable(r[args.by])}"
         )
     return 0

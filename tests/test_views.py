@@ -352,3 +352,28 @@ def test_cli_bad_input_gives_clear_errors(redis_url: str, prefix: str) -> None:
     res = run_cli("diff", "--period", "fortnightly", *common, timeout=60)
     assert res.returncode == 2
     assert "period must be day, week or seconds" in res.stderr
+
+
+async def test_text_output_shows_control_characters_escaped(
+    redis_url: str, prefix: str, store: Store
+) -> None:
+    """A topic or username from the bus with an escape sequence or a newline is
+    printed as ``\\x1b``/``\\x0a`` by ``snapshot``, ``radar`` and ``diff``: a
+    terminal must not run it (``--json`` escapes it already)."""
+    topic = "org.fedoraproject.prod.ansi\x1b[2J\x1b[31mRED.x"
+    user = "ev|il\nuser\x1b[31m"
+    now = int(time.time())
+    await store.flush([Counted(f"hostile-{k}", now - 60 * k, topic, "ansi\x1b[2J", (user,))
+                       for k in range(3)])
+    common = ["--redis-url", redis_url, "--key-prefix", prefix]
+    outs = [
+        run_cli("snapshot", "--window", "3600", *common, timeout=60),
+        run_cli("radar", "--window", "3600", "--users", user, *common, timeout=60),
+        run_cli("diff", "--period", "day", *common, timeout=60),
+    ]
+    for res in outs:
+        assert res.returncode == 0, res.stderr
+        assert "\x1b" not in res.stdout and "ev|il\nuser" not in res.stdout, res.stdout
+    assert "ansi\\x1b[2J\\x1b[31mRED" in outs[0].stdout
+    assert "ev|il\\x0auser\\x1b[31m" in outs[0].stdout and "ev|il\\x0auser" in outs[1].stdout
+    assert "ansi\\x1b[2J\\x1b[31mRED" in outs[2].stdout
