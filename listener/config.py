@@ -40,10 +40,12 @@ def default_state_dir() -> str:
 #: ``(field, lowest value, whether the lowest is allowed)`` checked at start-up; a
 #: float field must also be finite (TOML has ``nan`` and ``inf``).  0 is allowed
 #: where it means "off" (``hwm``: unlimited; ``heartbeat_ivl_s``; ``metrics_port``).
+#: The periodic tasks have a floor: ``step_s = 1e-9`` kept an idle listener at
+#: 100 % of a core (a step costs a few ms at 10,000 users, docs/BENCHMARKS.md).
 _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
-    ("step_s", 0, False),
-    ("flush_interval_s", 0, False),
-    ("blink_interval_s", 0, False),
+    ("step_s", 0.1, True),
+    ("flush_interval_s", 0.01, True),
+    ("blink_interval_s", 0.01, True),
     ("silence_s", 0, False),
     ("redis_timeout_s", 0, False),
     ("ping_interval_s", 0, False),

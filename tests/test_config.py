@@ -64,7 +64,11 @@ BAD_VALUES = [
     ('log_level = "LOUD"\n', "log_level 'LOUD' is not DEBUG, INFO, WARNING, ERROR or CRITICAL"),
     ("step_s = nan\n", "step_s must be a finite number, not nan"),
     ("flush_interval_s = inf\n", "flush_interval_s must be a finite number, not inf"),
-    ("blink_interval_s = 0\n", "blink_interval_s must be > 0"),
+    ("blink_interval_s = 0\n", "blink_interval_s must be >= 0.01"),
+    # a floor for the periodic tasks: 1e-9 kept an idle listener at 100 % CPU
+    ("step_s = 1e-9\n", "step_s must be >= 0.1"),
+    ("flush_interval_s = 0.001\n", "flush_interval_s must be >= 0.01"),
+    ("blink_interval_s = 1e-9\n", "blink_interval_s must be >= 0.01"),
     ("metrics_port = 70000\n", "metrics_port out of range (0-65535)"),
     ("hwm = -1\n", "hwm must be >= 0"),
     ("top_users = -3\n", "top_users must be >= 1"),
