@@ -57,13 +57,13 @@ COMMAND_MODULES = (
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr; no timestamps under journald (``$JOURNAL_STREAM`` set), and
-    ``<N>`` priority prefixes when stderr is that journal stream."""
+    """Log to stderr: ``<N>`` priority prefixes and no timestamp (journald adds
+    its own) when stderr is the journal stream (``$JOURNAL_STREAM`` names it,
+    systemd.exec(5)), else with timestamps: a ``$JOURNAL_STREAM`` inherited by a
+    process whose stderr went elsewhere (a pipe, a file) keeps them."""
     from .systemd import journal_handler, stderr_is_journal
 
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     if stderr_is_journal():  # "<N>" priority prefixes for journald
         logging.basicConfig(level=level.upper(), handlers=[journal_handler()], force=True)
     else:

@@ -802,3 +802,15 @@ def test_second_listener_on_one_prefix_waits_for_the_first_then_takes_over(
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
+
+
+def test_an_inherited_journal_stream_that_is_not_stderr_keeps_timestamps(tmp_path: Path) -> None:
+    """``$JOURNAL_STREAM`` naming another file (inherited by a process whose stderr
+    is a pipe) is not the journal: lines keep their timestamp and get no ``<N>``."""
+    import re
+
+    r = run_cli("check-config", "--config", str(tmp_path / "missing.toml"),
+                env={"JOURNAL_STREAM": "1:1"}, timeout=60)
+    assert r.returncode == 78
+    line = r.stderr.strip().splitlines()[-1]
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ERROR listener\.cli: ", line), line
