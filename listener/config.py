@@ -83,6 +83,23 @@ _SOCKOPT_INTS = frozenset(
 INT32_MAX = 2**31 - 1
 
 
+def origin_problem(origin: str) -> str | None:
+    """What is wrong with ``origin`` as a browser ``Origin`` (RFC 6454:
+    ``scheme://host[:port]``, nothing after; what the page's browser sends and the
+    websocket server compares byte for byte), or None."""
+    from urllib.parse import urlsplit
+
+    problem = http_url_problem(origin)
+    if problem:
+        return problem
+    parts = urlsplit(origin)
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        return "an origin is scheme://host[:port] with nothing after (no path, no /)"
+    if origin != origin.lower():
+        return "browsers send origins in lower case"
+    return None
+
+
 def http_url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as a web service's base URL (datagrepper's), or
     None: it must be absolute ``http://`` or ``https://`` with a host."""
@@ -251,6 +268,10 @@ class Config:
         if not self.key_prefix or "{" in self.key_prefix or "}" in self.key_prefix:
             # keys are {prefix}:...: a Redis Cluster hash tag needs a non-empty one
             problems.append(f"key_prefix must be non-empty, without braces: {self.key_prefix!r}")
+        for origin in self.allowed_origins:
+            problem = origin_problem(origin)
+            if problem:
+                problems.append(f"allowed_origins {origin!r}: {problem}")
         if self.datagrepper_url:
             problem = http_url_problem(self.datagrepper_url)
             if problem:

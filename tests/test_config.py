@@ -80,6 +80,9 @@ BAD_VALUES = [
     ("windows_s = [3600.0, 86400]\n", "windows_s must be a list of whole seconds, got 3600.0"),
     ("endpoints = [1, 2]\n", "endpoints must be a list of strings, got 1"),
     ("allowed_origins = [1]\n", "allowed_origins must be a list of strings, got 1"),
+    # an origin the browser can never send refused every websocket with 403
+    ('allowed_origins = ["not an origin"]\n', "allowed_origins 'not an origin': not an http"),
+    ('allowed_origins = ["https://wall.example.org/"]\n', "with nothing after (no path"),
     ("amqp_bindings = [[1]]\n", "amqp_bindings must be a list of strings, got [1]"),
     # libzmq takes these as a C int: an overflow crashed listen (rc 1)
     ("hwm = 9999999999999\n", "hwm must be <= 2147483647"),
