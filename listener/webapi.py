@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http
 import mimetypes
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,15 @@ def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
     return unquote(path) or "/", parse_qs(query, keep_blank_values=True)
 
 
+#: A plain decimal number: digits, an optional fraction and exponent (ASCII only).
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def _ascii_digits(text: str) -> bool:
+    """``str.isdigit`` accepts "٣" and "²"; parameters are ASCII digits only."""
+    return text.isascii() and text.isdigit()
+
+
 def _one(query: Mapping[str, Sequence[str]], name: str) -> str | None:
     values = query.get(name)
     if not values:
@@ -137,7 +147,7 @@ def parse_window(query: Mapping[str, Sequence[str]], default_s: int, max_s: int)
     raw = _one(query, "window")
     if raw is None or raw == "":
         return default_s
-    if not raw.isdigit() or len(raw) > 9:
+    if not _ascii_digits(raw) or len(raw) > 9:
         raise ApiError(f"window must be a positive integer of seconds, got {raw[:40]!r}")
     value = int(raw)
     if value <= 0:
@@ -156,10 +166,9 @@ def parse_end(query: Mapping[str, Sequence[str]], now: float) -> float:
     raw = _one(query, "end")
     if raw is None or raw == "":
         return now
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ApiError(f"end must be UNIX seconds, got {raw[:40]!r}") from None
+    if not _DECIMAL.fullmatch(raw):  # float() also takes "1_000", "٣", " 1", "nan"
+        raise ApiError(f"end must be UNIX seconds, got {raw[:40]!r}")
+    value = float(raw)
     if not 0 <= value <= now + 86400:
         raise ApiError("end must be UNIX seconds between 0 and tomorrow")
     return value
@@ -179,6 +188,8 @@ def parse_users(query: Mapping[str, Sequence[str]]) -> list[str]:
             continue
         if len(name) > MAX_USERNAME_LEN:
             raise ApiError(f"username longer than {MAX_USERNAME_LEN} characters")
+        if not name.isprintable():
+            raise ApiError("a username with a control character")
         users.append(name)
     if len(users) > MAX_RADAR_USERS:
         raise ApiError(f"at most {MAX_RADAR_USERS} users")
@@ -194,9 +205,21 @@ def parse_top(query: Mapping[str, Sequence[str]], default: int, maximum: int = 5
     raw = _one(query, "top")
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not _ascii_digits(raw) or len(raw) > 9 or not 1 <= int(raw) <= maximum:
         raise ApiError(f"top must be an integer from 1 to {maximum}")
     return int(raw)
+
+
+def parse_by(query: Mapping[str, Sequence[str]]) -> str:
+    """``by=topic|category`` (what ``/api/diff`` compares); ``topic`` when absent.
+
+    Raises:
+        ApiError: another value (400).
+    """
+    raw = _one(query, "by") or "topic"
+    if raw not in ("topic", "category"):
+        raise ApiError("by must be topic or category")
+    return raw
 
 
 def parse_period(query: Mapping[str, Sequence[str]]) -> int:

@@ -215,10 +215,11 @@ class HttpRoutes:
 
     async def _api_diff(self, query: dict[str, list[str]]) -> Response:
         period_s = webapi.parse_period(query)
+        by = webapi.parse_by(query)
         end = webapi.parse_end(query, self.clock())
         views = self._views()
         try:
-            result = await views.diff(self.store, period_s, end)
+            result = await views.diff(self.store, period_s, end, by)
         except ValueError as exc:
             raise webapi.ApiError(str(exc)) from exc
         return self._json(result)

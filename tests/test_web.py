@@ -137,7 +137,8 @@ def test_parse_window_ok(query: dict[str, list[str]], expected: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["abc", "0", "-5", "1.5", "1e3", "99999999999", str(15 * 86400), " 60"]
+    "raw", ["abc", "0", "-5", "1.5", "1e3", "99999999999", str(15 * 86400), " 60",
+            "\u0663\u0666\u0660\u0660", "3_600", "\u00b2"],  # Arabic-Indic 3600, superscript 2
 )
 def test_parse_window_rejects(raw: str) -> None:
     with pytest.raises(webapi.ApiError) as exc:
@@ -161,9 +162,21 @@ def test_parse_users_period_top_end() -> None:
         webapi.parse_top({"top": ["0"]}, 5, 12)
     assert webapi.parse_end({}, 100.0) == 100.0
     assert webapi.parse_end({"end": ["50.5"]}, 100.0) == 50.5
-    for bad in ("x", "nan", "-1", str(100 + 2 * 86400)):
+    assert webapi.parse_end({"end": ["5e1"]}, 100.0) == 50.0
+    for bad in ("x", "nan", "-1", str(100 + 2 * 86400), "1_0", "\u0663", " 5", "inf", "0x10"):
         with pytest.raises(webapi.ApiError):
             webapi.parse_end({"end": [bad]}, 100.0)
+    for bad in ("\u0663", "1_0", "99999999999999999999"):
+        with pytest.raises(webapi.ApiError):
+            webapi.parse_top({"top": [bad]}, 5, 12)
+    with pytest.raises(webapi.ApiError):
+        webapi.parse_users({"users": ["\x00"]})
+    with pytest.raises(webapi.ApiError):
+        webapi.parse_users({"users": ["ok,new\nline"]})
+    assert webapi.parse_by({}) == "topic"
+    assert webapi.parse_by({"by": ["category"]}) == "category"
+    with pytest.raises(webapi.ApiError):
+        webapi.parse_by({"by": ["user"]})
 
 
 @pytest.mark.parametrize(
@@ -344,6 +357,11 @@ async def test_radar_and_diff_api_call_views(stack: Any, examples: list[Any]) ->
     assert status == 200
     got = json.loads(body)
     assert got == await views.diff(stack.store, 86400, end)
+    assert sum(r["current"] for r in got["rows"]) == 300
+    status, _, body = await http(stack.port, f"/api/diff?period=day&by=category&end={end}")
+    assert status == 200
+    got = json.loads(body)
+    assert got["by"] == "category" and got == await views.diff(stack.store, 86400, end, "category")
     assert sum(r["current"] for r in got["rows"]) == 300
 
 
