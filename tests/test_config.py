@@ -590,3 +590,22 @@ def test_log_level_before_or_after_the_command(argv: list[str], expected: str | 
     from listener.cli import build_parser
 
     assert build_parser().parse_args(argv).log_level == expected
+
+
+def test_start_up_errors_name_what_is_wrong(redis_url: str, tmp_path: Path) -> None:
+    """A bind host that does not resolve and a state dir that is a file are config
+    errors (78: a restart cannot fix them), named; a Redis that does not answer is
+    announced before the wait, not only after it."""
+    r = run_cli("web", "--redis-url", redis_url, "--host", "no.such.host.invalid",
+                "--port", str(free_port()), timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert "web host 'no.such.host.invalid'" in r.stderr
+    a_file = tmp_path / "somefile"
+    a_file.write_text("")
+    r = run_cli("snapshot", "--state-dir", str(a_file), timeout=60)
+    assert r.returncode == EXIT_CONFIG, r.stderr
+    assert f"state dir {a_file}: File exists" in r.stderr
+    r = run_cli("snapshot", "--redis-url", f"redis://127.0.0.1:{free_port()}/0", timeout=60)
+    assert r.returncode == 69
+    lines = r.stderr.strip().splitlines()
+    assert "waiting up to 10 s for Redis" in lines[0] and "not reachable" in lines[-1]
