@@ -17,8 +17,9 @@ overlapping backfills count each message once.
 * In the listener: :func:`backfill_after_gap` with the listener's own consumer
   (its live windows then include the backfilled counts at the next step).
 
-Exit codes of the command: 0 done (or nothing to do), 1 another backfill holds
-the lock, 2 usage error, 69 datagrepper or Redis unavailable, 78 bad config.
+Exit codes of the command: 0 done (or nothing to do), 75 (``EX_TEMPFAIL``)
+another backfill holds the lock (try later), 2 usage error, 69 datagrepper or
+Redis unavailable, 78 bad config; 1 is a crash, as for every command.
 """
 
 from __future__ import annotations
@@ -438,5 +439,5 @@ def run(args: argparse.Namespace) -> int:
               f"{result.rejected} rejected, {result.counted} new, {result.skipped} skipped "
               f"(not messages), {result.requests} requests in {result.seconds:.1f} s")
     if result is not None and result.status == "busy":
-        return 1
+        return 75  # EX_TEMPFAIL: 1 is a crash for every command (docs/CONFIG.md)
     return 0

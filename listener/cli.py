@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         type=log_level,
-        help="DEBUG, INFO, WARNING, ERROR (default: $FEDMSG_WALLBOARD_LOG_LEVEL, else the "
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL, any case (default: "
+        "$FEDMSG_WALLBOARD_LOG_LEVEL, else the "
         "config's log_level, else INFO)",
     )
     # not ``required``: argparse would then report a missing COMMAND before an
@@ -388,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         if not any("--log-level" in a.option_strings for a in command._actions):
             command.add_argument(
                 "--log-level", type=log_level, default=argparse.SUPPRESS,
-                help="as before the command: DEBUG, INFO, WARNING, ERROR",
+                help="as before the command: DEBUG, INFO, WARNING, ERROR or CRITICAL",
             )
     return parser
 

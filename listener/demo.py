@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     busy = _busy_ports(args)
     if busy:
         print(f"{' and '.join(busy)} already in use (another demo?): stop it, or choose "
-              "others with --port and --bus", file=sys.stderr)
+              "others with --port and --bus (make run DEMO_PORT=... DEMO_BUS=...)",
+              file=sys.stderr)
         return 75
     os.environ.setdefault("FEDMSG_CONFIG", str(Path(__file__).resolve().parent.parent / "fedmsg.d"))
     handle, url = open_embedded(str(base / "redis"))

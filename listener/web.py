@@ -1,4 +1,4 @@
-"""``fedmsg-wallboard web``: the wall page, its websocket and a small HTTP API.  I/O.
+"""``fedmsg-wallboard web``: the wall page, its websocket and a small HTTP API.
 
 One port (websockets' asyncio server; HTTP answered in ``process_request``):
 
@@ -9,8 +9,8 @@ One port (websockets' asyncio server; HTTP answered in ``process_request``):
 ``GET /api/snapshot?window=S``  the same JSON as ``fedmsg-wallboard snapshot
                                 --window S --json`` (optional ``end=``)
 ``GET /api/state``              the ``snapshot`` event a new websocket gets
-``GET /api/radar?window=S&users=a,b``  per-user category shares (issue 5)
-``GET /api/diff?period=day|week``      topic risers and fallers (issue 5)
+``GET /api/radar?window=S&users=a,b``  per-user category shares
+``GET /api/diff?period=day|week``      topic (``by=category``) risers and fallers
 ``GET /healthz``                Redis, listener and bus status (200 or 503)
 ``GET /metrics``                Prometheus metrics of this web process
 ==============================  =================================================

@@ -236,3 +236,18 @@ def test_cli(redis_url: str, prefix: str, gap_msgs: list[Any]) -> None:
                    "--timeout", "1", "--retries", "0")
     assert down.returncode == 69, down.stderr
     assert run_cli("backfill", *common, "--datagrepper", srv.url, "--since", "-5").returncode == 2
+    # another backfill holds the lock: 75 (EX_TEMPFAIL, try later), not 1 (a crash)
+    import redis as redis_sync
+
+    from listener.store import Store
+
+    r = redis_sync.Redis.from_url(redis_url)
+    key = Store.from_url(redis_url, prefix=prefix).key(LOCK_NAME)
+    r.set(key, "someone-else", ex=60)
+    try:
+        busy = run_cli("backfill", *common, "--datagrepper", nobody, "--since", "60")
+        assert busy.returncode == 75, busy.stderr
+        assert "backfill busy: 0 fetched" in busy.stdout
+    finally:
+        r.delete(key)
+        r.close()
