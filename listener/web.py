@@ -161,7 +161,6 @@ class WebServer(HttpRoutes):
         except OSError as exc:  # "[Errno 98] Address already in use" names no port
             raise OSError(exc.errno, f"web {host}:{port}: {exc.strerror or exc}") from exc
         self._tasks = [
-
             asyncio.create_task(self._subscribe_loop(), name="web-pubsub"),
             asyncio.create_task(self._status_loop(), name="web-status"),
         ]
