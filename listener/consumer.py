@@ -85,6 +85,22 @@ class Stats:
     heap_trims: int = 0
 
 
+def _observe_rejected(hook: Callable[[Envelope], None], body: dict[str, Any]) -> None:
+    """Show the ``on_envelope`` hook the sequence fields of a message that arrived
+    but was rejected (its topic, msg_id or timestamp unusable): its publisher's
+    ``i`` moved on, and a message rejected here is counted as rejected, not also as
+    a gap.  Only ``i``, ``username``, ``msg_id`` and ``body`` are real."""
+    seq, user, raw_id = body.get("i"), body.get("username"), body.get("msg_id")
+    if type(seq) is not int or seq < 1:
+        return
+    hook(
+        Envelope(
+            "", raw_id if isinstance(raw_id, str) else "", 0.0, seq,
+            user if isinstance(user, str) else None, {}, body,
+        )
+    )
+
+
 class Consumer:
     """Counts fedmsg messages into Redis and keeps the sliding windows.
 
@@ -169,6 +185,8 @@ class Consumer:
             env = Rejected("bad_json", f"{type(exc).__name__}: {exc}"[:120])
         if isinstance(env, Rejected):
             self._reject(env)
+            if env.body is not None and self.on_envelope is not None:
+                _observe_rejected(self.on_envelope, env.body)
             return False
         if self.on_envelope is not None:
             self.on_envelope(env)

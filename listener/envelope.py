@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
@@ -98,11 +98,15 @@ class Rejected:
         reason: one of :data:`REJECT_REASONS`.
         detail: a short human explanation (never the whole body).
         msg_id: the message's id when it could be read, else ``None``.
+        body: the decoded body when it was a JSON object (the bus still follows its
+            publisher's sequence number ``i``: a message that arrived and was
+            rejected is not a gap); ``None`` otherwise.  Left out of ``repr``.
     """
 
     reason: str
     detail: str
     msg_id: str | None = None
+    body: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
 
 def decode_frames(
@@ -139,7 +143,8 @@ def decode_frames(
         return result
     if result.topic != topic:
         return Rejected(
-            "topic_mismatch", f"frame topic {topic[:80]!r} != body topic", result.msg_id
+            "topic_mismatch", f"frame topic {topic[:80]!r} != body topic", result.msg_id,
+            result.body,
         )
     return result
 
@@ -162,25 +167,28 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
     if len(msg_id) > MAX_MSG_ID_CHARS:
         return Rejected(
             "bad_msg_id", f"msg_id of {len(msg_id)} characters > {MAX_MSG_ID_CHARS}",
-            msg_id[:60] + "...",
+            msg_id[:60] + "...", body,
         )
     topic = get("topic")
     if not isinstance(topic, str) or not topic:
-        return Rejected("bad_msg", "topic missing or not a string", msg_id or None)
+        return Rejected("bad_msg", "topic missing or not a string", msg_id or None, body)
     if len(topic) > MAX_TOPIC_CHARS:
         return Rejected(
-            "bad_topic", f"topic of {len(topic)} characters > {MAX_TOPIC_CHARS}", msg_id or None
+            "bad_topic", f"topic of {len(topic)} characters > {MAX_TOPIC_CHARS}",
+            msg_id or None, body,
         )
     msg = get("msg")
     if not isinstance(msg, dict):
-        return Rejected("bad_msg", f"msg is {type(msg).__name__}", msg_id or None)
+        return Rejected("bad_msg", f"msg is {type(msg).__name__}", msg_id or None, body)
     ts = get("timestamp")
     # exact types first (what JSON gives); bool is an int but never a timestamp
     if type(ts) is float:
         if not math.isfinite(ts):
-            return Rejected("bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None)
+            return Rejected(
+                "bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None, body
+            )
     elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not math.isfinite(ts):
-        return Rejected("bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None)
+        return Rejected("bad_timestamp", f"timestamp is {ts!r}"[:80], msg_id or None, body)
     seq = get("i")
     i = seq if type(seq) is int else 0
     user = get("username")

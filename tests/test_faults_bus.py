@@ -310,6 +310,38 @@ async def test_jump_is_a_gap_and_restart_is_not(redis_url: str, extractor: Any) 
         ctx.destroy(linger=0)
 
 
+async def test_rejected_messages_are_not_gaps(redis_url: str, extractor: Any) -> None:
+    """A message that arrives but is rejected (topic too long, msg_id too long, no
+    timestamp, msg not an object) still moves its publisher's sequence on: counted
+    as rejected, not also as missing (received = counted + rejected, gaps 0)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    ctx: zmq.Context[Any] = zmq.Context()
+    pub = Sender(ctx, endpoint)
+    rig = Rig(redis_url, extractor, endpoint, **FAST_LINK)
+    await rig.start()
+    try:
+        await join(rig, pub.send)
+        await asyncio.sleep(0.3)  # a second joining message still in flight lands first
+        base, accepted = rig.consumer.stats.received, rig.consumer.stats.accepted
+        pub.send(3)
+        bad = [{"topic": "org.fedoraproject.prod." + "t" * 300}, {"msg_id": "m" * 10_000},
+               {"timestamp": None}, {"msg": "a string"}]
+        for change in bad:
+            frames = pub.frames()
+            body = {**json.loads(frames[1]), **change}
+            pub.sock.send_multipart(encode_frames(body))
+        pub.send(3)
+        await until(lambda: rig.consumer.stats.received == base + 10, 10, "10 messages")
+        rejected = dict(rig.consumer.stats.rejected)
+        assert rejected == {"bad_topic": 1, "bad_msg_id": 1, "bad_timestamp": 1, "bad_msg": 1}
+        assert rig.consumer.stats.gaps == 0 and rig.link.gaps == 0
+        assert rig.consumer.stats.accepted == accepted + 6
+    finally:
+        await rig.close()
+        pub.close()
+        ctx.destroy(linger=0)
+
+
 async def test_blackholed_link_is_detected_recreated_and_resumes(
     redis_url: str, extractor: Any
 ) -> None:
