@@ -327,12 +327,11 @@ def _run_check(args: argparse.Namespace) -> int:
 
         AmqpSettings.from_config(cfg).parameters()
     if cfg.redis_url:  # the URL's form only: check-config connects to nothing
-        from redis.asyncio import ConnectionPool
-
         from .errors import ConfigError
+        from .store import check_redis_url
 
         try:  # what listen's Store.from_url runs first: no connection is made
-            ConnectionPool.from_url(cfg.redis_url)
+            check_redis_url(cfg.redis_url)
         except ValueError as exc:
             raise ConfigError(f"bad Redis URL {cfg.redis_url!r}: {exc}") from exc
     if cfg.fas_cache:  # what listen loads at start (exit 78 when unreadable)

@@ -112,6 +112,8 @@ def http_url_problem(url: str) -> str | None:
         return str(exc)
     if parts.scheme not in ("http", "https"):
         return "not an http:// or https:// URL"
+    if any(c.isspace() for c in url):
+        return "a URL has no whitespace"
     if not parts.hostname:
         return "no host"
     return None

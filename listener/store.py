@@ -347,6 +347,29 @@ def _is_config_reply(exc: BaseException) -> bool:
     return any(r in text for r in _CONFIG_REPLIES)
 
 
+def check_redis_url(url: str) -> None:
+    """Check a Redis URL the way redis-py reads it, without connecting.
+
+    Raises:
+        ValueError: not a ``redis://``, ``rediss://`` or ``unix://`` URL (redis-py's
+            own message), a database path that is not a number (redis-py would use
+            database 0 in silence: ``redis://h/abc``), or a ``unix://`` URL with no
+            socket path.
+    """
+    from urllib.parse import urlsplit
+
+    from redis.asyncio import ConnectionPool
+
+    kwargs = ConnectionPool.from_url(url).connection_kwargs
+    parts = urlsplit(url)
+    if parts.scheme in ("redis", "rediss"):
+        db = parts.path.lstrip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            raise ValueError(f"the database {db!r} is not a number")
+    elif parts.scheme == "unix" and not kwargs.get("path"):
+        raise ValueError("no socket path (unix:///run/redis/redis.sock)")
+
+
 #: Longest wait for the embedded redis-server to exit after SHUTDOWN SAVE, seconds.
 EMBEDDED_STOP_S = 30.0
 
@@ -498,7 +521,13 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 5.0, **kwargs: Any) -> Store:
-        """Connect to ``url`` (any redis-py URL) with a bounded socket timeout."""
+        """Connect to ``url`` (any redis-py URL) with a bounded socket timeout.
+
+        Raises:
+            ValueError: not a URL redis-py takes, or one it would misread
+                (:func:`check_redis_url`).
+        """
+        check_redis_url(url)
         client = aioredis.from_url(
             url,
             socket_timeout=timeout_s,

@@ -176,6 +176,10 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
         ('bus = "amqp"\namqp_url = "garbage"\n', "bad amqp_url 'garbage'"),
         ('redis_url = "http://x"\n', "bad Redis URL 'http://x'"),
         ('redis_url = "localhost:6379"\n', "bad Redis URL 'localhost:6379'"),
+        # redis-py reads database 0 in silence, or waits 10 s for socket path ''
+        ('redis_url = "redis://127.0.0.1:6379/abc"\n', "the database 'abc' is not a number"),
+        ('redis_url = "unix://"\n', "bad Redis URL 'unix://': no socket path"),
+        ('datagrepper_url = "http://x y"\n', "'http://x y': a URL has no whitespace"),
         ('datagrepper_url = "notaurl"\n', "datagrepper_url 'notaurl': not an http://"),
         ('datagrepper_url = "https://"\n', "datagrepper_url 'https://': no host"),
         ('datagrepper_url = "http://h:99999/"\n', "datagrepper_url 'http://h:99999/'"),
