@@ -279,48 +279,57 @@ def test_endpoints_libzmq_would_retry_for_ever_are_config_errors(endpoint: str, 
 # -- real sockets ---------------------------------------------------------------
 
 
+class SenderRig:
+    """A :class:`Rig` on a fresh endpoint fed by an in-process :class:`Sender`,
+    joined (one message received) on entry; all closed on exit."""
+
+    def __init__(self, redis_url: str, extractor: Any) -> None:
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.ctx: zmq.Context[Any] = zmq.Context()
+        self.pub = Sender(self.ctx, self.endpoint)
+        self.rig = Rig(redis_url, extractor, self.endpoint, **FAST_LINK)
+
+    async def __aenter__(self) -> SenderRig:
+        await self.rig.start()
+        await join(self.rig, self.pub.send)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self.rig.close()
+        finally:
+            self.pub.close()
+            self.ctx.destroy(linger=0)
+
+
 async def test_jump_is_a_gap_and_restart_is_not(redis_url: str, extractor: Any) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    ctx: zmq.Context[Any] = zmq.Context()
-    pub = Sender(ctx, endpoint)
-    rig = Rig(redis_url, extractor, endpoint, **FAST_LINK)
-    await rig.start()
-    try:
-        await join(rig, pub.send)
-        pub.send(10)
-        pub.i += 9  # the publisher "loses" 9 messages
-        pub.send(10)
+    async with SenderRig(redis_url, extractor) as s:
+        rig = s.rig
+        s.pub.send(10)
+        s.pub.i += 9  # the publisher "loses" 9 messages
+        s.pub.send(10)
         await until(lambda: rig.link.received == 21, 10, "21 messages")
         assert rig.consumer.stats.gaps == 9
         # the publisher restarts: i back to 1, nothing counted
-        pub.close()
+        s.pub.close()
         await until(lambda: not rig.link.connected, 5, "disconnect")
-        pub = Sender(ctx, endpoint)
+        s.pub = Sender(s.ctx, s.endpoint)
         await until(lambda: rig.link.connected, 10, "reconnect")
         await asyncio.sleep(0.2)  # the subscription reaches the new publisher
-        await join(rig, pub.send)
+        await join(rig, s.pub.send)
         got = rig.link.received
-        pub.send(20)
+        s.pub.send(20)
         await until(lambda: rig.link.received == got + 20, 10, "20 messages after the restart")
         assert rig.consumer.stats.gaps == 9
         assert rig.bus.sequences.streams_started == 2
-    finally:
-        await rig.close()
-        pub.close()
-        ctx.destroy(linger=0)
 
 
 async def test_rejected_messages_are_not_gaps(redis_url: str, extractor: Any) -> None:
     """A message that arrives but is rejected (topic too long, msg_id too long, no
     timestamp, msg not an object) still moves its publisher's sequence on: counted
     as rejected, not also as missing (received = counted + rejected, gaps 0)."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    ctx: zmq.Context[Any] = zmq.Context()
-    pub = Sender(ctx, endpoint)
-    rig = Rig(redis_url, extractor, endpoint, **FAST_LINK)
-    await rig.start()
-    try:
-        await join(rig, pub.send)
+    async with SenderRig(redis_url, extractor) as s:
+        rig, pub = s.rig, s.pub
         await asyncio.sleep(0.3)  # a second joining message still in flight lands first
         base, accepted = rig.consumer.stats.received, rig.consumer.stats.accepted
         pub.send(3)
@@ -336,10 +345,6 @@ async def test_rejected_messages_are_not_gaps(redis_url: str, extractor: Any) ->
         assert rejected == {"bad_topic": 1, "bad_msg_id": 1, "bad_timestamp": 1, "bad_msg": 1}
         assert rig.consumer.stats.gaps == 0 and rig.link.gaps == 0
         assert rig.consumer.stats.accepted == accepted + 6
-    finally:
-        await rig.close()
-        pub.close()
-        ctx.destroy(linger=0)
 
 
 async def test_blackholed_link_is_detected_recreated_and_resumes(
