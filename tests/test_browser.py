@@ -527,6 +527,77 @@ def test_screenshot(
         w.procs.pop("replay-loop", None)
 
 
+def page_memory(page: Any, cdp: Any) -> dict[str, float]:
+    """Live DOM nodes, event listeners and used JS heap (bytes) after a full GC
+    (Chrome DevTools Protocol ``Performance.getMetrics``), and the page's event counts."""
+    cdp.send("HeapProfiler.collectGarbage")
+    got = {m["name"]: m["value"] for m in cdp.send("Performance.getMetrics")["metrics"]}
+    events = page.evaluate("wallboard.state.events")
+    return {
+        "nodes": got["Nodes"],
+        "listeners": got["JSEventListeners"],
+        "heap": got["JSHeapUsedSize"],
+        "blinks": events["blink"],
+        "ticks": events["tick"],
+    }
+
+
+def test_page_memory_stays_bounded(wall: tuple[Wall, Any], browser: Any) -> None:
+    """A kiosk runs for weeks: hundreds of blinks and ticks, every view shown again
+    and again and the radar and diff fetched again, leave the DOM and the event
+    listeners where they were and the JS heap within the growth of its capped
+    history (HISTORY_MAX points per window, under 1 MiB).  docs/BENCHMARKS.md
+    ("Page memory") runs the same for thousands of ticks."""
+    w, _ = wall
+    page = new_page(browser)
+    replay = w.spawn(
+        "replay-soak",
+        "replay",
+        "--builtin-examples",
+        "--endpoint",
+        w.bus,
+        "--rebase-time",
+        "--rate",
+        "200",
+        "--loop",
+        "--new-ids",
+        "--wait-timeout",
+        "30",
+    )
+
+    def show_every_view() -> None:
+        for view in ("radar", "diff", "longtail", "live"):
+            page.evaluate(f"wallboard.show('{view}')")
+            page.wait_for_timeout(2000)
+
+    try:
+        page.goto(f"http://127.0.0.1:{w.port}/")
+        cdp = page.context.new_cdp_session(page)
+        cdp.send("Performance.enable")
+        # 60 blinks (6 s at 0.1 s): the replay went round its ~560 messages twice,
+        # so the radar and diff, fetched when first shown, have every user and topic
+        page.wait_for_function("wallboard.state.events.blink >= 60", timeout=60_000 * T)
+        show_every_view()
+        fetched = page.evaluate("[wallboard.state.fetchedAt.radar, wallboard.state.fetchedAt.diff]")
+        assert all(fetched), fetched
+        first = page_memory(page, cdp)
+        for _ in range(8):  # 64 s: the radar and diff are fetched again (every 60 s)
+            show_every_view()
+        last = page_memory(page, cdp)
+        again = page.evaluate("[wallboard.state.fetchedAt.radar, wallboard.state.fetchedAt.diff]")
+        assert again[0] > fetched[0] and again[1] > fetched[1], (fetched, again)
+        assert last["blinks"] - first["blinks"] >= 150, (first, last)
+        assert last["ticks"] - first["ticks"] >= 15, (first, last)
+        assert last["listeners"] == first["listeners"], (first, last)
+        assert last["nodes"] <= first["nodes"] + 100, (first, last)
+        assert last["heap"] - first["heap"] < 2 * 2**20, (first, last)
+    finally:
+        page.context.close()
+        replay.terminate()
+        replay.wait(15)
+        w.procs.pop("replay-soak", None)
+
+
 def test_recovers_after_web_restart(wall: tuple[Wall, Any]) -> None:
     w, page = wall
     api = settled(w, page)
