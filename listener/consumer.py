@@ -165,7 +165,8 @@ class Consumer:
         #: publishers' sequence numbers with it); must not raise
         self.on_envelope: Callable[[Envelope], None] | None = None
         #: ``now -> "ok" | "quiet" | "connecting" | "dead"``: the bus state for the
-        #: listener's ``/healthz`` (:meth:`listener.bus.Bus.state`); None: no ZeroMQ
+        #: listener's ``/healthz`` (its inputs' best: :meth:`listener.bus.Bus.state`,
+        #: :meth:`listener.amqp.AmqpInput.state`); None: not set (tests)
         self.bus_state: Callable[[float], str] | None = None
         #: the flush task flushes at once instead of at its next tick when this is
         #: set: by the bus when a backlog has just been received (its queue was

@@ -15,10 +15,11 @@ in one process).  Metric names: ``fedmsg_wallboard_<what>_total`` for counters
 
 ``live``: the event loop ran a no-op within :data:`PROBE_TIMEOUT_S`; ``redis_ok``:
 Redis answered PING through the listener's own connection within that time;
-``ready`` = both.  ``bus_state``: the ZeroMQ links' state
-(:meth:`listener.bus.Bus.state`: ``ok``, ``quiet``, ``connecting`` or ``dead``;
-None without ZeroMQ input), reported, not part of ``ready``: a dead publisher is not fixed by
-restarting the listener, which reconnects by itself (the web process's
+``ready`` = both.  ``bus_state``: the inputs' best state (the ZeroMQ links',
+:meth:`listener.bus.Bus.state`, and AMQP's, :meth:`listener.amqp.AmqpInput.state`:
+``ok``, ``quiet``, ``connecting`` or ``dead``), reported, not part of ``ready``: a
+dead publisher is not fixed by restarting the listener, which reconnects by itself
+(the web process's
 ``/healthz`` judges the whole: not ok while the bus is dead).
 ``last_message_at``: timestamp of the newest counted message (UNIX s);
 ``last_message_age_s``: seconds since the newest message *arrived*;

@@ -32,6 +32,7 @@ from .memory import hold_heap, tune_gc
 from .store import Store, open_embedded, stop_embedded
 from .systemd import Notifier
 from .users import UserExtractor, is_log_milestone, load_fedmsg_config
+from .webapi import LINK_STATES
 
 log = logging.getLogger(__name__)
 
@@ -313,13 +314,19 @@ async def run_listener(
             raise
     await consumer.warm_up()
     bus = Bus(cfg, endpoints, prefix, consumer) if cfg.bus != "amqp" else None
-    if bus is not None:
-        consumer.bus_state = bus.state  # the listener's /healthz
     amqp = None
     if cfg.bus != "zmq":
         from .amqp import AmqpInput
 
         amqp = AmqpInput(cfg, consumer)
+    input_states = [i.state for i in (bus, amqp) if i is not None]
+
+    def bus_state(now: float) -> str:
+        """The best state of the inputs (ZeroMQ links, AMQP): ``"ok"`` if any is."""
+        states = {state(now) for state in input_states}
+        return next((s for s in LINK_STATES if s in states), "dead")
+
+    consumer.bus_state = bus_state  # the listener's /healthz and the wall's badge
 
     async def heartbeat() -> None:
         holder = await store.claim_writer(me, WRITER_TTL_S)  # renewed
@@ -349,7 +356,8 @@ async def run_listener(
         if bus is not None:
             health.update(bus.health_fields(now))
         if amqp is not None:
-            health.update(amqp.health_fields())
+            health.update(amqp.health_fields(now))
+        health["listener_bus_state"] = bus_state(now)
         health["listener_redis_ok"] = int(consumer.redis_ok)
         await store.set_health(health)
 

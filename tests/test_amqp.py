@@ -25,6 +25,8 @@ import pytest
 import zmq
 
 from listener.amqp import (
+    DEAD_AFTER_S,
+    QUIET_AFTER_S,
     AmqpInput,
     AmqpSettings,
     Backoff,
@@ -570,6 +572,45 @@ async def test_zmq_and_amqp_together_are_deduplicated_by_msg_id(
 
 
 @pytest.mark.faults
+async def test_input_state_connecting_then_dead_without_a_broker(
+    redis_url: str, extractor: Any
+) -> None:
+    """No broker on the port: ``"connecting"`` for the grace, then ``"dead"`` (what
+    ``/healthz`` and the wall's badge show), while the input keeps retrying."""
+    port = free_port()  # nothing listens there
+    h = Harness(redis_url, extractor, f"amqp://guest:guest@127.0.0.1:{port}/%2F")
+    await h.consumer.warm_up()
+    t0 = time.time()
+    h.task = asyncio.create_task(h.input.run())
+    try:
+        await until(lambda: h.input.stats.reconnects >= 2, 30, "two refused connections")
+        assert h.input.stats.connected is False and h.input.stats.connects == 0
+        assert h.input.state(t0 + 1.0) == "connecting"
+        assert h.input.state(t0 + DEAD_AFTER_S + 1.0) == "dead"
+        assert h.input.health_fields(t0 + DEAD_AFTER_S + 1.0)["listener_amqp_state"] == "dead"
+    finally:
+        await h.close()
+
+
+async def test_input_state_ok_quiet_and_ok_again_on_a_message(
+    redis_url: str, amqp_url: str, rabbitmq: Any, extractor: Any, examples: list[Any]
+) -> None:
+    h = Harness(redis_url, extractor, amqp_url)
+    await h.start()
+    try:
+        now = time.time()
+        assert h.input.state(now) == "ok"  # a session, its first seconds
+        assert h.input.state(now + QUIET_AFTER_S + 1.0) == "quiet"
+        await asyncio.to_thread(publish_replay, amqp_url, fresh(examples, 3), None)
+        await until(lambda: h.input.stats.received >= 3, 20, "3 deliveries")
+        later = time.time()
+        assert h.input.state(later) == "ok"
+        assert h.input.state(later + QUIET_AFTER_S + 1.0) == "quiet"
+        assert h.input.state(later + DEAD_AFTER_S + 1.0) == "ok"  # connected: never dead
+    finally:
+        await h.close()
+
+
 async def test_broker_restart_and_redis_outage_lose_nothing_acknowledged(
     redis_url: str,
     redis_server: Any,
@@ -684,6 +725,13 @@ async def test_listen_bus_amqp_end_to_end(
             await asyncio.sleep(0.2)
         await until(lambda: rabbitmq.queue_counts().get(queue) == (0, 0), 20, "acks")
         assert await counted() == 30
+        # the heartbeat reports the AMQP input's state, as /healthz reads it
+        deadline = time.monotonic() + 20 * TIMEOUT_FACTOR
+        while "listener_bus_state" not in (meta := await store.meta()):
+            assert time.monotonic() < deadline, meta
+            await asyncio.sleep(0.2)
+        assert meta["listener_bus_state"] == "ok", meta
+        assert meta["listener_amqp_state"] == "ok" and meta["listener_amqp_connected"] == "1"
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30 * TIMEOUT_FACTOR)

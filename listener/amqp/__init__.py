@@ -20,7 +20,7 @@ imports it for every command); they are loaded when first used.
 
 from __future__ import annotations
 
-from .input import EXCHANGE, AmqpInput, AmqpStats, SessionClosed
+from .input import DEAD_AFTER_S, EXCHANGE, QUIET_AFTER_S, AmqpInput, AmqpStats, SessionClosed
 from .publish import (
     add_parser,
     bridged_message,
@@ -47,8 +47,10 @@ BUS_CHOICES = ("zmq", "amqp", "both")
 
 __all__ = [
     "BUS_CHOICES",
+    "DEAD_AFTER_S",
     "EXCHANGE",
     "PREFETCH_COUNT",
+    "QUIET_AFTER_S",
     "AmqpInput",
     "AmqpSettings",
     "AmqpStats",

@@ -41,6 +41,13 @@ log = logging.getLogger(__name__)
 EXCHANGE = "amq.topic"
 #: Longest wait for one AMQP handshake step (open, declare, bind), seconds.
 OP_TIMEOUT_S = 30.0
+#: Without a session for longer than this (since the start or since it was lost),
+#: the input's state is ``"dead"``, seconds (a broker restart takes a few seconds;
+#: the ZeroMQ links' grace is 2-5 s).
+DEAD_AFTER_S = 10.0
+#: Connected but no message for longer than this: ``"quiet"``, seconds (as the
+#: ZeroMQ links' default ``heartbeat_timeout_s``).
+QUIET_AFTER_S = 30.0
 
 
 @dataclass
@@ -111,6 +118,11 @@ class AmqpInput:
         self._overflow_mark = 0
         self._stopping = False
         self._closed: asyncio.Future[Any] | None = None
+        #: UNIX s: when the current session opened, when the last one was lost (or
+        #: the input was made), when the last message arrived (None: never)
+        self._connected_at = 0.0
+        self._down_since = time.time()
+        self._last_msg_at: float | None = None
 
     # -- per message (sync, never raises) ---------------------------------
 
@@ -118,6 +130,7 @@ class AmqpInput:
         if channel is not self._channel:
             return  # a late delivery on a dead channel: the broker redelivers it
         self.stats.received += 1
+        self._last_msg_at = time.time()
         if method.redelivered:
             self.stats.redelivered += 1
         try:
@@ -347,6 +360,7 @@ class AmqpInput:
             )
             self.stats.connects += 1
             self.stats.connected = True
+            self._connected_at = time.time()
             log.info(
                 "AMQP connected to %s: queue %s (%s), bindings %s, prefetch %d",
                 redact(s.url),
@@ -360,6 +374,8 @@ class AmqpInput:
             if not self._stopping:
                 log.warning("AMQP connection lost: %s", reason)
         finally:
+            if self.stats.connected:
+                self._down_since = time.time()
             self.stats.connected = False
             self._channel = None
             if ack_task is not None:
@@ -402,11 +418,30 @@ class AmqpInput:
             with contextlib.suppress(Exception):
                 ch.basic_cancel(self._consumer_tag)
 
-    def health_fields(self) -> dict[str, Any]:
+    def state(self, now: float) -> str:
+        """The input's state, one of :data:`listener.webapi.LINK_STATES`, as a ZeroMQ
+        link's (:meth:`listener.bus.Bus.link_state`): ``"connecting"`` before the
+        first session, for at most :data:`DEAD_AFTER_S`; ``"ok"`` with a session (or
+        within that grace after losing it) and a message within
+        :data:`QUIET_AFTER_S` of ``now`` (UNIX s); ``"quiet"`` with a session and no
+        message for longer; ``"dead"`` without a session for longer than the grace
+        (the broker is down or refuses the credentials)."""
+        if not self.stats.connected:
+            if now - self._down_since > DEAD_AFTER_S:
+                return "dead"
+            if not self.stats.connects:
+                return "connecting"
+        last = self._last_msg_at if self._last_msg_at is not None else self._connected_at
+        return "ok" if now - last <= QUIET_AFTER_S else "quiet"
+
+    def health_fields(self, now: float | None = None) -> dict[str, Any]:
         """Health fields recorded in Redis ``P:meta`` beside the consumer's:
         ``listener_amqp_connected`` (0/1), ``listener_amqp_received``,
-        ``listener_amqp_acked``, ``listener_amqp_reconnects`` (counts)."""
+        ``listener_amqp_acked``, ``listener_amqp_reconnects`` (counts), and
+        ``listener_amqp_state`` (:meth:`state` at ``now``, UNIX s, default the
+        clock's)."""
         return {
+            "listener_amqp_state": self.state(time.time() if now is None else now),
             "listener_amqp_connected": int(self.stats.connected),
             "listener_amqp_received": self.stats.received,
             "listener_amqp_acked": self.stats.acked,
