@@ -353,6 +353,8 @@ def snapshot_event(
             :data:`HISTORY_POINTS`).
         recent: the latest blink entries, oldest first.
         state: the listener's latest ``tick`` (for its rate and times), or None.
+            Its ``rate_per_min`` is given only when ``source`` is ``"tick"`` (the
+            tick is fresh), else ``None``: a stopped listener's last rate is not now's.
         health_obj: :func:`health`'s object.  now: UNIX seconds.
         source: ``"tick"`` (the listener's latest tick) or ``"redis"`` (computed).
     """
@@ -367,7 +369,8 @@ def snapshot_event(
         "windows": dict(windows),
         "history": {w: thin(points, HISTORY_POINTS) for w, points in history.items()},
         "recent": list(recent),
-        "rate_per_min": state.get("rate_per_min"),
+        # the rate of a listener that stopped ticking is not the bus's now: unknown
+        "rate_per_min": state.get("rate_per_min") if source == "tick" else None,
         "last_message_at": last,
         "last_received_at": state.get("last_received_at"),
         "warming_up": {w: bool(s.get("warming_up", False)) for w, s in windows.items()},

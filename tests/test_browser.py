@@ -67,6 +67,7 @@ class Wall:
         self.bus = f"tcp://127.0.0.1:{free_port()}"
         self.port = free_port()
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.listener_args: tuple[str, ...] = ()
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
@@ -149,8 +150,7 @@ def wall(
     try:
         # each replay binds the endpoint anew: reconnect quickly (libzmq backoff)
         (tmp / "wallboard.toml").write_text("reconnect_ivl_max_ms = 300\n")
-        w.spawn(
-            "listener",
+        w.listener_args = (
             "listen",
             "--config",
             str(tmp / "wallboard.toml"),
@@ -163,6 +163,7 @@ def wall(
             "--step",
             "1",
         )
+        w.spawn("listener", *w.listener_args)
         w.start_web()
         wait_for(lambda: get_json(w.port, "/healthz")[0] == 200, 60, 0.2, "listener heartbeat")
         page = new_page(browser)
@@ -601,7 +602,9 @@ def test_page_memory_stays_bounded(wall: tuple[Wall, Any], browser: Any) -> None
 def test_recovers_after_web_restart(wall: tuple[Wall, Any]) -> None:
     w, page = wall
     api = settled(w, page)
-    assert page.get_attribute("#status", "data-state") in ("live", "stale")
+    # the replays are over: "bus down" once the listener's link is dead
+    badge = "document.getElementById('status-text').textContent"
+    assert page.evaluate(badge) in ("live", "stale", "bus down")
     snapshots = page.evaluate("wallboard.state.events.snapshot")
     w.stop("web")
     page.wait_for_function(
@@ -609,10 +612,57 @@ def test_recovers_after_web_restart(wall: tuple[Wall, Any]) -> None:
     )
     w.start_web()
     page.wait_for_function(f"wallboard.state.events.snapshot > {snapshots}", timeout=60_000 * T)
-    page.wait_for_function(
-        "['live', 'stale'].includes(document.getElementById('status').dataset.state)",
-        timeout=10_000 * T,
-    )
+    page.wait_for_function(f"['live', 'stale', 'bus down'].includes({badge})", timeout=10_000 * T)
     again = settled(w, page)
     assert again["messages"] >= api["messages"]
     assert page.evaluate("wallboard.state.connected") is True
+
+
+def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any) -> None:
+    """Redis stopped: "redis down" (not "listener down": the listener is alive and
+    retrying); the listener stopped: "listener down"; either way the rate is "–",
+    not the last one reported; back to live once both are back; the publisher gone:
+    "bus down" (the listener's link dead, as /healthz says)."""
+    w, page = wall
+    badge = "document.getElementById('status-text').textContent"
+    live = "document.getElementById('status').dataset.state === 'live'"
+    w.spawn(
+        "replay-badge",
+        "replay",
+        "--builtin-examples",
+        "--endpoint",
+        w.bus,
+        "--rebase-time",
+        "--rate",
+        "50",
+        "--loop",
+        "--new-ids",
+        "--wait-timeout",
+        "30",
+    )
+    try:
+        page.wait_for_function(live, timeout=30_000 * T)
+        redis_server.stop()
+        try:
+            page.wait_for_function(f"{badge} === 'redis down'", timeout=30_000 * T)
+            assert page.get_attribute("#status", "data-state") == "down"
+            assert page.text_content("#rate") == "\u2013"
+        finally:
+            redis_server.start()
+        page.wait_for_function(live, timeout=60_000 * T)
+        w.stop("listener")
+        try:
+            # heartbeat older than max(3 * step_s, 15) s
+            page.wait_for_function(f"{badge} === 'listener down'", timeout=45_000 * T)
+            assert page.text_content("#rate") == "\u2013"
+            status, api = get_json(w.port, "/api/state")
+            assert status == 200 and api["source"] == "redis", api
+            assert api["rate_per_min"] is None, api
+        finally:
+            w.spawn("listener", *w.listener_args)
+        page.wait_for_function(live, timeout=60_000 * T)
+        assert page.text_content("#rate") != "\u2013"
+    finally:
+        w.stop("replay-badge")
+    page.wait_for_function(f"{badge} === 'bus down'", timeout=30_000 * T)
+    assert get_json(w.port, "/healthz")[1]["bus"]["state"] == "dead"

@@ -236,6 +236,18 @@ def test_state_freshness() -> None:
     assert not webapi.state_is_fresh({"end": "x", "windows": {}}, 110, 5)
 
 
+def test_snapshot_event_gives_a_rate_only_from_a_fresh_tick() -> None:
+    """A stopped listener's last tick still says 1,545 msgs/min: the rate is unknown
+    (None) once the snapshot is computed from Redis instead."""
+    tick = {"end": 100.0, "rate_per_min": 1545.0, "last_message_at": 99.0}
+    health = webapi.health({}, 110.0, 5.0, True, True, 0)
+    fresh = webapi.snapshot_event({}, {}, [], tick, health, 101.0, "tick")
+    stopped = webapi.snapshot_event({}, {}, [], tick, health, 190.0, "redis")
+    assert fresh["rate_per_min"] == 1545.0
+    assert stopped["rate_per_min"] is None
+    assert stopped["last_message_at"] == 99.0  # a time stays true
+
+
 # -- HTTP ---------------------------------------------------------------------
 
 

@@ -691,6 +691,18 @@
 
   // ---- status -------------------------------------------------------------
 
+  /** What is down, as the badge says it ("redis down", "listener down", "bus
+   *  down"), or "" when nothing is: from the health of the latest `status`.  Redis
+   *  first: without it the web process cannot see the listener's heartbeat. */
+  function down() {
+    const h = S.health;
+    if (!h) return "";
+    if (h.redis && h.redis.ok === false) return "redis down";
+    if (h.listener && h.listener.ok === false) return "listener down";
+    if (h.bus && h.bus.state === "dead") return "bus down";
+    return "";
+  }
+
   function renderStatus() {
     const pill = $("status");
     let state, text;
@@ -699,9 +711,9 @@
       state = S.reconnectAt ? "reconnecting" : "connecting";
       const wait = S.reconnectAt ? Math.max(0, Math.ceil((S.reconnectAt - Date.now()) / 1000)) : 0;
       text = S.reconnectAt ? (wait > 0 ? `reconnecting · ${wait} s` : "reconnecting") : "connecting";
-    } else if (S.health && S.health.listener && S.health.listener.ok === false) {
+    } else if (down()) {
       state = "down";
-      text = "listener down";
+      text = down();
     } else if (age === null || age > P.stale) {
       state = "stale";
       text = "stale";
@@ -712,7 +724,8 @@
     if (pill.dataset.state !== state) pill.dataset.state = state;
     $("status-text").textContent = text;
     $("age").textContent = age === null ? "never" : fmtAge(age);
-    $("rate").textContent = S.rate === null ? "–" : fmtInt(S.rate);
+    // a stopped listener's last rate is not the bus's now
+    $("rate").textContent = S.rate === null || (S.connected && down()) ? "–" : fmtInt(S.rate);
     $("window-label").textContent = fmtWindow(win());
     $("clock").textContent = hhmm(Date.now() / 1000);
   }
