@@ -4,9 +4,12 @@
 attribute of its ``tests/`` classes, each with the usernames fedmsg.meta must
 find (``expected_usernames``); 553 of them are distinct (the rest are copies
 between test classes): those are loaded here, at run time (not copied).
-Some examples lack a ``msg_id``: those get a stable one derived from the message's
-content (``example-<sha1>``) so a replay is de-duplicated like real traffic; an
-example that reuses another's ``msg_id`` with different content gets a suffix.
+Some examples lack a ``msg_id``: those get a stable one derived from their test
+class's name (``example-<sha1>``) so a replay is de-duplicated like real traffic; an
+example that reuses another's ``msg_id`` with different content gets a suffix, also
+from its class's name.  Not from the content: one example
+(``TestMeetingReminder``) puts the import time into its message, so its content
+differs in every process, and a second replay of the examples counted it again.
 
 Files: JSONL (one fedmsg envelope per line, or one wrapper record per line as in
 ``shared/corpus/*.jsonl``: see :func:`unwrap_record`) or a
@@ -48,7 +51,8 @@ def builtin_examples() -> list[Example]:
 
     Returns:
         Examples in a stable order (by class name), one per distinct message; each
-        body is a deep copy with a ``msg_id`` (original, or ``example-<sha1>``).
+        body is a deep copy with a ``msg_id`` (original, or ``example-<sha1>`` of
+        the class name), the same in every process.
 
     Raises:
         InputError: the tests package cannot be imported.
@@ -73,12 +77,13 @@ def builtin_examples() -> list[Example]:
         ).hexdigest()
         if digest in seen:
             continue
+        named = hashlib.sha1(name.encode()).hexdigest()
         if not isinstance(body.get("msg_id"), str) or not body.get("msg_id"):
-            body["msg_id"] = f"example-{digest}"
+            body["msg_id"] = f"example-{named}"
         elif body["msg_id"] in used_ids:
             # ~120 examples are edited copies of another test's message that keep
             # its msg_id; on a real bus they would be distinct messages.
-            body["msg_id"] = f"{body['msg_id']}-{digest[:12]}"
+            body["msg_id"] = f"{body['msg_id']}-{named[:12]}"
         used_ids.add(body["msg_id"])
         body.setdefault("i", 1)
         body.setdefault("username", "fedmsg")

@@ -15,6 +15,33 @@ def test_examples_are_plentiful(examples: list[Any]) -> None:
     assert len({e.body["msg_id"] for e in examples}) == len(examples)
 
 
+def test_example_ids_are_the_same_in_every_process() -> None:
+    """A replay of the examples in a second run counts nothing new: their msg_ids do
+    not depend on content that changes per process (TestMeetingReminder puts the
+    import time into its message)."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import json; from listener.examples import builtin_examples as b; "
+        "print(json.dumps({e.name: [e.body['msg_id'], json.dumps(e.body, sort_keys=True)] "
+        "for e in b()}))"
+    )
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        runs.append(json.loads(out))
+        time.sleep(1.1)  # the reminder's time has whole seconds
+    first, second = runs
+    assert first.keys() == second.keys()
+    assert first["TestMeetingReminder"][1] != second["TestMeetingReminder"][1]
+    assert {n: v[0] for n, v in first.items()} == {n: v[0] for n, v in second.items()}
+
+
 def test_same_users_as_msg2usernames(
     examples: list[Any], extractor: UserExtractor, fedmsg_config: dict[str, Any]
 ) -> None:
