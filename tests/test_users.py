@@ -42,6 +42,28 @@ def test_example_ids_are_the_same_in_every_process() -> None:
     assert {n: v[0] for n, v in first.items()} == {n: v[0] for n, v in second.items()}
 
 
+def test_examples_give_the_users_of_the_same_messages_off_a_file(
+    examples: list[Any], extractor: UserExtractor, tmp_path: Any
+) -> None:
+    """``--builtin-examples`` and a JSONL file of the same messages count the same
+    users (the study of one differed from the other's in 5 windows): fedoratagger's
+    processor tests ``user is 'anonymous'``, true only for the test module's
+    interned literal, so the examples come through JSON as the wire's do."""
+    import json
+
+    from listener.examples import load_file
+
+    path = tmp_path / "examples.jsonl"
+    path.write_text("".join(json.dumps(e.body) + "\n" for e in examples))
+    loaded = load_file(path)
+    assert len(loaded) == len(examples)
+    for ex, body in zip(examples, loaded, strict=True):
+        assert extractor.usernames(body) == extractor.usernames(ex.body), ex.name
+    anonymous = [e for e in examples if e.name.startswith("TestTagger") and "Anonymous" in e.name]
+    assert len(anonymous) == 2
+    assert all(extractor.usernames(e.body) == {"anonymous"} for e in anonymous)
+
+
 def test_same_users_as_msg2usernames(
     examples: list[Any], extractor: UserExtractor, fedmsg_config: dict[str, Any]
 ) -> None:
