@@ -30,7 +30,7 @@ REJECT_REASONS = (
     "not_object",  # body JSON is not an object
     "topic_mismatch",  # topic frame differs from the body's topic
     "bad_msg",  # msg missing, null, or not an object
-    "bad_topic",  # topic longer than MAX_TOPIC_CHARS
+    "bad_topic",  # topic longer than MAX_TOPIC_BYTES in UTF-8
     "bad_msg_id",  # msg_id longer than MAX_MSG_ID_CHARS
     "bad_timestamp",  # timestamp missing or not a finite number
     "unsigned",  # validate_signatures is on and the message carries no signature
@@ -38,11 +38,20 @@ REJECT_REASONS = (
     "too_old",  # older than the longest window
 )
 
-#: Longest topic accepted, characters: AMQP 0-9-1's limit on a routing key (a
+#: Longest topic accepted, bytes of UTF-8: AMQP 0-9-1's limit on a routing key (a
 #: ``shortstr``, 255 bytes), which fedora-messaging topics are.  Fedora's longest
 #: known topic has 78 (``org.centos.prod.ci.pipeline.allpackages-build...``); a
 #: longer one would become a Redis hash field and a bar on the wall for 7 days.
-MAX_TOPIC_CHARS = 255
+MAX_TOPIC_BYTES = 255
+
+
+def topic_too_long(topic: str) -> bool:
+    """True when ``topic`` has more than :data:`MAX_TOPIC_BYTES` bytes of UTF-8 (it
+    could not be an AMQP routing key).  Encodes only a non-ASCII topic (``isascii``
+    is a flag check): the per-message path stays a length comparison."""
+    if len(topic) > MAX_TOPIC_BYTES:
+        return True
+    return not topic.isascii() and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES
 
 #: Longest msg_id accepted, characters.  fedmsg's are ``<year>-<uuid4>`` (41),
 #: fedora-messaging's a uuid (36); a longer one would be kept in the dedupe
@@ -172,9 +181,10 @@ def envelope_from_dict(body: Any) -> Envelope | Rejected:
     topic = get("topic")
     if not isinstance(topic, str) or not topic:
         return Rejected("bad_msg", "topic missing or not a string", msg_id or None, body)
-    if len(topic) > MAX_TOPIC_CHARS:
+    if topic_too_long(topic):
         return Rejected(
-            "bad_topic", f"topic of {len(topic)} characters > {MAX_TOPIC_CHARS}",
+            "bad_topic",
+            f"topic of {len(topic.encode('utf-8', 'surrogatepass'))} bytes > {MAX_TOPIC_BYTES}",
             msg_id or None, body,
         )
     msg = get("msg")

@@ -750,3 +750,29 @@ def test_amqp_replay_of_an_unreadable_file_is_a_usage_error(tmp_path: Any) -> No
         ["amqp-replay", "--file", str(bad), "--amqp-url", "amqp://127.0.0.1:1/"]
     )
     assert args.func(args) == 2
+
+
+async def test_amqp_replay_skips_a_topic_that_is_not_a_routing_key(
+    redis_url: str, amqp_url: str, rabbitmq: Any, extractor: Any, examples: list[Any],
+    tmp_path: Any,
+) -> None:
+    """A topic over 255 bytes of UTF-8 crashed amqp-replay (pika's
+    ShortStringTooLong, exit 1) mid-file; it is skipped with a warning and the rest
+    published.  The file is given as replay takes it (positional)."""
+    good = fresh(examples, 3)
+    long_topic = dict(good[0], topic="org.fedoraproject.prod." + "x" * 300, msg_id="long-1")
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(b) + "\n" for b in [good[0], long_topic, *good[1:]]))
+    h = Harness(redis_url, extractor, amqp_url)
+    await h.start()
+    try:
+        r = await asyncio.to_thread(run_cli, "amqp-replay", str(path), "--amqp-url", amqp_url)
+        assert r.returncode == 0, r.stderr
+        assert "skipped msg_id=long-1" in r.stderr and "Traceback" not in r.stderr
+        assert "published 3 messages" in r.stderr
+        c = await h.wait_counted(3)
+        await asyncio.sleep(0.5)
+        c = await h.counts()
+        assert c.messages == 3 and c.topics == Counter(b["topic"] for b in good)
+    finally:
+        await h.close()

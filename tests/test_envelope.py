@@ -76,10 +76,22 @@ def test_longest_msg_id_accepted_and_a_longer_one_not_logged_whole() -> None:
 
 
 def test_longest_topic_accepted() -> None:
-    """255 characters (AMQP's routing-key limit) is accepted; 256 is not (above)."""
+    """255 bytes (AMQP's routing-key limit) is accepted; 256 is not (above)."""
     topic = "org.fedoraproject.prod." + "x" * (255 - 23)
     env = decode_frames(frames({**GOOD, "topic": topic}, topic=topic))
     assert isinstance(env, Envelope) and len(env.topic) == 255
+
+
+def test_topic_limit_is_in_bytes_of_utf8() -> None:
+    """The prefix (23 bytes) and 116 "é" (2 bytes each) make 255 bytes: accepted;
+    117 make 257: not a routing key, rejected though only 140 characters."""
+    for n, ok in ((100, True), (116, True), (117, False), (150, False)):
+        topic = "org.fedoraproject.prod." + "\u00e9" * n
+        res = decode_frames(frames({**GOOD, "topic": topic}, topic=topic))
+        assert isinstance(res, Envelope) is ok, (n, res)
+        if not ok:
+            assert isinstance(res, Rejected) and res.reason == "bad_topic"
+            assert f"{23 + 2 * n} bytes" in res.detail
 
 
 def test_ten_megabyte_body_is_rejected_before_parsing() -> None:

@@ -88,7 +88,8 @@ def publish_replay(
         run_id: a suffix for every msg_id of this run (``schedule``'s ``run_id``).
 
     Returns:
-        Messages published.
+        Messages published.  A body whose topic is not a routing key (not a
+        string, or more than 255 bytes of UTF-8) is skipped with a warning.
 
     Raises:
         fedora_messaging.exceptions.PublishException: the broker refused a
@@ -97,10 +98,21 @@ def publish_replay(
     """
     from fedora_messaging import api
 
+    from ..envelope import MAX_TOPIC_BYTES, topic_too_long
     from ..replay import schedule, wire_body
 
     configure_publisher(amqp_url)
-    items = [wire_body(dict(b)) for b in bodies]
+    items = []
+    for b in bodies:
+        topic = b.get("topic")
+        if not isinstance(topic, str) or topic_too_long(topic):
+            # not a routing key: pika raised ShortStringTooLong mid-replay
+            log.warning(
+                "skipped msg_id=%s: its topic is not a routing key (a string of at "
+                "most %d bytes of UTF-8)", b.get("msg_id"), MAX_TOPIC_BYTES,
+            )
+            continue
+        items.append(wire_body(dict(b)))
     sent = 0
     for at, body in schedule(
         items, rate or None, None, loop, count, rebase_time=True, run_id=run_id
@@ -152,6 +164,10 @@ def add_parser(sub: Any) -> None:
         help="broker URL (default amqp://guest:guest@127.0.0.1:5672/%%2F)",
     )
     src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "path", nargs="?", metavar="FILE",
+        help="JSONL or datagrepper page, as replay takes it (the same as --file)",
+    )
     src.add_argument("--file", help="JSONL or datagrepper page (default: fedmsg_meta's examples)")
     src.add_argument(
         "--builtin-examples",
@@ -175,7 +191,7 @@ def run_replay(args: argparse.Namespace) -> int:
     from fedora_messaging.exceptions import ConnectionException, PublishException
 
     try:
-        bodies = list(iter_bodies(args.file))
+        bodies = list(iter_bodies(args.file or args.path))
     except Exception as exc:
         log.error("cannot read messages: %s", exc)
         return 2
