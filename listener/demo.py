@@ -6,8 +6,11 @@ with fedmsg_meta_fedora_infrastructure looping at ``--rate`` msgs/s with timesta
 rebased to now (msg_ids fresh for each run and each pass), and the web server.  Prints where to
 look; Ctrl-C (or SIGTERM) stops every child in reverse order and exits 0.
 
-``--bus amqp`` uses a local RabbitMQ at ``--amqp-url`` instead of ZeroMQ (needs
-the AMQP input, see docs/AMQP.md).
+``--amqp`` uses a local RabbitMQ at ``--amqp-url`` instead of ZeroMQ (needs
+the AMQP input, see docs/AMQP.md).  A replay that exits with 69 (its bus or
+broker unreachable, e.g. a RabbitMQ restart longer than its 30 s confirm timeout)
+is started again after :data:`REPLAY_RESTART_S`; any other child exiting stops
+the demo.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import time
 from pathlib import Path
 
 from .store import open_embedded, stop_embedded
+
+#: Wait before a replay that exited with 69 (bus unreachable) is started again, s.
+REPLAY_RESTART_S = 5.0
 
 
 def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             "--rebase-time", "--loop", "--new-ids", "--wait-subscribers", "1",
         ]
     children.append(("replay", _spawn("replay", replay, logs)))
+    replay_restarts = 0
     try:
         import listener.web  # noqa: F401
 
@@ -151,11 +158,29 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     code = 0
     while not stopping:
-        for name, proc in children:
-            if proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
-                stopping = True
-                code = 1
+        for k, (name, proc) in enumerate(children):
+            if proc.poll() is None:
+                continue
+            if name == "replay" and proc.returncode == 69:
+                # its bus or broker is unreachable (a RabbitMQ restart outlasted the
+                # publisher's 30 s confirm timeout): the listener reconnects by
+                # itself, so the publisher starts again rather than the demo stopping
+                replay_restarts += 1
+                print(
+                    f"replay exited with 69 (bus unreachable): starting it again in "
+                    f"{REPLAY_RESTART_S:.0f} s ({replay_restarts} restart(s)); see "
+                    f"{logs / 'replay.log'}",
+                    flush=True,
+                )
+                deadline = time.monotonic() + REPLAY_RESTART_S
+                while not stopping and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                if not stopping:
+                    children[k] = ("replay", _spawn("replay", replay, logs))
+                continue
+            print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
+            stopping = True
+            code = 1
         time.sleep(0.5)
     for _name, proc in reversed(children):
         if proc.poll() is None:

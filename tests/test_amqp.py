@@ -776,3 +776,55 @@ async def test_amqp_replay_skips_a_topic_that_is_not_a_routing_key(
         assert c.messages == 3 and c.topics == Counter(b["topic"] for b in good)
     finally:
         await h.close()
+
+
+@pytest.mark.faults
+def test_amqp_demo_outlives_a_broker_outage_longer_than_the_publish_timeout(
+    rabbitmq: Any, amqp_url: str, tmp_path: Any
+) -> None:
+    """The demo on a TV: RabbitMQ down for 40 s made amqp-replay exit 69 (its 30 s
+    confirm timeout) and the demo stopped everything.  Now the replay is started
+    again, and counting goes on once the broker is back."""
+    import urllib.request
+
+    port = free_port()
+    out = open(tmp_path / "demo.out", "w+b")  # noqa: SIM115 - closed below
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "listener.demo", "--dir", str(tmp_path / "d"), "--port",
+         str(port), "--amqp", "--amqp-url", amqp_url, "--rate", "20"],
+        cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT,
+    )
+
+    def total() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+                return int(json.loads(r.read())["bus"]["messages_total"] or 0)
+        except Exception as exc:  # 503 while down: its body still has the count
+            body = getattr(exc, "read", lambda: b"")()
+            try:
+                return int(json.loads(body)["bus"]["messages_total"] or 0)
+            except Exception:
+                return 0
+
+    def wait(pred: Callable[[], bool], timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s * TIMEOUT_FACTOR
+        while not pred():
+            assert demo.poll() is None, (what, (tmp_path / "demo.out").read_text())
+            assert time.monotonic() < deadline, (what, (tmp_path / "demo.out").read_text())
+            time.sleep(0.5)
+
+    try:
+        wait(lambda: total() >= 20, 90, "counting before the outage")
+        rabbitmq.stop()
+        time.sleep(40)
+        rabbitmq.start()
+        text = lambda: (tmp_path / "demo.out").read_text()  # noqa: E731
+        wait(lambda: "replay exited with 69" in text(), 60, "the replay's exit")
+        before = total()
+        wait(lambda: total() >= before + 20, 120, "counting after the outage")
+        assert demo.poll() is None and "demo stopped" not in text()
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(60)
+        out.close()
+    assert "demo stopped" in (tmp_path / "demo.out").read_text()
