@@ -53,10 +53,17 @@ run: $(STAMP)
 ## The same demo on AMQP: a local RabbitMQ (Debian's, started if not running),
 ## messages published with fedora-messaging, the listener on `--bus amqp`.
 AMQP_URL ?= amqp://guest:guest@localhost:5672/%2F
+## Only the local default broker (localhost:5672) is started here; any other
+## AMQP_URL must answer already.
 run-amqp: $(STAMP)
-	@(exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || { \
+	@set -- $$($(BIN)/python -c "from urllib.parse import urlsplit as u; x = u('$(AMQP_URL)'); \
+	  print(x.hostname or 'localhost', x.port or 5672)"); host=$$1; port=$$2; \
+	  (exec 3<>/dev/tcp/$$host/$$port) 2>/dev/null && exit 0; \
+	  case "$$host:$$port" in localhost:5672|127.0.0.1:5672|::1:5672) ;; \
+	    *) echo "no AMQP broker answers at $$host:$$port (AMQP_URL); start it first" >&2; exit 1;; esac; \
 	  echo "starting rabbitmq-server"; rabbitmq-server -detached; \
-	  for i in $$(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && break; sleep 1; done; }
+	  for i in $$(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && exit 0; sleep 1; done; \
+	  echo "rabbitmq-server did not answer on 127.0.0.1:5672 within 60 s" >&2; exit 1
 	@$(BIN)/python -m listener.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --rate $(DEMO_RATE) --amqp --amqp-url '$(AMQP_URL)'
 
 ## The test suite (real Redis, real ZeroMQ, real websockets, real chromium).
