@@ -27,6 +27,7 @@ import argparse
 import csv
 import io
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -476,8 +477,22 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def _unwritable(path: Path) -> str:
+    """Why ``path`` cannot be written ("" when it can): checked before the study."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        return "is a directory"
+    if not folder.is_dir():
+        return f"no such directory {folder}"
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        return "permission denied"
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``longtail``; returns 0, or 2 for a usage or input error."""
+    """Run ``longtail``; returns 0, or 2 for a usage or input error (a file with no
+    message, an ``--svg`` path that cannot be written)."""
     if not (args.input or args.datagrepper or args.builtin_examples):
         log.error("no messages: give --input FILE, --datagrepper URL or --builtin-examples")
         return 2
@@ -490,6 +505,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 2
+    if args.svg:  # before the study: a typo in the path must not cost its minutes
+        problem = _unwritable(Path(args.svg))
+        if problem:
+            log.error("cannot write %s: %s", args.svg, problem)
+            return 2
     span_start, span_end = ends[0] - args.range_s, ends[-1]
     users_of = UsersOf(args.fedmsg_config)
     skipped: Counter[str] = Counter()
@@ -522,6 +542,14 @@ def run(args: argparse.Namespace) -> int:
         events = rebase(events, span_start, span_end)
     if skipped:
         log.warning("skipped: %s", ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+    if not events and not args.datagrepper:
+        # a file (or files) with no message in it: an input error, as for replay; an
+        # empty datagrepper range is an answer (a warning below)
+        log.error(
+            "no messages in %s%s", ", ".join(args.input) or "the examples",
+            f" ({sum(skipped.values())} lines skipped)" if skipped else "",
+        )
+        return 2
     inside = sum(1 for ts, _ in events if span_start < ts <= span_end)
     if events and not inside:
         newest = max(ts for ts, _ in events)

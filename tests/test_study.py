@@ -212,3 +212,25 @@ def test_benchmark_section_leaves_other_sections_alone(tmp_path: Path) -> None:
     doc.write_text(text + "\n## Later\n\nkept\n")
     write_section(doc, f"{HEADING}\n\nthird run\n")
     assert doc.read_text().endswith("third run\n\n## Later\n\nkept\n")
+
+
+def test_a_file_with_no_message_is_an_input_error(tmp_path: Path) -> None:
+    """An empty or all-garbage file printed 50 empty windows and exited 0."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    garbage = tmp_path / "garbage.jsonl"
+    garbage.write_text('garbage\n{"x": 1}\n')
+    res = run_cli("longtail", "--input", str(empty), "--csv")
+    assert res.returncode == 2 and f"no messages in {empty}" in res.stderr, res.stderr
+    res = run_cli("longtail", "--input", str(garbage), "--csv")
+    assert res.returncode == 2 and "(2 lines skipped)" in res.stderr, res.stderr
+    assert res.stdout == "" and "Traceback" not in res.stderr
+
+
+def test_an_svg_path_that_cannot_be_written_fails_before_the_study(tmp_path: Path) -> None:
+    res = run_cli("longtail", "--builtin-examples", "--svg", str(tmp_path / "no" / "x.svg"))
+    assert res.returncode == 2
+    assert f"no such directory {tmp_path / 'no'}" in res.stderr
+    assert "messages (" not in res.stderr  # the study did not run
+    res = run_cli("longtail", "--builtin-examples", "--svg", str(tmp_path))
+    assert res.returncode == 2 and "is a directory" in res.stderr
