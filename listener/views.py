@@ -396,9 +396,21 @@ def _fmt_time(ts: float) -> str:
 
 
 def run_radar(args: argparse.Namespace) -> int:
-    """Run ``radar``; returns 0, or 2 for a window no bucket size fits."""
+    """Run ``radar``; returns 0, or 2 for a window no bucket size fits or a
+    ``--users`` list that names nobody (``,,,``) or a bad name (as ``/api/radar``)."""
+    from .webapi import ApiError, parse_users
+
     end = args.end if args.end is not None else time.time()
-    users = [u.strip() for u in args.users.split(",") if u.strip()] if args.users else None
+    users = None
+    if args.users is not None:
+        try:
+            users = parse_users({"users": [args.users]})
+        except ApiError as exc:
+            log.error("--users: %s", exc)
+            return 2
+        if not users:
+            log.error("--users %r names no user (comma-separated names)", args.users)
+            return 2
 
     async def go(store: Any, cfg: Any) -> Any:
         counts = await read_radar_counts(store, args.window, end)
