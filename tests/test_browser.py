@@ -666,3 +666,57 @@ def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any) -> 
         w.stop("replay-badge")
     page.wait_for_function(f"{badge} === 'bus down'", timeout=30_000 * T)
     assert get_json(w.port, "/healthz")[1]["bus"]["state"] == "dead"
+
+
+def test_radar_with_fewer_than_three_categories_says_so(
+    redis_server: Any, browser: Any, examples: list[Any], tmp_path: Path
+) -> None:
+    """A radar needs three axes: nobody in the window, or one category, drew a bare
+    scale or a single line; the chart is hidden and the note says why."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    w = Wall(redis_server.url, tmp_path)
+    w.spawn("listener", "listen", "--redis-url", w.redis_url, "--key-prefix", w.prefix,
+            "--endpoint", w.bus, "--step", "1")
+    w.start_web()
+    page = new_page(browser)
+    note = "document.getElementById('radar-note').textContent"
+    box = "document.getElementById('radar').parentElement.hidden"
+    try:
+        page.goto(f"http://127.0.0.1:{w.port}/?view=radar")
+        page.wait_for_function(f"{note} === 'no users in this window'", timeout=30_000 * T)
+        assert page.evaluate(box) is True
+
+        def replay(categories: set[str], name: str) -> None:
+            chosen = [e for c in sorted(categories) for e in [
+                x for x in examples
+                if x.expected_usernames and x.body["topic"].split(".")[3] == c
+            ][:3]]
+            path = tmp_path / name
+            tag = uuid.uuid4().hex[:8]
+            path.write_text("".join(
+                json.dumps(dict(e.body, msg_id=f"{e.body['msg_id']}-{tag}")) + "\n"
+                for e in chosen
+            ))
+            r = run_cli("replay", str(path), "--endpoint", w.bus, "--rebase-time",
+                        "--rate", "200", "--wait-timeout", "30", timeout=120)
+            assert r.returncode == 0, r.stderr
+
+        replay({"bodhi"}, "one.jsonl")
+        wait_for(lambda: (get_json(w.port, "/api/radar?window=3600")[1] or {}).get("categories")
+                 == ["bodhi"], 30, 0.3, "one category counted")
+        page.reload()
+        page.wait_for_function(f"{note}.startsWith('only 1 category')", timeout=30_000 * T)
+        assert page.evaluate(box) is True
+        replay({"buildsys", "git"}, "more.jsonl")
+        wait_for(lambda: len((get_json(w.port, "/api/radar?window=3600")[1] or {})
+                             .get("categories", [])) >= 3, 30, 0.3, "three categories")
+        page.reload()
+        page.wait_for_function(f"{box} === false", timeout=30_000 * T)
+        assert page.evaluate(note) == ""
+        labels = page.evaluate("Chart.getChart('radar').data.labels")
+        assert len(labels) >= 3 and "bodhi" in labels, labels
+    finally:
+        page.context.close()
+        for name in list(w.procs):
+            w.stop(name)

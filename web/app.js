@@ -163,6 +163,7 @@
     radar: null,
     diff: {},
     fetchedAt: {},
+    radarNote: "",
     view: null,
     events: { snapshot: 0, blink: 0, tick: 0, status: 0 },
   };
@@ -272,11 +273,19 @@
             angleLines: { color: cssVar("--line") },
             grid: { color: cssVar("--line") },
             pointLabels: { color: cssVar("--text"), font: { size: Math.round(r * 0.95), weight: "600" } },
-            ticks: { backdropColor: "transparent", color: cssVar("--muted"), callback: (v) => Math.round(v * 100) + "%" },
+            ticks: { backdropColor: "transparent", color: cssVar("--muted"), maxTicksLimit: 5, callback: pct },
           },
         },
       },
     });
+  }
+
+  /** A share (0..1) as a percent with the digits its size needs: small shares
+   *  rounded to whole percents repeated ("4%, 4%, 3%, 3%"). */
+  function pct(v) {
+    const p = Math.round(v * 10000) / 100; // 0.05 * 100 is 5.000000000000001
+    if (p >= 10 || Number.isInteger(p)) return Math.round(p) + "%";
+    return (p >= 1 ? p.toFixed(1) : p.toFixed(2)) + "%";
   }
 
   function updateChart(chart, active) {
@@ -605,7 +614,15 @@
     const list = $("radar-users");
     if (!data) { list.replaceChildren(); return; }
     const users = Object.entries(data.users || {});
-    if (!users.length) $("radar-note").textContent = "no users in this window";
+    const ncat = (data.categories || []).length;
+    // a radar needs three axes: with fewer categories (or nobody) it would be a
+    // line or a bare scale, so the chart is hidden and the note says why
+    const note = !users.length ? "no users in this window"
+      : ncat < 3 ? `only ${ncat} ${ncat === 1 ? "category" : "categories"} in this window: a radar needs 3`
+      : "";
+    // the note shows the fetch's error too (loadRadar): only this note is replaced
+    if (note || $("radar-note").textContent === S.radarNote) $("radar-note").textContent = note;
+    S.radarNote = note;
     list.replaceChildren(...users.map(([name, shares], i) => {
       const li = el("li");
       const sw = el("span", "swatch");
@@ -617,6 +634,8 @@
     }));
     const c = charts.radar;
     if (!c) return;
+    c.canvas.parentElement.hidden = !!note;
+    if (note) { c.data.labels = []; c.data.datasets = []; updateChart(c, false); return; }
     const axes = radarAxes(data);
     S.radarAxes = axes;
     c.data.labels = axes.map((i) => String(data.categories[i]));
