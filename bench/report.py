@@ -54,7 +54,7 @@ def header(r: dict[str, Any]) -> str:
     quick = "  **Quick run (tiny sizes): these numbers check the harness only.**" if r.get(
         "quick") else ""
     loads = []
-    for part in ("ingest", "compute", "fanout", "study"):
+    for part in ("ingest", "compute", "fanout", "page", "study"):
         p = r.get(part)
         if isinstance(p, dict) and "load_before" in p:
             loads.append(
@@ -63,7 +63,7 @@ def header(r: dict[str, Any]) -> str:
             )
     speeds = [
         f"{part} {r[part]['host_speed_ms'][0]} → {r[part]['host_speed_ms'][1]}"
-        for part in ("ingest", "compute", "fanout", "study")
+        for part in ("ingest", "compute", "fanout", "page", "study")
         if isinstance(r.get(part), dict) and "host_speed_ms" in r[part]
     ]
     return "\n".join(
@@ -397,6 +397,48 @@ def fanout(r: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def page(r: dict[str, Any]) -> str:
+    p = r.get("page") or {}
+    out = ["## Page memory (a kiosk left up for weeks)", ""]
+    if "error" in p:
+        return "\n".join(out + [f"Failed: `{p['error']}`", ""])
+    samples = p.get("samples") or []
+    if not samples:
+        return "\n".join(out + ["Not run.", ""])
+    step = p.get("step_s", 0.1)
+    out += [
+        f"`bench/page.py`: the real pipeline at a compressed pace (listener and web "
+        f"`--step {step}`, {5 / step:.0f}× the default 5 s; `replay --builtin-examples "
+        f"--loop --new-ids --rate {p.get('rate', 0):.0f}`) into one page in Debian's "
+        "chromium (1920×1080, `?rotate=5`: every view in turn).  Each sample follows a "
+        "full garbage collection (`HeapProfiler.collectGarbage`); `Performance.getMetrics` "
+        "gives live DOM nodes, event listeners and the used JS heap.  The page keeps at "
+        "most 720 history points per window (`HISTORY_MAX`): its heap grows until then.  "
+        "`tests/test_browser.py::test_page_memory_stays_bounded` checks the same over a "
+        "minute.",
+        "",
+        "| s | blinks | ticks | ≈ time at the default pace | DOM nodes | listeners | JS heap |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in samples:
+        ticks_h = x["ticks"] * 5 / 3600
+        out.append(
+            f"| {x['t_s']:.0f} | {x['blinks']:,} | {x['ticks']:,} | {ticks_h:.1f} h of ticks "
+            f"| {x['nodes']:,} | {x['listeners']} | {x['heap_bytes'] / 2**20:.2f} MiB |"
+        )
+    sm = p.get("summary") or {}
+    if sm.get("from"):
+        a, b = sm["from"], sm["to"]
+        out += [
+            "",
+            f"Once the history was full ({a['ticks']:,} → {b['ticks']:,} ticks, "
+            f"{b['blinks'] - a['blinks']:,} blinks): JS heap "
+            f"{sm['heap_per_1000_ticks'] / 1024:+.1f} KiB per 1,000 ticks, DOM nodes "
+            f"{sm['nodes_change']:+d}, event listeners {sm['listeners_change']:+d}.",
+        ]
+    return "\n".join(out + [""])
+
+
 def render(r: dict[str, Any], existing: str, notes: str = "") -> str:
     """The whole report.  The seed-study section is another engineer's: kept verbatim
     from ``existing`` when there; only when missing is this run's study output used."""
@@ -405,7 +447,8 @@ def render(r: dict[str, Any], existing: str, notes: str = "") -> str:
     if study is None:
         study = STUDY_HEADING + "\n\nNot run yet (`python -m bench.bench_study`).\n"
     r = dict(r, study_section=study)
-    parts = [header(r), targets(r), ingest(r), compute(r), fanout(r), study.rstrip("\n") + "\n"]
+    parts = [header(r), targets(r), ingest(r), compute(r), fanout(r), page(r),
+             study.rstrip("\n") + "\n"]
     if notes:
         parts.append(notes)
     return "\n".join(parts)

@@ -1,12 +1,13 @@
 """``make bench``: run every benchmark and write ``docs/BENCHMARKS.md``.
 
-    python -m bench.run --write docs/BENCHMARKS.md        # compute, ingest, fanout (~11 min)
+    python -m bench.run --write docs/BENCHMARKS.md        # compute, ingest, fanout, page (~18 min)
     python -m bench.run --only ingest,compute --reps 3    # some parts
     python -m bench.run --quick                           # tiny sizes (smoke test)
     python -m bench.run --only ingest --merge --write ... # re-run one part, keep the rest
 
 Parts: ``compute`` (:mod:`bench.compute`), ``ingest`` (:mod:`bench.ingest`),
-``fanout`` (:mod:`bench.fanout`), and on request ``study`` (``bench/bench_study.py``,
+``fanout`` (:mod:`bench.fanout`), ``page`` (:mod:`bench.page`, the wall page's
+memory over a long compressed run), and on request ``study`` (``bench/bench_study.py``,
 the seed study: its section of the report belongs to its author and is kept as it
 stands; ``python -m bench.bench_study --write docs/BENCHMARKS.md`` rewrites it).  Raw results go to
 ``bench/out/results.json``; the report is rendered by :mod:`bench.report`.  A
@@ -31,10 +32,10 @@ from bench import report
 from bench.procs import OUT, ROOT, RedisServer, redis_version
 
 #: in running order: the short, noise-sensitive timings first
-PARTS = ("compute", "ingest", "fanout", "study")
+PARTS = ("compute", "ingest", "fanout", "page", "study")
 #: run by default; ``study`` (``bench/bench_study.py``, ~5 min) only when asked: its
 #: section in the report is its owner's and is kept as it stands
-DEFAULT_PARTS = ("compute", "ingest", "fanout")
+DEFAULT_PARTS = ("compute", "ingest", "fanout", "page")
 
 
 #: Iterations of :func:`host_speed_ms`'s loop.
@@ -120,6 +121,12 @@ def run_part(name: str, quick: bool, reps: int, log: Any) -> dict[str, Any]:
         from bench import fanout
 
         res = fanout.run(quick=quick, reps=reps, log=log)
+    elif name == "page":
+        from bench import page
+
+        res = page.run(minutes=0.3 if quick else 6.0, sample_s=10.0 if quick else 30.0,
+                       log=log)
+        res["summary"] = page.summary(res)
     elif name == "study":
         import bench.bench_study as study
 

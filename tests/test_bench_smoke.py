@@ -95,14 +95,30 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
             "step": [{"users": 10_000, "shape": "all", "step_ms": 9.0, "snapshots_ms": 5.0}],
             "load_before": [1, 1, 1], "load_after": [1, 1, 1], "seconds": 1,
         },
+        "page": {
+            "samples": [
+                {"t_s": t, "nodes": 1000 + n, "listeners": 40, "heap_bytes": h,
+                 "blinks": 10 * t, "ticks": 9 * t, "snapshots": 1}
+                for t, n, h in ((0, 0, 4 * 2**20), (100, 20, 6 * 2**20), (200, 10, 6 * 2**20))
+            ],
+            "rate": 500.0, "step_s": 0.1, "minutes": 3.3,
+        },
     }
+    from bench.page import summary
+
+    results["page"]["summary"] = summary(results["page"])
     path = tmp_path / "BENCHMARKS.md"
     path.write_text("# old\n\n" + report.STUDY_HEADING + "\n\nkept as it was\n")
     report.write(path, results)
     text = path.read_text()
     for heading in ("## Targets (issue 9)", "## Ingest, end to end", "## Window recompute",
-                    "## Fan-out and bus → browser latency", report.STUDY_HEADING):
+                    "## Fan-out and bus → browser latency",
+                    "## Page memory (a kiosk left up for weeks)", report.STUDY_HEADING):
         assert heading in text
     assert "kept as it was" in text  # the study's section is someone else's
     assert "| 10,000 | all | 9.0 | 5.0 |" in text
     assert "one step of all windows < 10 ms at 10,000 users | 9.0 ms" in text
+    # 900 -> 1,800 ticks (both past the 720-point history): heap +0 per 1,000 ticks
+    assert "| 200 | 2,000 | 1,800 | 2.5 h of ticks | 1,010 | 40 | 6.00 MiB |" in text
+    assert "(900 → 1,800 ticks, 1,000 blinks): JS heap +0.0 KiB per 1,000 ticks" in text
+    assert "DOM nodes -10, event listeners +0." in text
