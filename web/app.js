@@ -724,15 +724,16 @@
 
   function renderStatus() {
     const pill = $("status");
+    const what = down();
     let state, text;
     const age = S.lastMessageAt ? nowS() - S.lastMessageAt : null;
     if (!S.connected) {
       state = S.reconnectAt ? "reconnecting" : "connecting";
       const wait = S.reconnectAt ? Math.max(0, Math.ceil((S.reconnectAt - Date.now()) / 1000)) : 0;
       text = S.reconnectAt ? (wait > 0 ? `reconnecting · ${wait} s` : "reconnecting") : "connecting";
-    } else if (down()) {
+    } else if (what) {
       state = "down";
-      text = down();
+      text = what;
     } else if (age === null || age > P.stale) {
       state = "stale";
       text = "stale";
@@ -743,8 +744,10 @@
     if (pill.dataset.state !== state) pill.dataset.state = state;
     $("status-text").textContent = text;
     $("age").textContent = age === null ? "never" : fmtAge(age);
-    // a stopped listener's last rate is not the bus's now
-    $("rate").textContent = S.rate === null || (S.connected && down()) ? "–" : fmtInt(S.rate);
+    // a stopped listener's last rate is not the bus's now (a dead bus's rate, from a
+    // listener that runs, is)
+    const unknown = S.connected && (what === "redis down" || what === "listener down");
+    $("rate").textContent = S.rate === null || unknown ? "–" : fmtInt(S.rate);
     $("window-label").textContent = fmtWindow(win());
     $("clock").textContent = hhmm(Date.now() / 1000);
   }
