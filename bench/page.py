@@ -114,22 +114,29 @@ def run(
 
 
 def summary(res: dict[str, Any]) -> dict[str, Any]:
-    """Growth once the history is full: the first sample with at least
-    ``HISTORY_MAX`` ticks against the last one (None when the run was too short).
+    """Growth once the history is full, over the samples with at least
+    ``HISTORY_MAX`` ticks (``{"from": None, "to": None}`` when fewer than 3).
 
-    Returns ``{"from", "to"}`` (samples) and ``heap_per_1000_ticks`` (bytes),
-    ``nodes_change``, ``listeners_change``.
+    Returns ``{"from", "to"}`` (the first and last of those samples),
+    ``heap_per_1000_ticks`` (bytes: the least-squares slope of the heap over ticks,
+    since one sample moves by a few hundred KiB with what V8 has compiled or not yet
+    freed), ``heap_spread`` (bytes, max - min), ``nodes_change``, ``listeners_change``.
     """
     s = res.get("samples") or []
     full = [x for x in s if x["ticks"] >= HISTORY_MAX]
-    if len(full) < 2:
+    if len(full) < 3:
         return {"from": None, "to": None}
+    xs = [float(x["ticks"]) for x in full]
+    ys = [float(x["heap_bytes"]) for x in full]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs) or 1.0
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
     a, b = full[0], full[-1]
-    ticks = max(1, b["ticks"] - a["ticks"])
     return {
         "from": a,
         "to": b,
-        "heap_per_1000_ticks": round((b["heap_bytes"] - a["heap_bytes"]) * 1000 / ticks),
+        "heap_per_1000_ticks": round(slope * 1000),
+        "heap_spread": round(max(ys) - min(ys)),
         "nodes_change": b["nodes"] - a["nodes"],
         "listeners_change": b["listeners"] - a["listeners"],
     }

@@ -433,8 +433,9 @@ def page(r: dict[str, Any]) -> str:
             "",
             f"Once the history was full ({a['ticks']:,} → {b['ticks']:,} ticks, "
             f"{b['blinks'] - a['blinks']:,} blinks): JS heap "
-            f"{sm['heap_per_1000_ticks'] / 1024:+.1f} KiB per 1,000 ticks, DOM nodes "
-            f"{sm['nodes_change']:+d}, event listeners {sm['listeners_change']:+d}.",
+            f"{sm['heap_per_1000_ticks'] / 1024:+.1f} KiB per 1,000 ticks (least-squares "
+            f"slope; the samples spread over {sm.get('heap_spread', 0) / 1024:.0f} KiB), "
+            f"DOM nodes {sm['nodes_change']:+d}, event listeners {sm['listeners_change']:+d}.",
         ]
     return "\n".join(out + [""])
 

@@ -99,7 +99,8 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
             "samples": [
                 {"t_s": t, "nodes": 1000 + n, "listeners": 40, "heap_bytes": h,
                  "blinks": 10 * t, "ticks": 9 * t, "snapshots": 1}
-                for t, n, h in ((0, 0, 4 * 2**20), (100, 20, 6 * 2**20), (200, 10, 6 * 2**20))
+                for t, n, h in ((0, 0, 4 * 2**20), (100, 20, 6 * 2**20), (150, 30, 7 * 2**20),
+                                (200, 10, 6 * 2**20))
             ],
             "rate": 500.0, "step_s": 0.1, "minutes": 3.3,
         },
@@ -118,7 +119,7 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
     assert "kept as it was" in text  # the study's section is someone else's
     assert "| 10,000 | all | 9.0 | 5.0 |" in text
     assert "one step of all windows < 10 ms at 10,000 users | 9.0 ms" in text
-    # 900 -> 1,800 ticks (both past the 720-point history): heap +0 per 1,000 ticks
+    # 900, 1,350, 1,800 ticks (past the 720-point history) at 6, 7, 6 MiB: slope 0
     assert "| 200 | 2,000 | 1,800 | 2.5 h of ticks | 1,010 | 40 | 6.00 MiB |" in text
     assert "(900 → 1,800 ticks, 1,000 blinks): JS heap +0.0 KiB per 1,000 ticks" in text
-    assert "DOM nodes -10, event listeners +0." in text
+    assert "the samples spread over 1024 KiB), DOM nodes -10, event listeners +0." in text
