@@ -80,6 +80,14 @@ class Wall:
         self.procs[name] = proc
         return proc
 
+    def replay_loop(self, name: str, rate: int) -> subprocess.Popen[bytes]:
+        """A replay of the shipped examples at ``rate`` msgs/s, looping with new ids,
+        until :meth:`stop`'d (a publisher that stays up)."""
+        return self.spawn(
+            name, "replay", "--builtin-examples", "--endpoint", self.bus, "--rebase-time",
+            "--rate", str(rate), "--loop", "--new-ids", "--wait-timeout", "30",
+        )
+
     def start_web(self) -> None:
         self.spawn(
             "web",
@@ -551,20 +559,7 @@ def test_page_memory_stays_bounded(wall: tuple[Wall, Any], browser: Any) -> None
     ("Page memory") runs the same for thousands of ticks."""
     w, _ = wall
     page = new_page(browser)
-    replay = w.spawn(
-        "replay-soak",
-        "replay",
-        "--builtin-examples",
-        "--endpoint",
-        w.bus,
-        "--rebase-time",
-        "--rate",
-        "200",
-        "--loop",
-        "--new-ids",
-        "--wait-timeout",
-        "30",
-    )
+    w.replay_loop("replay-soak", 200)
 
     def show_every_view() -> None:
         for view in ("radar", "diff", "longtail", "live"):
@@ -594,9 +589,7 @@ def test_page_memory_stays_bounded(wall: tuple[Wall, Any], browser: Any) -> None
         assert last["heap"] - first["heap"] < 2 * 2**20, (first, last)
     finally:
         page.context.close()
-        replay.terminate()
-        replay.wait(15)
-        w.procs.pop("replay-soak", None)
+        w.stop("replay-soak")
 
 
 def test_recovers_after_web_restart(wall: tuple[Wall, Any]) -> None:
@@ -626,20 +619,7 @@ def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any) -> 
     w, page = wall
     badge = "document.getElementById('status-text').textContent"
     live = "document.getElementById('status').dataset.state === 'live'"
-    w.spawn(
-        "replay-badge",
-        "replay",
-        "--builtin-examples",
-        "--endpoint",
-        w.bus,
-        "--rebase-time",
-        "--rate",
-        "50",
-        "--loop",
-        "--new-ids",
-        "--wait-timeout",
-        "30",
-    )
+    w.replay_loop("replay-badge", 50)
     try:
         page.wait_for_function(live, timeout=30_000 * T)
         redis_server.stop()
