@@ -397,19 +397,21 @@ def _fmt_time(ts: float) -> str:
 
 def run_radar(args: argparse.Namespace) -> int:
     """Run ``radar``; returns 0, or 2 for a window no bucket size fits or a
-    ``--users`` list that names nobody (``,,,``) or a bad name (as ``/api/radar``)."""
-    from .webapi import ApiError, parse_users
+    ``--users`` list that names nobody (``,,,``) or a name longer than any counted
+    (:data:`listener.users.MAX_USERNAME_LEN`).  Unlike ``/api/radar``, a name with
+    control characters is taken: the bus may carry one, and the output escapes it."""
+    from .users import MAX_USERNAME_LEN
 
     end = args.end if args.end is not None else time.time()
     users = None
     if args.users is not None:
-        try:
-            users = parse_users({"users": [args.users]})
-        except ApiError as exc:
-            log.error("--users: %s", exc)
-            return 2
+        users = list(dict.fromkeys(u.strip() for u in args.users.split(",") if u.strip()))
         if not users:
             log.error("--users %r names no user (comma-separated names)", args.users)
+            return 2
+        if any(len(u) > MAX_USERNAME_LEN for u in users):
+            log.error("--users: a name longer than %d characters is never counted",
+                      MAX_USERNAME_LEN)
             return 2
 
     async def go(store: Any, cfg: Any) -> Any:
