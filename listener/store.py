@@ -22,6 +22,7 @@ key                            type    content
 ``P:recent``                   list    the latest ``blink`` entries (JSON), newest last
 ``P:meta``                     hash    ``epoch``, ``last_message_at``, listener health
 ``P:events``                   pubsub  channel of ``blink`` and ``tick`` events
+                               (``P:events:dbN`` on database N > 0: channels are server-wide)
 =============================  ======  =============================================
 
 Bucket keys expire at ``start + bucket_s + retention`` (``EXPIREAT``), where the
@@ -517,7 +518,12 @@ class Store:
         self._release = self.r.register_script(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
         )
-        self.events_channel = f"{self.p}:events"
+        # pub/sub channels are server-wide, whatever database a client selected: two
+        # wallboards on databases 1 and 3 of one server saw each other's ticks.  A
+        # database other than 0 is part of the channel's name.
+        pool = getattr(client, "connection_pool", None)
+        db = int((getattr(pool, "connection_kwargs", None) or {}).get("db") or 0)
+        self.events_channel = f"{self.p}:events" if db == 0 else f"{self.p}:events:db{db}"
 
     @classmethod
     def from_url(cls, url: str, timeout_s: float = 5.0, **kwargs: Any) -> Store:

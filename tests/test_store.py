@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from pathlib import Path
@@ -190,3 +191,29 @@ def test_stopping_the_embedded_redis_removes_its_temporary_folder(tmp_path: Path
         assert again.get("k") == b"v"  # saved by SHUTDOWN SAVE
     finally:
         stop_embedded(again)
+
+
+async def test_events_of_two_databases_of_one_server_stay_apart(redis_url: str) -> None:
+    """Redis pub/sub ignores the database: two wallboards on /1 and /3 of one server
+    (same prefix) saw each other's ticks.  Each database has its own channel."""
+    base = redis_url.rsplit("/", 1)[0]
+    one, three = Store.from_url(f"{base}/1"), Store.from_url(f"{base}/3")
+    zero = Store.from_url(f"{base}/0")
+    try:
+        assert zero.events_channel == "{fwb}:events"
+        assert len({zero.events_channel, one.events_channel, three.events_channel}) == 3
+        sub = three.r.pubsub()
+        await sub.subscribe(three.events_channel)
+        assert (await sub.get_message(timeout=2.0))["type"] == "subscribe"
+        await one.publish({"type": "tick", "from": "db1"})
+        await three.publish({"type": "tick", "from": "db3"})
+        got = []
+        for _ in range(10):
+            m = await sub.get_message(ignore_subscribe_messages=True, timeout=0.3)
+            if m:
+                got.append(json.loads(m["data"])["from"])
+        assert got == ["db3"]
+        await sub.aclose()
+    finally:
+        for s in (zero, one, three):
+            await s.close()
