@@ -611,7 +611,9 @@ def test_recovers_after_web_restart(wall: tuple[Wall, Any]) -> None:
     assert page.evaluate("wallboard.state.connected") is True
 
 
-def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any) -> None:
+def test_badge_names_what_is_down(
+    wall: tuple[Wall, Any], redis_server: Any, browser: Any
+) -> None:
     """Redis stopped: "redis down" (not "listener down": the listener is alive and
     retrying); the listener stopped: "listener down"; either way the rate is "–",
     not the last one reported; back to live once both are back; the publisher gone:
@@ -627,6 +629,19 @@ def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any) -> 
             page.wait_for_function(f"{badge} === 'redis down'", timeout=30_000 * T)
             assert page.get_attribute("#status", "data-state") == "down"
             assert page.text_content("#rate") == "\u2013"
+            # a page opened now: the server closes each websocket (1013, Redis
+            # unavailable); it said "reconnecting · 1 s" and retried twice a second
+            fresh = new_page(browser)
+            sockets: list[Any] = []
+            fresh.on("websocket", lambda ws: sockets.append(ws))
+            try:
+                fresh.goto(f"http://127.0.0.1:{w.port}/")
+                fresh.wait_for_function(f"{badge}.startsWith('redis down')", timeout=15_000 * T)
+                fresh.wait_for_timeout(8000)
+                assert fresh.evaluate(badge).startswith("redis down")
+                assert len(sockets) <= 6, len(sockets)  # 0.5, 1, 2, 4 s... backoff
+            finally:
+                fresh.context.close()
         finally:
             redis_server.start()
         page.wait_for_function(live, timeout=60_000 * T)

@@ -151,6 +151,7 @@
   const S = {
     connected: false,
     reconnectAt: null,
+    closedBy: "", // why the server closed the last websocket, when it said ("redis down")
     windows: {},
     history: {},
     recent: [],
@@ -730,7 +731,8 @@
     if (!S.connected) {
       state = S.reconnectAt ? "reconnecting" : "connecting";
       const wait = S.reconnectAt ? Math.max(0, Math.ceil((S.reconnectAt - Date.now()) / 1000)) : 0;
-      text = S.reconnectAt ? (wait > 0 ? `reconnecting · ${wait} s` : "reconnecting") : "connecting";
+      const why = S.closedBy || "reconnecting";
+      text = S.reconnectAt ? (wait > 0 ? `${why} · ${wait} s` : why) : "connecting";
     } else if (what) {
       state = "down";
       text = what;
@@ -854,7 +856,8 @@
     ws = sock;
     sock.onopen = () => {
       if (sock !== ws) return;
-      attempt = 0;
+      // the backoff is reset by the first event, not here: a server that accepts
+      // and closes at once (1013, Redis down) was retried every 0.5-1 s for ever
       S.connected = true;
       S.reconnectAt = null;
       lastFrame = Date.now();
@@ -865,12 +868,16 @@
       lastFrame = Date.now();
       let ev;
       try { ev = JSON.parse(e.data); } catch (err) { return; }
+      attempt = 0;
+      S.closedBy = "";
       handle(ev);
     };
-    sock.onclose = () => {
+    sock.onclose = (e) => {
       if (sock !== ws) return;
       ws = null;
       S.connected = false;
+      // 1013 "Redis unavailable": the web process is up, its Redis is not
+      S.closedBy = e && e.code === 1013 && /redis/i.test(e.reason || "") ? "redis down" : "";
       scheduleReconnect();
     };
     sock.onerror = () => {};
