@@ -547,7 +547,7 @@ def run(args: argparse.Namespace) -> int:
         # empty datagrepper range is an answer (a warning below)
         log.error(
             "no messages in %s%s", ", ".join(args.input) or "the examples",
-            f" ({sum(skipped.values())} lines skipped)" if skipped else "",
+            f" ({n} line{'' if n == 1 else 's'} skipped)" if (n := sum(skipped.values())) else "",
         )
         return 2
     inside = sum(1 for ts, _ in events if span_start < ts <= span_end)
