@@ -828,3 +828,32 @@ def test_amqp_demo_outlives_a_broker_outage_longer_than_the_publish_timeout(
         demo.wait(60)
         out.close()
     assert "demo stopped" in (tmp_path / "demo.out").read_text()
+
+
+@pytest.mark.faults
+async def test_a_stuck_ack_task_does_not_keep_the_input_from_reconnecting(
+    redis_url: str, amqp_url: str, rabbitmq: Any, extractor: Any, caplog: Any
+) -> None:
+    """Once in four broker restarts the session never ended (no reconnect for
+    minutes).  The wait for the ack task is bounded: an ack task that ignores its
+    cancellation (this one, on purpose) is left behind, and the input reconnects."""
+    h = Harness(redis_url, extractor, amqp_url)
+    stuck = asyncio.Event()
+
+    async def ack_loop_ignoring_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            stuck.set()
+            await asyncio.sleep(30)  # ignores the cancellation for 30 s
+
+    h.input._ack_loop = ack_loop_ignoring_cancel  # type: ignore[method-assign]
+    await h.start()
+    try:
+        await asyncio.to_thread(rabbitmq.restart)
+        await until(lambda: h.input.stats.connects >= 2, 60, "a reconnect")
+        assert stuck.is_set()
+        assert "AMQP ack task did not stop within 5 s" in caplog.text
+        assert h.input.state(time.time()) == "ok"
+    finally:
+        await h.close()

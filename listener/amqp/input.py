@@ -45,6 +45,8 @@ OP_TIMEOUT_S = 30.0
 #: the input's state is ``"dead"``, seconds (a broker restart takes a few seconds;
 #: the ZeroMQ links' grace is 2-5 s).
 DEAD_AFTER_S = 10.0
+#: Longest wait for the ack task to stop when a session ends, seconds.
+ACK_STOP_S = 5.0
 #: Connected but no message for longer than this: ``"quiet"``, seconds (as the
 #: ZeroMQ links' default ``heartbeat_timeout_s``).
 QUIET_AFTER_S = 30.0
@@ -380,8 +382,15 @@ class AmqpInput:
             self._channel = None
             if ack_task is not None:
                 ack_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await ack_task
+                # bounded: once in four broker restarts a fresh-user check saw the
+                # session never end (no reconnect for minutes), waiting here or on the
+                # close; a task that ignores its cancellation must not stop the input
+                done, _ = await asyncio.wait({ack_task}, timeout=ACK_STOP_S)
+                if not done:
+                    log.warning("AMQP ack task did not stop within %.0f s: left behind",
+                                ACK_STOP_S)
+                elif not ack_task.cancelled() and ack_task.exception() is not None:
+                    log.debug("AMQP ack task ended with %r", ack_task.exception())
             if not (conn.is_closed or conn.is_closing):
                 with contextlib.suppress(Exception):
                     conn.close()
