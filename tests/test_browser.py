@@ -711,6 +711,12 @@ def test_radar_with_fewer_than_three_categories_says_so(
         assert page.evaluate(note) == ""
         labels = page.evaluate("Chart.getChart('radar').data.labels")
         assert len(labels) >= 3 and "bodhi" in labels, labels
+        # users named in the URL with no message in the window: not a bare scale
+        page.goto(f"http://127.0.0.1:{w.port}/?view=radar&users=nobodyhere")
+        page.wait_for_function(
+            f"{note} === 'no messages from nobodyhere in this window'", timeout=30_000 * T
+        )
+        assert page.evaluate(box) is True
     finally:
         page.context.close()
         for name in list(w.procs):

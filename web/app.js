@@ -618,8 +618,10 @@
     const ncat = (data.categories || []).length;
     // a radar needs three axes: with fewer categories (or nobody) it would be a
     // line or a bare scale, so the chart is hidden and the note says why
+    const counted = users.some(([, shares]) => (shares || []).some((v) => Number(v) > 0));
     const note = !users.length ? "no users in this window"
       : ncat < 3 ? `only ${ncat} ${ncat === 1 ? "category" : "categories"} in this window: a radar needs 3`
+      : !counted ? `no messages from ${users.length === 1 ? users[0][0] : "these users"} in this window`
       : "";
     // the note shows the fetch's error too (loadRadar): only this note is replaced
     if (note || $("radar-note").textContent === S.radarNote) $("radar-note").textContent = note;
