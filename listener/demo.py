@@ -16,6 +16,7 @@ the demo.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
 import signal
@@ -110,88 +111,93 @@ def main(argv: list[str] | None = None) -> int:
     print(f"embedded Redis: {url}", flush=True)
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    listen = ["listen", "--redis-url", url, "--endpoint", args.bus]
-    if args.amqp:
-        listen = ["listen", "--redis-url", url, "--bus", "amqp", "--amqp-url", args.amqp_url]
-    children.append(("listener", _spawn("listener", listen, logs)))
-    time.sleep(2.0)
-    if args.amqp:
-        replay = [
-            "amqp-replay", "--builtin-examples", "--amqp-url", args.amqp_url,
-            "--rate", str(args.rate), "--loop", "--new-ids",
-        ]
-    else:
-        replay = [
-            "replay", "--builtin-examples", "--endpoint", args.bus, "--rate", str(args.rate),
-            "--rebase-time", "--loop", "--new-ids", "--wait-subscribers", "1",
-        ]
-    children.append(("replay", _spawn("replay", replay, logs)))
-    replay_restarts = 0
-    try:
-        import listener.web  # noqa: F401
-
-        web = ["web", "--redis-url", url, "--host", args.host, "--port", str(args.port)]
-        children.append(("web", _spawn("web", web, logs)))
-        where = f"http://{args.host}:{args.port}/"
-        if not _wait_port(args.host, args.port, children[-1][1], 30.0):
-            print(f"the web server did not come up; see {logs / 'web.log'}", flush=True)
-            where = "(web server failed)"
-    except ImportError:
-        where = "(web server not installed)"
-
-    print(
-        f"\nfedmsg-wallboard demo running\n"
-        f"  page:      {where}\n"
-        f"  snapshot:  .venv/bin/fedmsg-wallboard snapshot --redis-url {url} --window 3600\n"
-        f"             (or --state-dir {base / 'redis'}: the demo's embedded Redis)\n"
-        f"  logs:      {logs}/\n"
-        f"Ctrl-C to stop.\n",
-        flush=True,
-    )
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
     code = 0
-    while not stopping:
-        for k, (name, proc) in enumerate(children):
-            if proc.poll() is None:
-                continue
-            if name == "replay" and proc.returncode == 69:
-                # its bus or broker is unreachable (a RabbitMQ restart outlasted the
-                # publisher's 30 s confirm timeout): the listener reconnects by
-                # itself, so the publisher starts again rather than the demo stopping
-                replay_restarts += 1
-                print(
-                    f"replay exited with 69 (bus unreachable): starting it again in "
-                    f"{REPLAY_RESTART_S:.0f} s ({replay_restarts} restart(s)); see "
-                    f"{logs / 'replay.log'}",
-                    flush=True,
-                )
-                deadline = time.monotonic() + REPLAY_RESTART_S
-                while not stopping and time.monotonic() < deadline:
-                    time.sleep(0.2)
-                if not stopping:
-                    children[k] = ("replay", _spawn("replay", replay, logs))
-                continue
-            print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
-            stopping = True
-            code = 1
-        time.sleep(0.5)
-    for _name, proc in reversed(children):
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for _name, proc in reversed(children):
+    try:
+        listen = ["listen", "--redis-url", url, "--endpoint", args.bus]
+        if args.amqp:
+            listen = ["listen", "--redis-url", url, "--bus", "amqp", "--amqp-url", args.amqp_url]
+        children.append(("listener", _spawn("listener", listen, logs)))
+        time.sleep(2.0)
+        if args.amqp:
+            replay = [
+                "amqp-replay", "--builtin-examples", "--amqp-url", args.amqp_url,
+                "--rate", str(args.rate), "--loop", "--new-ids",
+            ]
+        else:
+            replay = [
+                "replay", "--builtin-examples", "--endpoint", args.bus, "--rate", str(args.rate),
+                "--rebase-time", "--loop", "--new-ids", "--wait-subscribers", "1",
+            ]
+        children.append(("replay", _spawn("replay", replay, logs)))
+        replay_restarts = 0
         try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    stop_embedded(handle)
-    print("demo stopped", flush=True)
+            import listener.web  # noqa: F401
+
+            web = ["web", "--redis-url", url, "--host", args.host, "--port", str(args.port)]
+            children.append(("web", _spawn("web", web, logs)))
+            where = f"http://{args.host}:{args.port}/"
+            if not _wait_port(args.host, args.port, children[-1][1], 30.0):
+                print(f"the web server did not come up; see {logs / 'web.log'}", flush=True)
+                where = "(web server failed)"
+        except ImportError:
+            where = "(web server not installed)"
+
+        print(
+            f"\nfedmsg-wallboard demo running\n"
+            f"  page:      {where}\n"
+            f"  snapshot:  .venv/bin/fedmsg-wallboard snapshot --redis-url {url} --window 3600\n"
+            f"             (or --state-dir {base / 'redis'}: the demo's embedded Redis)\n"
+            f"  logs:      {logs}/\n"
+            f"Ctrl-C to stop.\n",
+            flush=True,
+        )
+        stopping = False
+
+        def _stop(signum: int, frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, _stop)
+        signal.signal(signal.SIGTERM, _stop)
+        while not stopping:
+            for k, (name, proc) in enumerate(children):
+                if proc.poll() is None:
+                    continue
+                if name == "replay" and proc.returncode == 69:
+                    # its bus or broker is unreachable (a RabbitMQ restart outlasted the
+                    # publisher's 30 s confirm timeout): the listener reconnects by
+                    # itself, so the publisher starts again rather than the demo stopping
+                    replay_restarts += 1
+                    print(
+                        f"replay exited with 69 (bus unreachable): starting it again in "
+                        f"{REPLAY_RESTART_S:.0f} s ({replay_restarts} restart(s)); see "
+                        f"{logs / 'replay.log'}",
+                        flush=True,
+                    )
+                    deadline = time.monotonic() + REPLAY_RESTART_S
+                    while not stopping and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    if not stopping:
+                        children[k] = ("replay", _spawn("replay", replay, logs))
+                    continue
+                print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
+                stopping = True
+                code = 1
+            time.sleep(0.5)
+    except BrokenPipeError:  # its output was a pipe that closed (| head): stop
+        code = 1
+    finally:  # whatever ends the demo, its children and its Redis stop with it
+        for _name, proc in reversed(children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for _name, proc in reversed(children):
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        stop_embedded(handle)
+        with contextlib.suppress(OSError):  # stdout may be that closed pipe
+            print("demo stopped", flush=True)
     return code
 
 

@@ -613,3 +613,28 @@ def test_start_up_errors_name_what_is_wrong(redis_url: str, tmp_path: Path) -> N
     assert r.returncode == 69
     lines = r.stderr.strip().splitlines()
     assert "waiting up to 10 s for Redis" in lines[0] and "not reachable" in lines[-1]
+
+
+def test_a_demo_whose_output_pipe_closes_stops_its_children(tmp_path: Path) -> None:
+    """``make run | head -3``: the demo died of BrokenPipeError and left its listener,
+    replay, web and Redis running.  It now stops them whatever ends it."""
+    port, bus = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "listener.demo", "--dir", str(tmp_path / "d"), "--port",
+         str(port), "--bus", bus],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=str(ROOT),
+    )
+    assert demo.stdout is not None
+    first = demo.stdout.readline()  # "embedded Redis: unix:///...": then nobody reads
+    assert first.startswith(b"embedded Redis: unix://")
+    socket_path = first.decode().split("unix://", 1)[1].strip()
+    demo.stdout.close()
+    assert demo.wait(120) == 1
+
+    def running(pattern: str) -> list[str]:
+        out = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True).stdout
+        return [ln for ln in out.splitlines() if "pgrep" not in ln]
+
+    # the listener and replay name the bus, the web its port, redis-server its socket
+    wait_for(lambda: not (running(bus) or running(f"--port {port}") or running(socket_path)),
+             20, 0.2, "the demo's children to exit")
