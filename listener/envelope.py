@@ -44,15 +44,6 @@ REJECT_REASONS = (
 #: longer one would become a Redis hash field and a bar on the wall for 7 days.
 MAX_TOPIC_BYTES = 255
 
-
-def topic_too_long(topic: str) -> bool:
-    """True when ``topic`` has more than :data:`MAX_TOPIC_BYTES` bytes of UTF-8 (it
-    could not be an AMQP routing key).  Encodes only a non-ASCII topic (``isascii``
-    is a flag check): the per-message path stays a length comparison."""
-    if len(topic) > MAX_TOPIC_BYTES:
-        return True
-    return not topic.isascii() and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES
-
 #: Longest msg_id accepted, characters.  fedmsg's are ``<year>-<uuid4>`` (41),
 #: fedora-messaging's a uuid (36); a longer one would be kept in the dedupe
 #: memory and Redis' msg_id sets, and sent in every blink and the ticker.
@@ -61,6 +52,15 @@ MAX_MSG_ID_CHARS = 255
 #: Largest body accepted, in bytes (fedmsg messages are a few KiB; koji's biggest
 #: are ~100 KiB).
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+
+
+def topic_too_long(topic: str) -> bool:
+    """True when ``topic`` has more than :data:`MAX_TOPIC_BYTES` bytes of UTF-8 (it
+    could not be an AMQP routing key).  Encodes only a non-ASCII topic (``isascii``
+    is a flag check): the per-message path stays a length comparison."""
+    if len(topic) > MAX_TOPIC_BYTES:
+        return True
+    return not topic.isascii() and len(topic.encode("utf-8", "surrogatepass")) > MAX_TOPIC_BYTES
 
 
 class Envelope(NamedTuple):
