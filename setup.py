@@ -11,7 +11,7 @@ setup(
     license="LGPL-2.1-or-later",
     python_requires=">=3.11",
     packages=find_packages(include=["listener", "listener.*"]),
-    package_data={"listener": ["py.typed"]},
+    package_data={"listener": ["py.typed"], "listener.storage": ["flush.lua"]},
     install_requires=[
         "fedmsg==1.1.7",
         "fedmsg-meta-fedora-infrastructure==0.31.0",
@@ -48,9 +48,13 @@ setup(
             # tests/test_static.py: the style guide's checks, run by make test
             "mypy>=1.10",
             "ruff>=0.5",
+            # the layering contract (pyproject.toml [tool.importlinter])
+            "import-linter>=2.1",
+            # coverage, subprocesses included (pyproject.toml [tool.coverage])
+            "pytest-cov>=5",
         ],
     },
-    # the page, for non-editable installs (listener/web.py finds it there)
+    # the page, for non-editable installs (listener/webserver/server.py finds it there)
     data_files=[
         (
             "share/fedmsg-wallboard/web",

@@ -18,9 +18,9 @@ Compared, on the same messages, network excluded:
   then the metrics.  With ``--seed-windows K`` only K evenly spaced windows are
   timed and the time scaled by 50/K (said so in the output).
 * **one pass**: every message's users found once (cached processors,
-  :class:`listener.users.UserExtractor`), then :func:`listener.study.sliding_windows`.
+  :class:`listener.core.users.UserExtractor`), then :func:`listener.tools.study.sliding_windows`.
 * **one pass, users given**: as datagrepper serves them today (``users``).
-* **recount, users given**: :func:`listener.study.recount_windows`, the algorithmic
+* **recount, users given**: :func:`listener.tools.study.recount_windows`, the algorithmic
   difference alone.
 
 The outputs are checked equal (messages, users, the seed's exact longtail).
@@ -40,12 +40,23 @@ from typing import Any
 
 import orjson
 
+from listener.core.longtail import stats
+from listener.core.users import UserExtractor, clean_usernames, load_fedmsg_config
+from listener.tools.study import (
+    WindowPoint,
+    collect_events,
+    recount_windows,
+    sliding_windows,
+    window_ends,
+)
+
 HEADING = "## The seed study (one pass vs per-window recount)"
 CORPUS_RATE = 65 / 60  # messages per second in the corpus's real datagrepper answer
 
 
-def synth_messages(rate: float, span_s: float, end: float, seed: int, extractor: Any
-                   ) -> list[dict[str, Any]]:
+def synth_messages(
+    rate: float, span_s: float, end: float, seed: int, extractor: Any
+) -> list[dict[str, Any]]:
     """``rate * span_s`` messages over ``[end - span_s, end)``, oldest first,
     decoded from JSON as a client would receive them."""
     from bench.workload import Workload, build_templates, template_sources
@@ -56,8 +67,9 @@ def synth_messages(rate: float, span_s: float, end: float, seed: int, extractor:
     return [orjson.loads(body) for _, body in batch.frames]
 
 
-def synth_events(rate: float, span_s: float, end: float, seed: int, extractor: Any
-                 ) -> list[tuple[float, tuple[str, ...]]]:
+def synth_events(
+    rate: float, span_s: float, end: float, seed: int, extractor: Any
+) -> list[tuple[float, tuple[str, ...]]]:
     """The same mix reduced to ``(timestamp, users)`` without rendering bodies
     (for rates whose bodies would not fit in memory)."""
     import random
@@ -76,15 +88,13 @@ def synth_events(rate: float, span_s: float, end: float, seed: int, extractor: A
     return out
 
 
-def seed_recount(bodies: list[dict[str, Any]], ends: list[int], range_s: float,
-                 config: dict[str, Any]) -> list[Any]:
+def seed_recount(
+    bodies: list[dict[str, Any]], ends: list[int], range_s: float, config: dict[str, Any]
+) -> list[Any]:
     """The seed's gather + analyze for the given window ends, network excluded:
     the messages of each window (what datagrepper returns for it) through
     ``fedmsg.meta.msg2usernames``, counted; then the metrics."""
     import fedmsg.meta
-
-    from listener.longtail import stats
-    from listener.study import WindowPoint
 
     stamps = [float(b["timestamp"]) for b in bodies]
     points = []
@@ -125,17 +135,19 @@ def run(
     """Run the comparison; returns every number measured (seconds, counts)."""
     from collections import Counter
 
-    from listener.study import collect_events, recount_windows, sliding_windows, window_ends
-    from listener.users import UserExtractor, clean_usernames, load_fedmsg_config
-
     extractor = UserExtractor(load_fedmsg_config())
     end = 1_700_000_000.0
     ends = window_ends(end, range_s, windows)
-    span = (ends[-1] - (ends[0] - range_s))
+    span = ends[-1] - (ends[0] - range_s)
     bodies = synth_messages(rate, span, ends[-1] + 1e-6, seed, extractor)
     n = len(bodies)
-    res: dict[str, Any] = {"rate": rate, "range_s": range_s, "windows": len(ends),
-                           "messages": n, "span_s": span}
+    res: dict[str, Any] = {
+        "rate": rate,
+        "range_s": range_s,
+        "windows": len(ends),
+        "messages": n,
+        "span_s": span,
+    }
 
     def one_pass() -> list[Any]:
         fresh = UserExtractor(extractor.config)  # a cold topic -> processor cache each run
@@ -187,9 +199,10 @@ def run(
 def markdown(r: dict[str, Any]) -> str:
     """The ``docs/BENCHMARKS.md`` section (heading included)."""
     extrap = (
-        "all 50 windows timed" if r["seed_windows_timed"] == r["windows"]
+        "all 50 windows timed"
+        if r["seed_windows_timed"] == r["windows"]
         else f"{r['seed_windows_timed']} of {r['windows']} windows timed "
-             f"({r['seed_timed_s']:.1f} s), scaled to {r['windows']}"
+        f"({r['seed_timed_s']:.1f} s), scaled to {r['windows']}"
     )
     lines = [
         HEADING,
@@ -254,13 +267,19 @@ def write_section(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--rate", type=float, default=CORPUS_RATE, help="messages per second")
-    p.add_argument("--seed-windows", default="5",
-                   help="seed windows to time (scaled to all), or 'all'")
-    p.add_argument("--big-rate", type=float, default=20.0,
-                   help="also compare on events only at this rate (0: skip)")
+    p.add_argument(
+        "--seed-windows", default="5", help="seed windows to time (scaled to all), or 'all'"
+    )
+    p.add_argument(
+        "--big-rate",
+        type=float,
+        default=20.0,
+        help="also compare on events only at this rate (0: skip)",
+    )
     p.add_argument("--write", type=Path, help="update this markdown file's section")
     args = p.parse_args(argv)
     seed_windows = None if args.seed_windows == "all" else int(args.seed_windows)

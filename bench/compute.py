@@ -1,12 +1,12 @@
 """Window recompute cost: the longtail for 100 -> 100,000 users, and one step.
 
 * **longtail**: per window size ``n`` (users), the seed's loop
-  (:func:`listener.longtail.longtail`: sort, then accumulate over ranks), the
-  closed form (:func:`listener.longtail.longtail_closed_form`: one pass for head,
-  tail and sum, no sort), and :func:`listener.longtail.stats` (every metric of a
+  (:func:`listener.core.longtail.longtail`: sort, then accumulate over ranks), the
+  closed form (:func:`listener.core.longtail.longtail_closed_form`: one pass for head,
+  tail and sum, no sort), and :func:`listener.core.longtail.stats` (every metric of a
   window, what a step computes) on Zipf-like counts (user ``k`` has
   ``max(1, n // (k + 1))`` messages).
-* **step**: :meth:`listener.consumer.Consumer.step` with the 1 h, 24 h and 7 d
+* **step**: :meth:`listener.daemon.consumer.Consumer.step` with the 1 h, 24 h and 7 d
   windows each holding ``n`` users (and their user x category counts), against a
   real redis-server: snapshots of all windows, history points, the ``tick`` event
   stored and published.  Also the pure part alone (the three snapshots).
@@ -25,10 +25,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from listener import longtail as lt
-from listener.livesnapshot import live_snapshot, live_stats
-from listener.snapshot import build_snapshot
-from listener.windows import Counts
+from listener.core import longtail as lt
+from listener.core.config import Config
+from listener.core.intake import Intake
+from listener.core.snapshot import build_snapshot, live_snapshot, live_stats
+from listener.core.windows import Counts
+from listener.daemon.consumer import Consumer
+from listener.storage.store import Store
 
 CATEGORIES = ("buildsys", "copr", "git", "bodhi", "pagure", "compose", "ci", "anitya")
 
@@ -80,9 +83,9 @@ def longtail_table(
     Returns:
         ``[{"users", "seed_loop_ms", "closed_form_ms", "stats_ms", "live_stats_ms",
         "snapshot_ms", "live_snapshot_ms", "rel_diff"}, ...]``; ``stats``/``snapshot``
-        are the seed-exact :func:`listener.longtail.stats` and
-        :func:`listener.snapshot.build_snapshot`, ``live_*`` the step's
-        (:mod:`listener.livesnapshot`); ``rel_diff``: ``|closed - seed| / |seed|``.
+        are the seed-exact :func:`listener.core.longtail.stats` and
+        :func:`listener.core.snapshot.build_snapshot`, ``live_*`` the step's
+        (:mod:`listener.core.snapshot`); ``rel_diff``: ``|closed - seed| / |seed|``.
     """
     rows = []
     for n in sizes:
@@ -117,10 +120,6 @@ NESTED = {3600: 0.1, 86400: 0.5, 604800: 1.0}
 
 
 async def _step_cost(redis_url: str, n: int, repeat: int, shape: str) -> dict[str, Any]:
-    from listener.config import Config
-    from listener.consumer import Consumer
-    from listener.store import Store
-
     cfg = Config(redis_url=redis_url, key_prefix="benchstep")
     store = Store.from_url(
         redis_url, prefix=cfg.key_prefix, buckets_s=cfg.buckets_s, windows_s=cfg.windows_s
@@ -129,7 +128,8 @@ async def _step_cost(redis_url: str, n: int, repeat: int, shape: str) -> dict[st
     class _NoExtractor:
         errors = 0
 
-    consumer = Consumer(cfg, _NoExtractor(), store)  # type: ignore[arg-type]
+    intake = Intake(cfg, _NoExtractor(), time.time)  # type: ignore[arg-type]
+    consumer = Consumer(cfg, intake, store)
     now = time.time()
     await consumer.warm_up(now)
     for w, win in consumer.windows.items():

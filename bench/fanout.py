@@ -44,7 +44,7 @@ from bench.procs import (
     stop_process,
     wait_until,
 )
-from listener.config import Config
+from listener.core.config import Config
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -83,10 +83,19 @@ class Stack:
         self.port = free_port()
         self.web = spawn(
             [
-                "-m", "listener", "web", "--redis-url", self.redis.url,
-                "--key-prefix", self.prefix, "--port", str(self.port),
-                "--max-clients-per-ip", "5000",
-                "--client-queue-max", str(client_queue_max),
+                "-m",
+                "listener",
+                "web",
+                "--redis-url",
+                self.redis.url,
+                "--key-prefix",
+                self.prefix,
+                "--port",
+                str(self.port),
+                "--max-clients-per-ip",
+                "5000",
+                "--client-queue-max",
+                str(client_queue_max),
             ],
             "web.log",
         )
@@ -112,7 +121,7 @@ class Stack:
 
         Args:
             blink_interval_s: the listener's ``blink_interval_s`` (None: its default,
-                ``listener.config.Config.blink_interval_s``), set through a TOML
+                ``listener.core.config.Config.blink_interval_s``), set through a TOML
                 config file.
         """
         if self.pub is None:
@@ -120,8 +129,15 @@ class Stack:
         if self.listener is not None:
             stop_process(self.listener, 20)
         args = [
-            "-m", "listener", "listen", "--redis-url", self.redis.url,
-            "--endpoint", self.pub.endpoint, "--key-prefix", self.prefix,
+            "-m",
+            "listener",
+            "listen",
+            "--redis-url",
+            self.redis.url,
+            "--endpoint",
+            self.pub.endpoint,
+            "--key-prefix",
+            self.prefix,
         ]
         if blink_interval_s is not None:
             toml = OUT / f"fanout-blink-{blink_interval_s:g}.toml"
@@ -143,8 +159,14 @@ class Stack:
                     continue
                 c = LineProcess(
                     [
-                        "-m", "bench.wsclients", "--url", self.url, "--clients", str(count),
-                        "--latency-clients", str(lat),
+                        "-m",
+                        "bench.wsclients",
+                        "--url",
+                        self.url,
+                        "--clients",
+                        str(count),
+                        "--latency-clients",
+                        str(lat),
                     ],
                     f"wsclients-{count}-{lat}.log",
                     ready_s=120,
@@ -159,7 +181,6 @@ class Stack:
                 c.close()
             raise
         return procs
-
 
     def close(self) -> None:
         """Stop everything (bounded)."""
@@ -204,8 +225,10 @@ def capacity(stack: Stack, n_clients: int, events: int) -> dict[str, Any]:
     finally:
         for c in clients:
             c.close()
-    done = {"t_last": max(w["t_last"] for w in waits),
-            "complete": all(w["complete"] for w in waits)}
+    done = {
+        "t_last": max(w["t_last"] for w in waits),
+        "complete": all(w["complete"] for w in waits),
+    }
     seconds = done["t_last"] - t0
     delivered = n_clients * events if done["complete"] else rep["frames"]
     return {
@@ -288,9 +311,11 @@ def run(quick: bool = False, reps: int = 3, log: Any = print) -> dict[str, Any]:
             for n in sizes:
                 row = capacity(stack, n, events[n])
                 out["capacity"].append(row)
-                log(f"  capacity rep {k + 1}, {n} clients: {row['deliveries_per_s']}/s, "
+                log(
+                    f"  capacity rep {k + 1}, {n} clients: {row['deliveries_per_s']}/s, "
                     f"{row['web_cpu_us_per_delivery']} us CPU/delivery, load "
-                    f"{os.getloadavg()[0]:.2f}")
+                    f"{os.getloadavg()[0]:.2f}"
+                )
         # the listener's default blink interval, then the former default (0.25 s)
         # for the largest case
         default_s = Config().blink_interval_s
@@ -304,10 +329,12 @@ def run(quick: bool = False, reps: int = 3, log: Any = print) -> dict[str, Any]:
                         continue
                     row = live(stack, n, rate, duration_s, blink_s)
                     out["live"].append(row)
-                    log(f"  live rep {k + 1}, {n} clients at {rate:.0f} msgs/s, blink "
+                    log(
+                        f"  live rep {k + 1}, {n} clients at {rate:.0f} msgs/s, blink "
                         f"{blink_s} s: {row['deliveries_per_s']} events/s, web "
                         f"{row['web_cores']} cores, p50 {row['p50_ms']} ms p99 "
-                        f"{row['p99_ms']} ms, load {os.getloadavg()[0]:.2f}")
+                        f"{row['p99_ms']} ms, load {os.getloadavg()[0]:.2f}"
+                    )
     finally:
         stack.close()
     return out

@@ -109,9 +109,19 @@ class Profile:
 
 
 QUICK = Profile(
-    reps=1, duration_s=1.0, listener_start=1_000, naive_start=300, refine=0,
-    max_rate=2_000, burst=3_000, hwm_burst=2_000, hwm_burst_rate=2_000, drain=3_000,
-    drains=1, backfill=3_000, n_users=500,
+    reps=1,
+    duration_s=1.0,
+    listener_start=1_000,
+    naive_start=300,
+    refine=0,
+    max_rate=2_000,
+    burst=3_000,
+    hwm_burst=2_000,
+    hwm_burst_rate=2_000,
+    drain=3_000,
+    drains=1,
+    backfill=3_000,
+    n_users=500,
 )
 
 
@@ -165,8 +175,13 @@ class Session:
     """
 
     def __init__(
-        self, redis: RedisServer, pub: Publisher, subject: str, tag: str,
-        listener_dir: str | None = None, expect_dir: Path | None = None,
+        self,
+        redis: RedisServer,
+        pub: Publisher,
+        subject: str,
+        tag: str,
+        listener_dir: str | None = None,
+        expect_dir: Path | None = None,
     ) -> None:
         self.redis = redis
         self.pub = pub
@@ -179,11 +194,28 @@ class Session:
         #: in one flush of a backlog; the naive loop counts message by message)
         self.stall_s = 15.0 if subject == "listener" else 5.0
         if subject == "listener":
-            args = ["-m", "listener", "listen", "--redis-url", redis.url,
-                    "--endpoint", pub.endpoint, "--key-prefix", self.prefix]
+            args = [
+                "-m",
+                "listener",
+                "listen",
+                "--redis-url",
+                redis.url,
+                "--endpoint",
+                pub.endpoint,
+                "--key-prefix",
+                self.prefix,
+            ]
         else:
-            args = ["-m", "bench.naive", "--redis-url", redis.url,
-                    "--endpoint", pub.endpoint, "--key-prefix", self.prefix]
+            args = [
+                "-m",
+                "bench.naive",
+                "--redis-url",
+                redis.url,
+                "--endpoint",
+                pub.endpoint,
+                "--key-prefix",
+                self.prefix,
+            ]
         self.proc = spawn(args, f"{subject}-{tag}.log", cwd=listener_dir)
         got = pub.cmd(cmd="wait_sub", timeout_s=90, wait_s=100)
         if not got["got"]:
@@ -223,8 +255,9 @@ class Session:
         self.runs += 1
         if self.expect_dir is not None:
             kw["expect_path"] = str(self.expect_dir / f"{self.prefix}-{self.runs}.json")
-        self.pub.cmd(cmd="prepare", count=count, rate=rate, run_id=f"{self.prefix}-{self.runs}",
-                     **kw)
+        self.pub.cmd(
+            cmd="prepare", count=count, rate=rate, run_id=f"{self.prefix}-{self.runs}", **kw
+        )
         return base, kw
 
     def expected(self) -> tuple[Counter[str], Counter[str]]:
@@ -393,7 +426,10 @@ def listener_rep(redis: RedisServer, pub: Publisher, prof: Profile, tag: str) ->
         start = min(start, prof.max_rate)
         rep.sustained, rep.trials = find_max_rate(
             lambda r: s.trial(r, prof.duration_s, prof.settle_s),
-            start, prof.factor, prof.refine, prof.max_rate,
+            start,
+            prof.factor,
+            prof.refine,
+            prof.max_rate,
         )
         rep.burst = s.burst(prof.burst)
         rep.hwm_burst = s.hwm_burst(prof.hwm_burst, prof.hwm_burst_rate)
@@ -413,7 +449,10 @@ def naive_rep(redis: RedisServer, pub: Publisher, prof: Profile, tag: str) -> Re
     try:
         rep.sustained, rep.trials = find_max_rate(
             lambda r: s.trial(r, prof.duration_s, prof.settle_s),
-            prof.naive_start, prof.naive_factor, prof.refine, prof.max_rate,
+            prof.naive_start,
+            prof.naive_factor,
+            prof.refine,
+            prof.max_rate,
         )
         rep.hwm_burst = s.hwm_burst(prof.hwm_burst, prof.hwm_burst_rate)
         rep.load = os.getloadavg()
@@ -446,16 +485,20 @@ def run(prof: Profile | None = None, log: Any = print) -> dict[str, Any]:
         for k in range(prof.reps):
             redis.client.flushall()
             lrep = listener_rep(redis, pub, prof, str(k))
-            log(f"  listener rep {k + 1}: sustained {lrep.sustained:.0f}/s, "
+            log(
+                f"  listener rep {k + 1}: sustained {lrep.sustained:.0f}/s, "
                 f"drain {lrep.drain.get('rate')}/s, burst lost {lrep.burst.get('lost')}, "
                 f"hwm burst lost {lrep.hwm_burst.get('lost')}, "
-                f"peak RSS {lrep.rss_mib.get('peak')} MiB, load {lrep.load[0]:.2f}")
+                f"peak RSS {lrep.rss_mib.get('peak')} MiB, load {lrep.load[0]:.2f}"
+            )
             out["listener"].append(asdict(lrep))
             redis.client.flushall()
             nrep = naive_rep(redis, pub, prof, str(k))
-            log(f"  naive rep {k + 1}: sustained {nrep.sustained:.0f}/s, "
+            log(
+                f"  naive rep {k + 1}: sustained {nrep.sustained:.0f}/s, "
                 f"hwm burst lost {nrep.hwm_burst.get('lost')} of {prof.hwm_burst}, "
-                f"load {nrep.load[0]:.2f}")
+                f"load {nrep.load[0]:.2f}"
+            )
             out["naive"].append(asdict(nrep))
     finally:
         pub.close()

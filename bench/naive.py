@@ -4,7 +4,7 @@ What a first version of the wallboard would do, per message: a blocking
 ``recv_multipart`` on a SUB socket left at libzmq's default high-water mark
 (1,000), stdlib ``json.loads``, ``fedmsg.meta.msg2usernames`` (the linear scan for
 the processor), and one Redis round trip per counter.  It writes the same
-counters as the listener (``listener/store.py``'s key layout: per bucket size,
+counters as the listener (``listener/storage/store.py``'s key layout: per bucket size,
 ``:n`` messages, ``:t`` topic, ``:c`` category, ``:u`` user, ``:uc`` user x
 category, and ``P:meta messages_total``) so the same read says whether a message
 was counted.  No de-duplication, no key expiry: that only makes it faster.
@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import zmq
 
-from listener.envelope import category_of
+from listener.core.envelope import category_of
 
 #: Bucket sizes written, seconds (the listener's defaults).
 BUCKETS_S = (60, 3600)

@@ -62,10 +62,13 @@ def run(
     port = free_port()
     common = ["--redis-url", redis.url, "--key-prefix", "page"]
     procs = [
-        spawn(["-m", "listener", "listen", *common, "--endpoint", bus, "--step", step],
-              "page-listener.log"),
-        spawn(["-m", "listener", "web", *common, "--port", str(port), "--step", step],
-              "page-web.log"),
+        spawn(
+            ["-m", "listener", "listen", *common, "--endpoint", bus, "--step", step],
+            "page-listener.log",
+        ),
+        spawn(
+            ["-m", "listener", "web", *common, "--port", str(port), "--step", step], "page-web.log"
+        ),
     ]
     samples: list[dict[str, Any]] = []
     try:
@@ -81,12 +84,26 @@ def run(
             return True
 
         wait_until(web_up, 60, "the web process")
-        procs.append(spawn(
-            ["-m", "listener", "replay", "--builtin-examples", "--endpoint", bus,
-             "--rebase-time", "--rate", str(rate), "--loop", "--new-ids",
-             "--wait-timeout", "30"],
-            "page-replay.log",
-        ))
+        procs.append(
+            spawn(
+                [
+                    "-m",
+                    "listener",
+                    "replay",
+                    "--builtin-examples",
+                    "--endpoint",
+                    bus,
+                    "--rebase-time",
+                    "--rate",
+                    str(rate),
+                    "--loop",
+                    "--new-ids",
+                    "--wait-timeout",
+                    "30",
+                ],
+                "page-replay.log",
+            )
+        )
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             ctx = browser.new_context(viewport={"width": 1920, "height": 1080})

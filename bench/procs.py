@@ -86,12 +86,18 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 redis_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(workdir),
-                "--save", "",
-                "--appendonly", "no",
-                "--protected-mode", "no",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(workdir),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -145,7 +151,10 @@ def spawn(args: list[str], log_name: str, cwd: str | None = None) -> subprocess.
     OUT.mkdir(parents=True, exist_ok=True)
     log = open(OUT / log_name, "wb")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
-        [sys.executable, *args], stdout=log, stderr=subprocess.STDOUT, env=env(),
+        [sys.executable, *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env(),
         cwd=cwd or str(ROOT),
     )
     log.close()
@@ -233,6 +242,10 @@ class LineProcess:
             pass
         stop_process(self.proc)
         self._err.close()
+        self._sel.close()
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 class Publisher(LineProcess):
@@ -246,15 +259,28 @@ class Publisher(LineProcess):
     """
 
     def __init__(
-        self, endpoint: str, hwm: int = 0, n_users: int = 5000, zipf_s: float = 1.0,
+        self,
+        endpoint: str,
+        hwm: int = 0,
+        n_users: int = 5000,
+        zipf_s: float = 1.0,
         seed: int = 9,
     ) -> None:
         self.endpoint = endpoint
         super().__init__(
             [
-                "-m", "bench.publisher",
-                "--endpoint", endpoint, "--hwm", str(hwm), "--n-users", str(n_users),
-                "--zipf-s", str(zipf_s), "--seed", str(seed),
+                "-m",
+                "bench.publisher",
+                "--endpoint",
+                endpoint,
+                "--hwm",
+                str(hwm),
+                "--n-users",
+                str(n_users),
+                "--zipf-s",
+                str(zipf_s),
+                "--seed",
+                str(seed),
             ],
             "publisher.log",
         )

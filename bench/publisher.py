@@ -34,6 +34,7 @@ from typing import Any
 import zmq
 
 from bench.workload import Batch, Workload, build_templates, template_sources
+from listener.core.users import UserExtractor, load_fedmsg_config
 
 
 def open_xpub(ctx: zmq.Context[Any], endpoint: str, hwm: int) -> zmq.Socket[Any]:
@@ -104,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zipf-s", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=9)
     args = ap.parse_args(argv)
-
-    from listener.users import UserExtractor, load_fedmsg_config
 
     extractor = UserExtractor(load_fedmsg_config())
     templates, dropped = build_templates(extractor, template_sources())

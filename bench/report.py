@@ -14,6 +14,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from listener.core.config import Config
+
 STUDY_HEADING = "## The seed study (one pass vs per-window recount)"
 
 
@@ -51,8 +53,11 @@ def study_section(existing: str) -> str | None:
 
 def header(r: dict[str, Any]) -> str:
     m = r["machine"]
-    quick = "  **Quick run (tiny sizes): these numbers check the harness only.**" if r.get(
-        "quick") else ""
+    quick = (
+        "  **Quick run (tiny sizes): these numbers check the harness only.**"
+        if r.get("quick")
+        else ""
+    )
     loads = []
     for part in ("ingest", "compute", "fanout", "page", "study"):
         p = r.get(part)
@@ -110,18 +115,32 @@ def targets(r: dict[str, Any]) -> str:
         peak = max((x["rss_mib"].get("peak") or 0) for x in L)
         lost = [x["burst"].get("lost") for x in L]
         rows += [
-            ("zero-loss ingest ≥ 30,000 msgs/s (publisher on the same 2 cores)",
-             f"{num(sus)} msgs/s", verdict(None if sus is None else sus >= 30_000)),
-            ("drain rate ≥ 45,000 msgs/s", f"{num(drain)} msgs/s",
-             verdict(None if drain is None else drain >= 45_000)),
-            ("≥ 15× the naive loop in the same run", f"{num(ratio, 1)}×",
-             verdict(None if ratio is None else ratio >= 15)),
-            ("listener RSS < 200 MB with 10,000 active users and 7 d of counters",
-             f"{num(rss, 1)} MiB (3 s after the backfill; peak during the 100 k bursts "
-             f"{num(peak, 1)} MiB)", verdict(rss * 1.048576 < 200)),
-            ("a burst of 100,000 messages at full speed loses nothing",
-             f"lost {', '.join(num(x) for x in lost)}",
-             verdict(all(x == 0 for x in lost))),
+            (
+                "zero-loss ingest ≥ 30,000 msgs/s (publisher on the same 2 cores)",
+                f"{num(sus)} msgs/s",
+                verdict(None if sus is None else sus >= 30_000),
+            ),
+            (
+                "drain rate ≥ 45,000 msgs/s",
+                f"{num(drain)} msgs/s",
+                verdict(None if drain is None else drain >= 45_000),
+            ),
+            (
+                "≥ 15× the naive loop in the same run",
+                f"{num(ratio, 1)}×",
+                verdict(None if ratio is None else ratio >= 15),
+            ),
+            (
+                "listener RSS < 200 MB with 10,000 active users and 7 d of counters",
+                f"{num(rss, 1)} MiB (3 s after the backfill; peak during the 100 k bursts "
+                f"{num(peak, 1)} MiB)",
+                verdict(rss * 1.048576 < 200),
+            ),
+            (
+                "a burst of 100,000 messages at full speed loses nothing",
+                f"lost {', '.join(num(x) for x in lost)}",
+                verdict(all(x == 0 for x in lost)),
+            ),
         ]
     if comp.get("step"):
         top_n = max(s["users"] for s in comp["step"])
@@ -129,53 +148,83 @@ def targets(r: dict[str, Any]) -> str:
         nested, worst = shapes.get("nested"), shapes.get("all")
         main = nested or worst
         if main:
-            text = (f"{num(main['step_ms'], 1)} ms with {top_n:,} users in the 7 d window "
-                    "(24 h: half of them, 1 h: a tenth)" if nested else
-                    f"{num(main['step_ms'], 1)} ms")
+            text = (
+                f"{num(main['step_ms'], 1)} ms with {top_n:,} users in the 7 d window "
+                "(24 h: half of them, 1 h: a tenth)"
+                if nested
+                else f"{num(main['step_ms'], 1)} ms"
+            )
             if nested and worst:
-                text += (f"; {num(worst['step_ms'], 1)} ms with {top_n:,} users in every "
-                         "window (worst case)")
-            rows.append((f"one step of all windows < 10 ms at {top_n:,} users", text,
-                         verdict(main["step_ms"] < 10)))
+                text += (
+                    f"; {num(worst['step_ms'], 1)} ms with {top_n:,} users in every "
+                    "window (worst case)"
+                )
+            rows.append(
+                (
+                    f"one step of all windows < 10 ms at {top_n:,} users",
+                    text,
+                    verdict(main["step_ms"] < 10),
+                )
+            )
     if fan.get("live"):
         from bench.fanout import medians
-        from listener.config import Config
 
         live = medians(fan["live"], ("clients", "rate", "blink_s"))
         default_s = Config().blink_interval_s
-        top = max((x for x in live if x["blink_s"] == default_s) or live,
-                  key=lambda x: (x["clients"], x["rate"]))
-        rows.append((f"{top['clients']:,} websocket clients on one web process at "
-                     f"{top['rate']:,.0f} msgs/s with < 1 core",
-                     f"{num(top['web_cores'], 2)} cores",
-                     verdict(top["web_cores"] < 1)))
+        top = max(
+            (x for x in live if x["blink_s"] == default_s) or live,
+            key=lambda x: (x["clients"], x["rate"]),
+        )
+        rows.append(
+            (
+                f"{top['clients']:,} websocket clients on one web process at "
+                f"{top['rate']:,.0f} msgs/s with < 1 core",
+                f"{num(top['web_cores'], 2)} cores",
+                verdict(top["web_cores"] < 1),
+            )
+        )
         same = [x for x in live if x["blink_s"] == top["blink_s"]]
         # the verdict: the worst case over client counts and rates, each message
         # shown and the longest-waiting message of each blink
-        worst = max((x[k] for x in same for k in ("p99_ms", "first_p99_ms")
-                     if x.get(k) is not None), default=None)
+        worst = max(
+            (x[k] for x in same for k in ("p99_ms", "first_p99_ms") if x.get(k) is not None),
+            default=None,
+        )
         other = [x for x in live if x["blink_s"] != top["blink_s"]]
-        extra = (f"; with `blink_interval_s = {other[0]['blink_s']}`: p99 "
-                 f"{num(other[0]['p99_ms'])} ms / {num(other[0].get('first_p99_ms'))} ms"
-                 if other else "")
-        rows.append(("bus → client p99 < 250 ms",
-                     f"p99 {num(top['p99_ms'])} ms over the messages shown, "
-                     f"{num(top.get('first_p99_ms'))} ms for the longest-waiting message "
-                     f"of each blink, at {top['clients']:,} clients / "
-                     f"{top['rate']:,.0f} msgs/s; worst of every case {num(worst)} ms "
-                     f"(default `blink_interval_s` = {top['blink_s']} s){extra}",
-                     verdict(None if worst is None else worst < 250)))
+        extra = (
+            f"; with `blink_interval_s = {other[0]['blink_s']}`: p99 "
+            f"{num(other[0]['p99_ms'])} ms / {num(other[0].get('first_p99_ms'))} ms"
+            if other
+            else ""
+        )
+        rows.append(
+            (
+                "bus → client p99 < 250 ms",
+                f"p99 {num(top['p99_ms'])} ms over the messages shown, "
+                f"{num(top.get('first_p99_ms'))} ms for the longest-waiting message "
+                f"of each blink, at {top['clients']:,} clients / "
+                f"{top['rate']:,.0f} msgs/s; worst of every case {num(worst)} ms "
+                f"(default `blink_interval_s` = {top['blink_s']} s){extra}",
+                verdict(None if worst is None else worst < 250),
+            )
+        )
     speed = None
     if r.get("study_section"):  # the section as it stands (bench/bench_study.py's)
-        m = re.search(r"one pass: users once per message[^|]*\|[^|]*\|\s*\*\*([\d.]+)×",
-                      r["study_section"])
+        m = re.search(
+            r"one pass: users once per message[^|]*\|[^|]*\|\s*\*\*([\d.]+)×", r["study_section"]
+        )
         speed = float(m.group(1)) if m else None
     if speed is None and st.get("raw"):
         x = st["raw"]
         speed = x["seed_s"] / x["one_pass_s"]
     if speed is not None:
-        rows.append(("the 50-window day study ≥ 20× faster than the seed's recount",
-                     f"{speed:.0f}× (section below)", verdict(speed >= 20)))
+        rows.append(
+            (
+                "the 50-window day study ≥ 20× faster than the seed's recount",
+                f"{speed:.0f}× (section below)",
+                verdict(speed >= 20),
+            )
+        )
     out = ["## Targets (issue 9)", "", "| target | measured (median) | |", "|---|---|---|"]
     out += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     if not rows:
@@ -224,7 +273,7 @@ def ingest(r: dict[str, Any]) -> str:
         f"{p['n_users']:,} users at least once, at full speed: it leaves the 7 d window "
         f"with {p['n_users']:,} active users for everything after.  RSS is read 3 s after "
         "it (the listener trims its heap once a backlog has drained: "
-        "`listener/memory.py`), the peak (`VmHWM`) at the end of the repetition: a burst "
+        "`listener/daemon/memory.py`), the peak (`VmHWM`) at the end of the repetition: a burst "
         "waits in libzmq's queue, ~2.5 KiB per message, while it lasts.",
         f"- **burst**: {p['burst']:,} messages at the publisher's full speed.",
         f"- **hwm burst**: {p['hwm_burst']:,} messages at {p['hwm_burst_rate']:,.0f} msgs/s "
@@ -279,8 +328,11 @@ def ingest(r: dict[str, Any]) -> str:
         for k, rep in enumerate(reps):
             steps = ", ".join(
                 f"{t['rate']:,.0f} {'✓' if t['ok'] else '✗'}"
-                + ("" if t["ok"] or t["counted"] >= t["sent"] else
-                   f" ({t['counted']:,}/{t['sent']:,})")
+                + (
+                    ""
+                    if t["ok"] or t["counted"] >= t["sent"]
+                    else f" ({t['counted']:,}/{t['sent']:,})"
+                )
                 for t in rep["trials"]
             )
             out.append(f"- {who} rep {k + 1}: {steps}")
@@ -299,7 +351,7 @@ def compute(r: dict[str, Any]) -> str:
         "max(1, n // (k+1)) messages.  *seed loop*: `longtail.longtail` (sort, then the "
         "seed's accumulation over ranks); *closed form*: `longtail_closed_form` with one "
         "pass for head, tail and sum; *stats*: `longtail.stats` (every metric, seed-exact: "
-        "what the study and the API use); *live stats*: `listener/livesnapshot.py` (the "
+        "what the study and the API use); *live stats*: `listener/core/snapshot.py` (the "
         "closed form, no sort: what the listener's step uses); *snapshot* / *live "
         "snapshot*: the whole snapshot object of a window (`build_snapshot` sorts every "
         "user for `top_users`; the live one selects the top 20 with a heap).",
@@ -328,8 +380,10 @@ def compute(r: dict[str, Any]) -> str:
         "|---:|---|---:|---:|",
     ]
     for s in c.get("step", []):
-        out.append(f"| {s['users']:,} | {s.get('shape', 'all')} | {s['step_ms']:.1f} | "
-                   f"{s['snapshots_ms']:.1f} |")
+        out.append(
+            f"| {s['users']:,} | {s.get('shape', 'all')} | {s['step_ms']:.1f} | "
+            f"{s['snapshots_ms']:.1f} |"
+        )
     return "\n".join(out) + "\n"
 
 
@@ -448,8 +502,15 @@ def render(r: dict[str, Any], existing: str, notes: str = "") -> str:
     if study is None:
         study = STUDY_HEADING + "\n\nNot run yet (`python -m bench.bench_study`).\n"
     r = dict(r, study_section=study)
-    parts = [header(r), targets(r), ingest(r), compute(r), fanout(r), page(r),
-             study.rstrip("\n") + "\n"]
+    parts = [
+        header(r),
+        targets(r),
+        ingest(r),
+        compute(r),
+        fanout(r),
+        page(r),
+        study.rstrip("\n") + "\n",
+    ]
     if notes:
         parts.append(notes)
     return "\n".join(parts)

@@ -124,8 +124,7 @@ def run_part(name: str, quick: bool, reps: int, log: Any) -> dict[str, Any]:
     elif name == "page":
         from bench import page
 
-        res = page.run(minutes=0.3 if quick else 6.0, sample_s=10.0 if quick else 30.0,
-                       log=log)
+        res = page.run(minutes=0.3 if quick else 6.0, sample_s=10.0 if quick else 30.0, log=log)
         res["summary"] = page.summary(res)
     elif name == "study":
         import bench.bench_study as study
@@ -142,8 +141,11 @@ def run_part(name: str, quick: bool, reps: int, log: Any) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the parts asked for; write the report when ``--write`` is given."""
-    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--write", type=Path, help="markdown report to (re)write")
     ap.add_argument(
         "--only",

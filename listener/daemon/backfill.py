@@ -1,0 +1,473 @@
+"""Fill the Redis counters of a gap from datagrepper (Redis, and HTTP in a thread).
+
+``fedmsg-wallboard backfill --datagrepper URL --since SECONDS`` (or ``--gap``:
+from the newest message counted) pages datagrepper's ``/raw`` once over the gap
+(:class:`listener.inputs.datagrepper.DatagrepperClient`) and feeds every message to a
+:class:`listener.daemon.consumer.Consumer` with ``blink=False``: counted in the buckets,
+never shown as live traffic.  The consumer's flush script de-duplicates by
+``msg_id`` against everything already counted, live messages included, so a
+backfill over a period the listener already saw changes nothing, and two
+overlapping backfills count each message once.
+
+* Bounded: never further back than the longest window (older buckets are never
+  read).
+* One at a time: a Redis lock ``{prefix}:backfill_lock`` (``SET NX EX``, renewed
+  after every batch, released only by its owner).  A second backfill while one
+  runs returns ``status="busy"`` at once.
+* In the listener: :func:`backfill_after_gap` with the listener's own consumer
+  (its live windows then include the backfilled counts at the next step).
+
+Exit codes of the command: 0 done (or nothing to do), 75 (``EX_TEMPFAIL``)
+another backfill holds the lock (try later), 2 usage error, 69 datagrepper or
+Redis unavailable, 78 bad config; 1 is a crash, as for every command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from listener.core.errors import TransientError
+from listener.core.intake import Intake
+from listener.core.users import UserExtractor, load_fedmsg_config
+from listener.daemon.consumer import Consumer
+from listener.daemon.memory import tune_gc
+from listener.inputs.datagrepper import DatagrepperClient, progress_wanted
+from listener.runtime.options import add_common, http_url, load_config
+from listener.storage.connect import open_store
+from listener.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Redis key (under the store's prefix) of the one-backfill-at-a-time lock.
+LOCK_NAME = "backfill_lock"
+
+_EXTEND_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass
+class BackfillResult:
+    """What a backfill did.
+
+    Attributes:
+        status: ``done``; ``busy`` (another backfill holds the lock: nothing
+            fetched); ``lost_lock`` (the lock expired under us: stopped early).
+        start / end: the range fetched, UNIX seconds (both inclusive).
+        fetched: messages received from datagrepper (each msg_id once).
+        accepted: messages the consumer accepted (valid, not a duplicate it
+            remembers, not older than the longest window).
+        counted: messages the backfill's flushes wrote as new; duplicates of
+            messages already in Redis are not counted.  In a running listener the
+            periodic flush may write some of them first (they are then not here).
+        rejected: messages the consumer rejected (invalid, too old, duplicates it
+            remembered).
+        skipped: entries of datagrepper's pages that are not messages at all (not
+            a JSON object, no finite timestamp): never handed to the consumer.
+        requests: HTTP requests sent to datagrepper (retries included).
+        seconds: wall time, seconds.
+    """
+
+    status: str
+    start: float
+    end: float
+    fetched: int = 0
+    accepted: int = 0
+    counted: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The result as a JSON-ready dict."""
+        return asdict(self)
+
+
+class BackfillLock:
+    """The ``{prefix}:backfill_lock`` key: ``SET NX EX`` with a random owner token.
+
+    Args:
+        store: the Redis namespace.
+        ttl_s: lifetime of the lock, seconds (renewed by :meth:`extend`); a crashed
+            backfill frees it after this.
+    """
+
+    def __init__(self, store: Store, ttl_s: int = 300) -> None:
+        self.store = store
+        self.key = store.key(LOCK_NAME)
+        self.ttl_s = int(ttl_s)
+        self.token = uuid.uuid4().hex
+
+    async def acquire(self) -> bool:
+        """Take the lock; False when another backfill holds it."""
+        return bool(await self.store.r.set(self.key, self.token, nx=True, ex=self.ttl_s))
+
+    async def extend(self) -> bool:
+        """Renew the lock's lifetime; False when it is no longer ours."""
+        return bool(await self.store.r.eval(_EXTEND_LUA, 1, self.key, self.token, self.ttl_s))
+
+    async def release(self) -> None:
+        """Delete the lock if it is still ours (errors are logged, not raised)."""
+        try:
+            await self.store.r.eval(_RELEASE_LUA, 1, self.key, self.token)
+        except Exception as exc:  # Redis gone: the lock expires by itself
+            log.warning(
+                "backfill: could not release the lock (%s); it expires in %d s", exc, self.ttl_s
+            )
+
+
+async def _batches(
+    client: DatagrepperClient, start: float, end: float, batch_size: int
+) -> AsyncGenerator[list[dict[str, Any]], None]:
+    """Messages of ``[start, end]`` in batches, fetched by a daemon thread (the
+    HTTP client is blocking) and handed over through a bounded queue."""
+    loop = asyncio.get_running_loop()
+    q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: tuple[str, Any]) -> bool:
+        try:
+            fut = asyncio.run_coroutine_threadsafe(q.put(item), loop)
+        except RuntimeError:  # the loop is closed
+            return False
+        while True:
+            try:
+                fut.result(timeout=0.5)
+                return True
+            except concurrent.futures.TimeoutError:
+                if stop.is_set():
+                    fut.cancel()
+                    return False
+
+    def produce() -> None:
+        gen = client.iter_messages(start, end)
+        try:
+            batch: list[dict[str, Any]] = []
+            for msg in gen:
+                if stop.is_set():
+                    return
+                batch.append(msg)
+                if len(batch) >= batch_size:
+                    if not put(("batch", batch)):
+                        return
+                    batch = []
+            if batch and not put(("batch", batch)):
+                return
+            put(("done", None))
+        except BaseException as exc:  # handed to the event loop
+            put(("error", exc))
+        finally:
+            gen.close()
+
+    thread = threading.Thread(target=produce, name="backfill-datagrepper", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = await q.get()
+            if kind == "batch":
+                yield item
+            elif kind == "error":
+                raise item
+            else:
+                return
+    finally:
+        stop.set()
+
+
+def _handle(consumer: Consumer, msg: dict[str, Any], validate: bool) -> bool:
+    users = msg.get("users")
+    known = users if isinstance(users, list) else None
+    # datagrepper is trusted (HTTPS) and keeps no signature for fedora-messaging
+    # era messages: the bus's signature check applies only when asked for
+    return consumer.intake.handle_body(msg, users=known, blink=False, validate=validate)
+
+
+async def _flush_all(consumer: Consumer, attempts: int, backoff_s: float) -> int:
+    """Flush until nothing of ours is pending; retries with backoff on Redis errors.
+
+    Raises:
+        TransientError: Redis still failing after ``attempts`` tries.
+    """
+    new = 0
+    delay = backoff_s
+    failures = 0
+    while consumer.unwritten():
+        try:
+            new += await consumer.flush()
+            failures = 0
+        except Exception as exc:  # redis ConnectionError/TimeoutError
+            failures += 1
+            if failures >= attempts:
+                raise TransientError(
+                    f"backfill: Redis flush failed {failures} times: {exc}"
+                ) from exc
+            log.warning("backfill: flush failed (%s); retry in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    return new
+
+
+async def backfill_gap(
+    consumer: Consumer,
+    base_url: str,
+    since_s: float,
+    until: float | None = None,
+    *,
+    client: DatagrepperClient | None = None,
+    batch_size: int = 500,
+    lock_ttl_s: int = 300,
+    validate: bool = False,
+    flush_attempts: int = 5,
+) -> BackfillResult:
+    """Count the messages of ``[until - since_s, until]`` from datagrepper into Redis.
+
+    Args:
+        consumer: the listener's consumer (or a fresh one, warmed up).
+        base_url: datagrepper's base URL (``https://apps.fedoraproject.org/datagrepper``).
+        since_s: how far back from ``until``, seconds; bounded to the consumer's
+            longest window.
+        until: end of the range, UNIX seconds; default: the consumer's clock (now).
+        client: a configured :class:`DatagrepperClient` (default: one for
+            ``base_url`` with a progress bar only on a terminal).
+        batch_size: messages fed to the consumer between flushes.
+        lock_ttl_s: lifetime of the lock, renewed after every batch, seconds.
+        validate: run the consumer's signature check on backfilled messages
+            (default False: datagrepper is trusted).
+        flush_attempts: Redis flush attempts per batch before giving up.
+
+    Returns:
+        A :class:`BackfillResult` (``status="busy"`` when another backfill runs).
+
+    Raises:
+        listener.inputs.datagrepper.DatagrepperUnavailable: datagrepper kept failing.
+        listener.inputs.datagrepper.DatagrepperBadResponse: datagrepper answered 4xx.
+        listener.core.errors.TransientError: Redis kept failing.
+    """
+    t0 = time.monotonic()
+    until = consumer.clock() if until is None else float(until)
+    bound = consumer.cfg.longest_window_s
+    if since_s > bound:
+        log.info("backfill: %g s asked, bounded to the longest window (%d s)", since_s, bound)
+    since_s = max(0.0, min(float(since_s), float(bound)))
+    start = until - since_s
+    result = BackfillResult("done", start, until)
+    lock = BackfillLock(consumer.store, lock_ttl_s)
+    if not await lock.acquire():
+        log.warning("backfill: another backfill holds %s; not starting", lock.key)
+        result.status = "busy"
+        return result
+    own_client = client is None
+    if client is None:
+        client = DatagrepperClient(base_url, progress=progress_wanted())
+    log.info(
+        "backfill: %s .. %s (%.0f s) from %s",
+        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
+        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(until)),
+        since_s,
+        client.url,
+    )
+    try:
+        batches = 0
+        async with contextlib.aclosing(_batches(client, start, until, batch_size)) as stream:
+            async for batch in stream:
+                batches += 1
+                result.fetched += len(batch)
+                for msg in batch:
+                    if _handle(consumer, msg, validate):
+                        result.accepted += 1
+                    else:
+                        result.rejected += 1
+                result.counted += await _flush_all(consumer, flush_attempts, 0.5)
+                (log.info if batches % 10 == 1 else log.debug)(
+                    "backfill: %d messages fetched, %d new so far", result.fetched, result.counted
+                )
+                if not await lock.extend():
+                    log.error("backfill: lost the lock %s; stopping", lock.key)
+                    result.status = "lost_lock"
+                    break
+    finally:
+        await lock.release()
+        result.requests = client.stats.requests
+        result.skipped = client.stats.bad
+        if own_client:
+            client.close()
+        result.seconds = time.monotonic() - t0
+    log.info(
+        "backfill %s: %d fetched, %d accepted, %d rejected, %d new, %d skipped "
+        "(not messages) in %.1f s",
+        result.status,
+        result.fetched,
+        result.accepted,
+        result.rejected,
+        result.counted,
+        result.skipped,
+        result.seconds,
+    )
+    return result
+
+
+async def backfill_after_gap(
+    consumer: Consumer,
+    base_url: str,
+    now: float | None = None,
+    *,
+    min_gap_s: float = 60.0,
+    margin_s: float = 60.0,
+    **kwargs: Any,
+) -> BackfillResult | None:
+    """Backfill the gap since the newest message counted, when there is one.
+
+    The gap is ``now - last_message_at`` (``store.meta()``), plus ``margin_s``
+    to cover messages in flight, bounded to the longest window; a Redis that
+    never counted a message gets the whole longest window.
+
+    Args:
+        consumer: the listener's consumer, after ``warm_up()``.
+        base_url: datagrepper's base URL.
+        now: UNIX seconds (default: the consumer's clock).
+        min_gap_s: gaps shorter than this are left alone (returns None), seconds.
+        margin_s: extra seconds fetched before the newest counted message.
+        kwargs: passed to :func:`backfill_gap`.
+
+    Returns:
+        The :class:`BackfillResult`, or None when the gap is under ``min_gap_s``.
+    """
+    now = consumer.clock() if now is None else now
+    meta = await consumer.store.meta()
+    bound = float(consumer.cfg.longest_window_s)
+    last = meta.get("last_message_at")
+    if last:
+        gap = now - float(last)
+        if gap < min_gap_s:
+            log.info("backfill: gap of %.0f s is under %.0f s; nothing to do", gap, min_gap_s)
+            return None
+        since = min(bound, gap + margin_s)
+    else:
+        since = bound
+    return await backfill_gap(consumer, base_url, since, now, **kwargs)
+
+
+# -- the command --------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``backfill`` subcommand."""
+    p = sub.add_parser(
+        "backfill",
+        help="fill the Redis counters of a gap from datagrepper",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common(p)
+    p.add_argument(
+        "--datagrepper",
+        required=True,
+        metavar="URL",
+        type=http_url,
+        help="datagrepper base URL, e.g. https://apps.fedoraproject.org/datagrepper",
+    )
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--since",
+        type=float,
+        metavar="SECONDS",
+        help="backfill this many seconds before --until (bounded to the longest window)",
+    )
+    when.add_argument(
+        "--gap",
+        action="store_true",
+        help="backfill from the newest message counted (whole longest window if none)",
+    )
+    p.add_argument("--until", type=float, metavar="EPOCH", help="end, UNIX s (default now)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        dest="timeout_s",
+        help="datagrepper request time-out, s (default 60)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="retries of a failing datagrepper request (default 4)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+async def _run(args: argparse.Namespace) -> BackfillResult | None:
+    cfg = load_config(args)
+    fcfg = load_fedmsg_config(cfg.fedmsg_config or None)
+    fas = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
+    extractor = UserExtractor(fcfg, fas_cache=fas)
+    store, handle = await open_store(cfg)
+    try:
+        consumer = Consumer(cfg, Intake(cfg, extractor, time.time), store)
+        await consumer.warm_up()
+        tune_gc()  # start-up done: every page goes through the per-message path
+        client = DatagrepperClient(
+            args.datagrepper,
+            timeout_s=args.timeout_s,
+            retries=max(0, args.retries),
+            progress=progress_wanted(),
+        )
+        if args.gap:
+            result = await backfill_after_gap(consumer, args.datagrepper, args.until, client=client)
+        else:
+            result = await backfill_gap(
+                consumer, args.datagrepper, args.since, args.until, client=client
+            )
+        if result is not None and result.status == "done":
+            # A running listener keeps its window totals in memory: this field
+            # tells it the buckets changed under it (re-read its windows).
+            await store.set_health(
+                {"backfill_done_at": time.time(), "backfill_last": json.dumps(result.as_dict())}
+            )
+        return result
+    finally:
+        await store.close()
+        del handle
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``backfill``; returns the exit code (module docstring)."""
+    if args.since is not None and args.since <= 0:
+        log.error("--since must be > 0")
+        return 2
+    result = asyncio.run(_run(args))
+    if args.json:
+        print(json.dumps(result.as_dict() if result else {"status": "nothing"}, indent=2))
+    elif result is None:
+        print("backfill: no gap to fill")
+    else:
+        print(
+            f"backfill {result.status}: {result.fetched} fetched, {result.accepted} accepted, "
+            f"{result.rejected} rejected, {result.counted} new, {result.skipped} skipped "
+            f"(not messages), {result.requests} requests in {result.seconds:.1f} s"
+        )
+    if result is not None and result.status == "busy":
+        return 75  # EX_TEMPFAIL: 1 is a crash for every command (docs/CONFIG.md)
+    return 0

@@ -1,0 +1,290 @@
+"""The writer: pending messages -> Redis -> sliding windows -> events.
+
+One :class:`Consumer` per listener process; the single writer of its Redis
+namespace.  The inputs hand messages to an :class:`~listener.core.intake.Intake`
+(the synchronous per-message path); the consumer takes its pending rows in
+batches and writes them with :meth:`Consumer.flush` (one Lua script per flush,
+idempotent per msg_id and per batch), recomputes the windows with
+:meth:`Consumer.step`, never per message, and publishes the ``blink`` and ``tick``
+events the web processes push to the page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from listener.core.config import Config
+from listener.core.counting import Counted, aggregate
+from listener.core.intake import Intake, timestamp_of
+from listener.core.snapshot import live_snapshot
+from listener.core.windows import SlidingWindow, choose_bucket
+from listener.daemon.memory import trim_heap
+from listener.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+#: After this many messages, once a flush finds fewer than :data:`TRIM_QUIET_MSGS`
+#: pending (the burst is over), the heap is trimmed
+#: (:func:`listener.daemon.memory.trim_heap`): a burst's queue memory goes back.
+TRIM_EVERY_MSGS = 50_000
+#: A flush of fewer messages than this means traffic is back to its usual pace.
+#: During a backlog every flush takes thousands (a flush interval's worth), and
+#: trimming then would hand back pages the next messages fault in again.
+TRIM_QUIET_MSGS = 1000
+
+
+class Consumer:
+    """Writes an intake's pending messages to Redis and keeps the sliding windows.
+
+    Args:
+        cfg: settings.
+        intake: the per-message path whose pending rows this writes; its
+            :attr:`~listener.core.intake.Intake.stats` are this consumer's too.
+        store: the Redis namespace.
+        clock: returns UNIX seconds (``time.time``); injected for tests.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        intake: Intake,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.intake = intake
+        self.store = store
+        self.clock = clock
+        self.stats = intake.stats
+        self.windows = {w: SlidingWindow(w, choose_bucket(w, cfg.buckets_s)) for w in cfg.windows_s}
+        self._since_trim = 0  # messages flushed since the heap was last trimmed
+        self._lock = asyncio.Lock()
+        self.last_message_at: float | None = None  # newest msg timestamp counted
+        self.redis_ok = False
+        self.epoch: str | None = None
+        self.epoch_started_at: float | None = None
+        #: a batch taken from the intake whose flush failed: retried first, with
+        #: the same batch id (the flush script makes a retry change nothing)
+        self._retry_batch: tuple[str, list[Counted]] | None = None
+        self._backfill_done_at: str | None = None
+        #: the flush task flushes at once instead of at its next tick when this is
+        #: set: by an input when a backlog has just been received (its queue was
+        #: full and is empty again), by :meth:`flush` when it left a full batch
+        #: pending.  A burst reaches Redis in batches of ``flush_batch_max`` one
+        #: after the other, and its end up to ``flush_interval_s`` sooner.
+        self.flush_wanted = asyncio.Event()
+
+    def unwritten(self) -> bool:
+        """Whether anything accepted is not yet in Redis."""
+        return bool(self.intake.pending) or self._retry_batch is not None
+
+    def written(self, accepted: int) -> bool:
+        """Whether the first ``accepted`` accepted messages left the pending buffer
+        and no flush is in flight (pending is FIFO: ``accepted - len(pending)``
+        have been taken)."""
+        taken = self.stats.accepted - len(self.intake.pending)
+        return taken >= accepted and self._retry_batch is None
+
+    @property
+    def last_received_at(self) -> float | None:
+        """Arrival time of the newest accepted message, UNIX s."""
+        return self.intake.last_received_at
+
+    def rate_per_min(self, now: float) -> float:
+        """Live messages over the last 60 s (:meth:`Intake.rate_per_min`)."""
+        return self.intake.rate_per_min(now)
+
+    # -- Redis side ------------------------------------------------------
+
+    async def warm_up(self, now: float | None = None) -> None:
+        """Load every window's totals from Redis (at start and after a Redis reset)."""
+        now = self.clock() if now is None else now
+        async with self._lock:
+            self.epoch, created = await self.store.ensure_epoch(now)
+            meta = await self.store.meta()
+            self.epoch_started_at = float(meta.get("epoch_started_at", now))
+            if meta.get("last_message_at"):
+                self.last_message_at = float(meta["last_message_at"])
+            self._backfill_done_at = meta.get("backfill_done_at")
+            for w, win in self.windows.items():
+                win.reset(await self.store.read_window(w, now, usercat=False), now)
+            self.redis_ok = True
+
+    async def flush(self, now: float | None = None, limit: int | None = None) -> int:
+        """Write pending messages to Redis in one atomic, idempotent script call.
+
+        Args:
+            limit: most messages written (default ``flush_batch_max``); when as
+                many are still pending afterwards, :attr:`flush_wanted` is set.
+
+        Returns the number of messages counted as new.  On a Redis error the batch
+        stays pending (retried with the same batch id, so it never double-counts)
+        and the error propagates.
+        """
+        limit = self.cfg.flush_batch_max if limit is None else limit
+        async with self._lock:
+            if self._retry_batch is not None:
+                batch_id, batch = self._retry_batch
+            else:
+                if not self.intake.pending:
+                    self._trim_after_burst(0)
+                    return 0
+                batch = self.intake.take_batch(limit)
+                batch_id = uuid.uuid4().hex
+                self._retry_batch = (batch_id, batch)
+            t0 = time.perf_counter()
+            # aggregated once: written to Redis and added to the windows; buckets
+            # that would expire at once (by the wall clock, as Redis) are left out
+            agg = aggregate(batch, self.store.buckets_s, self.store.oldest_starts(time.time()))
+            try:
+                flags = await self.store.flush(batch, batch_id, agg)
+            except Exception:
+                self.stats.flush_errors += 1
+                self.redis_ok = False
+                raise
+            self._retry_batch = None
+            self.redis_ok = True
+            self.stats.flushes += 1
+            self.stats.flush_seconds = time.perf_counter() - t0
+            now = self.clock() if now is None else now
+            sizes = {win.bucket_s for win in self.windows.values()}
+            per_bucket = {k: c for k, c in agg.items() if k[0] in sizes}
+            missing = sizes.difference(self.store.buckets_s)
+            if missing:  # a window on a bucket size the store does not keep
+                per_bucket.update(aggregate(batch, missing))
+            if all(flags):  # live traffic: no duplicate, no per-message pass
+                dups: list[Counted] = []
+            else:
+                dups = [m for m, is_new in zip(batch, flags, strict=True) if not is_new]
+            new = len(batch) - len(dups)
+            self.stats.duplicates += len(dups)
+            for key, c in aggregate(dups, sizes).items():
+                if key in per_bucket:  # else a bucket left out as expired
+                    per_bucket[key].merge(c, -1)
+            if new:
+                if dups:
+                    newest = max(
+                        m.timestamp for m, is_new in zip(batch, flags, strict=True) if is_new
+                    )
+                else:
+                    newest = max(map(timestamp_of, batch))
+                if self.last_message_at is None or newest > self.last_message_at:
+                    self.last_message_at = float(newest)
+            for win in self.windows.values():
+                gone = win.advance(now)
+                if gone:
+                    for c in await self.store.read_buckets(win.bucket_s, gone, usercat=False):
+                        win.remove(c)
+                for (b, start), c in per_bucket.items():
+                    if b == win.bucket_s:
+                        win.add(start, c)
+            self.stats.counted += new
+            self._since_trim += len(batch)
+            self._trim_after_burst(len(batch))
+            if len(self.intake.pending) >= limit:  # a burst: the next batch at once
+                self.flush_wanted.set()
+            return new
+
+    def _trim_after_burst(self, flushed: int) -> None:
+        """Return a burst's memory to the system once it has gone through
+        (:data:`TRIM_EVERY_MSGS`, :data:`TRIM_QUIET_MSGS`)."""
+        if (
+            self._since_trim >= TRIM_EVERY_MSGS
+            and flushed < TRIM_QUIET_MSGS
+            and len(self.intake.pending) < TRIM_QUIET_MSGS
+        ):
+            self._since_trim = 0
+            self.stats.heap_trims += 1
+            trim_heap()
+
+    async def step(self, now: float | None = None) -> dict[str, Any]:
+        """Advance every window, recompute its metrics, record history, publish a tick.
+
+        Returns the ``tick`` event: ``{"type": "tick", "end", "windows": {window_s:
+        snapshot}, "rate_per_min", "last_message_at", "warming_up": {window_s:
+        bool}, "stats": {...}}``.
+        """
+        now = self.clock() if now is None else now
+        async with self._lock:
+            epoch, created, done_at = await self.store.check_epoch(now)
+            reload = False
+            if created and self.epoch is not None:
+                log.warning("Redis came back empty (epoch missing): windows warm up again")
+                self.stats.redis_resets += 1
+                self.epoch_started_at = now
+                reload = True
+            self.epoch = epoch
+            if done_at is not None and done_at != self._backfill_done_at:
+                # a ``fedmsg-wallboard backfill`` run beside this listener wrote
+                # counts that the running totals never saw
+                self._backfill_done_at = done_at
+                reload = True
+            if reload:
+                for w, win in self.windows.items():
+                    win.reset(await self.store.read_window(w, now, usercat=False), now)
+            snaps: dict[str, Any] = {}
+            warming: dict[str, bool] = {}
+            for w, win in self.windows.items():
+                gone = win.advance(now)
+                if gone:
+                    for c in await self.store.read_buckets(win.bucket_s, gone, usercat=False):
+                        win.remove(c)
+                snap = live_snapshot(  # build_snapshot's object, without sorting users
+                    w,
+                    now,
+                    win.totals,
+                    self.last_message_at,
+                    self.cfg.top_users,
+                    self.cfg.top_topics,  # every tick goes to every wall: bounded
+                )
+                warm = self.epoch_started_at is not None and (now - w < self.epoch_started_at)
+                snap["warming_up"] = warm
+                snaps[str(w)] = snap
+                warming[str(w)] = warm
+        points = {
+            int(w): [
+                now,
+                snap["longtail"],
+                snap["longtail_normalized"],
+                snap["gini"],
+                snap["messages"],
+                snap["users"],
+            ]
+            for w, snap in snaps.items()
+        }
+        tick = {
+            "type": "tick",
+            "end": now,
+            "windows": snaps,
+            "rate_per_min": self.rate_per_min(now),
+            "last_message_at": self.last_message_at,
+            "last_received_at": self.last_received_at,
+            "warming_up": warming,
+            "pending": len(self.intake.pending),
+        }
+        # history points, the stored tick and its publication: one round trip
+        await self.store.record_tick(points, self.cfg.history_len, tick)
+        return tick
+
+    async def publish_blink(self) -> dict[str, Any] | None:
+        """Publish the pending ``blink`` event (and keep it in the ticker list)."""
+        event = self.intake.take_blink()
+        if event is None:
+            return None
+        await self.store.publish_blink(event, self.cfg.recent_len)
+        return event
+
+    def health(self, now: float) -> dict[str, Any]:
+        """Health fields recorded in Redis ``P:meta`` (read by ``/healthz``)."""
+        return {
+            "listener_heartbeat": now,
+            "listener_pending": len(self.intake.pending),
+            "listener_received": self.stats.received,
+            "listener_counted": self.stats.counted,
+            "listener_last_received_at": self.last_received_at or "",
+        }

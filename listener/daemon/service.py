@@ -1,0 +1,496 @@
+"""Wiring of the ``listen`` job: Redis, bus, consumer, periodic tasks, signals.
+
+Start-up order: Redis (embedded or URL) answers -> windows loaded -> bus sockets
+connected -> ``READY=1``.  Tasks: bus receive loop, flusher (every
+``flush_interval_s``, with backoff while Redis is down), stepper (every ``step_s``),
+blinker (every ``blink_interval_s``), heartbeat (watchdog + ``STATUS=``).
+
+Shutdown (SIGTERM/SIGINT): ``STOPPING=1``, stop the bus, flush what is pending
+(bounded by ``SHUTDOWN_FLUSH_S``), stop the tasks, close.  A second SIGINT exits
+at once.  SIGHUP re-reads the config: the log level and ``fas_cache`` apply at
+once, other changed settings are logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from listener.core.config import Config
+from listener.core.endpoints import resolve_endpoints
+from listener.core.errors import TransientError
+from listener.core.intake import Intake
+from listener.core.lograte import milestone_level
+from listener.core.users import UserExtractor, load_fedmsg_config
+from listener.daemon.backfill import backfill_after_gap
+from listener.daemon.consumer import Consumer
+from listener.daemon.inputs import Inputs
+from listener.daemon.memory import hold_heap, tune_gc
+from listener.daemon.metrics import serve_metrics
+from listener.inputs.amqp import AmqpInput
+from listener.inputs.signatures import check_signature_setup
+from listener.inputs.zmq import Bus
+from listener.runtime.systemd import Notifier, reload_settings
+from listener.storage.connect import open_store_unless_stopped
+from listener.storage.embedded import stop_embedded
+from listener.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Longest time spent flushing pending counts at shutdown, seconds.
+SHUTDOWN_FLUSH_S = 10.0
+#: Longest wait for each later shutdown step (tasks, AMQP, Redis close), seconds.
+SHUTDOWN_TASKS_S = 5.0
+
+
+#: How long a listener's claim on its Redis namespace lasts unless renewed (every
+#: heartbeat, <= 2 s), seconds: a second listener on the same namespace waits this
+#: long for the first to go, then exits 69.
+WRITER_TTL_S = 15.0
+
+
+async def claim_writer(store: Store, me: str, stop: asyncio.Event) -> None:
+    """Become the namespace's one writer (:meth:`Store.claim_writer`), waiting up to
+    :data:`WRITER_TTL_S` for another listener to stop or its claim to expire.  A
+    holder on this host whose process is gone (a crash, ``kill -9``) is taken over
+    at once.  Returns early when ``stop`` is set.
+
+    Raises:
+        listener.core.errors.TransientError: another listener still holds it (exit 69).
+    """
+    deadline = time.monotonic() + WRITER_TTL_S + 1.0
+    gone = ""
+    logged = False
+    while not stop.is_set():
+        holder = await store.claim_writer(me, WRITER_TTL_S, gone)
+        if holder is None:
+            return
+        host, _, rest = holder.partition(":")
+        pid = rest.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
+            gone = holder  # its process is gone: take over on the next try
+            continue
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"another listener ({holder}) writes to Redis prefix {store.p.strip('{}')!r}: "
+                "one writer per prefix (use another --key-prefix, or stop it)"
+            )
+        if not logged:
+            log.warning(
+                "another listener (%s) holds Redis prefix %r: waiting up to %.0f s",
+                holder,
+                store.p.strip("{}"),
+                WRITER_TTL_S,
+            )
+            logged = True
+        try:
+            await asyncio.wait_for(stop.wait(), 0.5)
+        except TimeoutError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError when this task was asked to stop.
+
+    redis-py 8's asyncio pipeline may swallow the CancelledError that ``cancel()``
+    threw into it (measured: 121 of 300 cancellations during ``execute()``), so a
+    loop around it would go on and shutdown would wait ``SHUTDOWN_TASKS_S`` for it.
+    ``Task.cancelling()`` still counts the request.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError()
+
+
+async def _every(
+    interval_s: float,
+    fn: Callable[[], Awaitable[Any]],
+    name: str,
+    max_backoff_s: float = 10.0,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Call ``fn`` every ``interval_s``; on error log and back off (doubling).
+
+    ``wake``, when set, calls ``fn`` at once instead of at the end of the interval
+    (not while backing off); it is cleared at each call.
+
+    A Redis outage fails every task on every retry: of a run of failures, the 1st,
+    10th, 100th... (:func:`listener.core.lograte.is_log_milestone`) are warnings, the rest
+    DEBUG, and the first success after them is one INFO line with their count.
+    """
+    delay = interval_s
+    failures, failing_since = 0, 0.0
+    while True:
+        if wake is None or delay > interval_s:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(wake.wait(), delay)
+            except TimeoutError:
+                pass
+        if wake is not None:
+            wake.clear()
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _raise_if_cancelled()
+            delay = min(max_backoff_s, max(delay * 2, interval_s))
+            failures += 1
+            if failures == 1:
+                failing_since = time.monotonic()
+            log.log(
+                milestone_level(failures),
+                "%s failed (%s: %s); retry in %.1f s (%d failure(s) in a row)",
+                name,
+                type(exc).__name__,
+                exc,
+                delay,
+                failures,
+            )
+        else:
+            _raise_if_cancelled()
+            delay = interval_s
+            if failures:
+                log.info(
+                    "%s works again after %d failure(s) in %.0f s",
+                    name,
+                    failures,
+                    time.monotonic() - failing_since,
+                )
+                failures = 0
+
+
+@dataclass
+class Listener:
+    """One running listener: what :func:`run_listener` starts, runs and stops.
+
+    Attributes:
+        cfg: settings.  store / handle: the Redis namespace and the embedded
+        server's handle (None with ``redis_url``).  me: this process's writer
+        claim.  intake, consumer: the message path.  bus, amqp: the inputs (None
+        when not configured); inputs: both as one.  endpoints: the ZeroMQ
+        endpoints.  metrics_server: the monitoring port's server, or None.
+    """
+
+    cfg: Config
+    store: Store
+    handle: Any
+    me: str
+    intake: Intake
+    consumer: Consumer
+    bus: Bus | None
+    amqp: AmqpInput | None
+    inputs: Inputs
+    endpoints: list[str]
+    metrics_server: Any = None
+
+
+def _signal_handlers(
+    cfg: Config, stop: asyncio.Event, notifier: Notifier, reload: Callable[[], Config] | None
+) -> None:
+    """SIGTERM and SIGINT set ``stop`` (a second SIGINT exits at once); SIGHUP
+    reloads the settings (:func:`listener.runtime.systemd.reload_settings`), or only
+    the log level from ``$FEDMSG_WALLBOARD_LOG_LEVEL`` without ``reload``."""
+    loop = asyncio.get_running_loop()
+    interrupts = 0
+
+    def _on_signal(sig: signal.Signals) -> None:
+        nonlocal interrupts
+        if sig == signal.SIGHUP and reload is not None:
+            reload_settings(cfg, reload, notifier)
+            return
+        if sig == signal.SIGHUP:
+            level = os.environ.get("FEDMSG_WALLBOARD_LOG_LEVEL")
+            if level:
+                logging.getLogger().setLevel(level.upper())
+            log.info("SIGHUP: reloaded log level")
+            return
+        interrupts += 1
+        if interrupts > 1 and sig == signal.SIGINT:
+            log.warning("second interrupt: exiting now")
+            os._exit(130)
+        log.info("%s: shutting down", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        try:
+            loop.add_signal_handler(sig, _on_signal, sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+
+
+async def _start(
+    cfg: Config, fedmsg_config: dict[str, Any] | None, stop: asyncio.Event
+) -> Listener | None:
+    """Check the settings, open Redis, claim the namespace, build the message path
+    and the inputs, serve the monitoring port, load the windows.
+
+    Returns:
+        The listener, or None when ``stop`` came first.
+
+    Raises:
+        listener.core.errors.ConfigError: bad configuration.
+        listener.core.errors.TransientError: Redis unreachable.
+        OSError: the monitoring port is taken.
+    """
+    fcfg = (
+        fedmsg_config
+        if fedmsg_config is not None
+        else load_fedmsg_config(cfg.fedmsg_config or None)
+    )
+    validator = check_signature_setup(fcfg)
+    endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus != "amqp" else []
+    fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
+    extractor = UserExtractor(fcfg, fas_cache=fas_cache)
+    opened = await open_store_unless_stopped(cfg, stop)
+    if opened is None:
+        log.info("stopped before Redis was reachable")
+        return None
+    store, handle = opened
+    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        await claim_writer(store, me, stop)
+    except BaseException:
+        await store.close()
+        raise
+    if stop.is_set():
+        await store.close()
+        return None
+    intake = Intake(cfg, extractor, time.time, validator)
+    consumer = Consumer(cfg, intake, store)
+    bus = (
+        Bus(cfg, endpoints, cfg.topic_prefix, intake, consumer.flush_wanted.set)
+        if cfg.bus != "amqp"
+        else None
+    )
+    amqp = AmqpInput(cfg, intake, consumer) if cfg.bus != "zmq" else None
+    inputs = Inputs(bus, amqp)
+    metrics_server = None
+    if cfg.metrics_port:
+        try:
+            metrics_server = serve_metrics(consumer, inputs, cfg.metrics_port)
+        except OSError:  # the port is taken: exit 69, and let a restart claim at once
+            if bus is not None:
+                bus.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(store.release_writer(me), SHUTDOWN_TASKS_S)
+            await store.close()
+            stop_embedded(handle)
+            raise
+    await consumer.warm_up()
+    return Listener(
+        cfg, store, handle, me, intake, consumer, bus, amqp, inputs, endpoints, metrics_server
+    )
+
+
+async def _heartbeat(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> None:
+    """Renew the writer claim (stop when another listener took it), feed the
+    watchdog while the bus loop turns, and record the health fields in Redis."""
+    cfg, store, consumer, bus = lst.cfg, lst.store, lst.consumer, lst.bus
+    holder = await store.claim_writer(lst.me, WRITER_TTL_S)  # renewed
+    if holder is not None:
+        log.error(
+            "another listener (%s) now writes to Redis prefix %r (this one did not "
+            "renew its claim for %.0f s): stopping",
+            holder,
+            cfg.key_prefix,
+            WRITER_TTL_S,
+        )
+        stop.set()
+        return
+    now = time.time()
+    # fed only while the bus loop turns (listener.inputs.zmq.STUCK_S)
+    if bus is None or bus.alive(now):
+        notifier.watchdog()
+    else:
+        log.error("bus loop stuck for %.0f s: not feeding the watchdog", now - bus.loop_at)
+    rate = consumer.rate_per_min(now)
+    lag = (now - consumer.last_message_at) if consumer.last_message_at else None
+    notifier.status(
+        f"{rate:.0f} msgs/min, counted {consumer.stats.counted}, "
+        f"pending {len(lst.intake.pending)}, "
+        f"last message {'never' if lag is None else f'{lag:.0f} s ago'}, "
+        f"redis {'ok' if consumer.redis_ok else 'DOWN'}"
+    )
+    health = consumer.health(now)
+    health["listener_links"] = len(bus.links) if bus is not None else 0
+    if bus is not None:
+        health.update(bus.health_fields(now))
+    if lst.amqp is not None:
+        health.update(lst.amqp.health_fields(now))
+    health["listener_bus_state"] = lst.inputs.state(now)
+    health["listener_redis_ok"] = int(consumer.redis_ok)
+    await store.set_health(health)
+
+
+def _tasks(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
+    """Start the periodic tasks and the inputs' receive loops."""
+    cfg, consumer = lst.cfg, lst.consumer
+
+    async def heartbeat() -> None:
+        await _heartbeat(lst, notifier, stop)
+
+    tasks = [
+        asyncio.create_task(
+            _every(cfg.flush_interval_s, consumer.flush, "flush", wake=consumer.flush_wanted),
+            name="flush",
+        ),
+        asyncio.create_task(_every(cfg.step_s, consumer.step, "step"), name="step"),
+        asyncio.create_task(
+            _every(cfg.blink_interval_s, consumer.publish_blink, "blink"), name="blink"
+        ),
+        asyncio.create_task(
+            _every(min(notifier.watchdog_interval_s or 2.0, 2.0), heartbeat, "heartbeat"),
+            name="heartbeat",
+        ),
+    ]
+    if lst.bus is not None:
+        tasks.append(asyncio.create_task(lst.bus.run(), name="bus"))
+    if lst.amqp is not None:
+        tasks.append(asyncio.create_task(lst.amqp.run(), name="amqp"))
+    return tasks
+
+
+def _start_backfill(lst: Listener) -> asyncio.Task[Any] | None:
+    """The start-up backfill from datagrepper, outside the tasks: its end, or its
+    failure, must not end the listener."""
+    if not lst.cfg.datagrepper_url:
+        return None
+    task = asyncio.create_task(
+        backfill_after_gap(lst.consumer, lst.cfg.datagrepper_url), name="backfill"
+    )
+
+    def _backfill_done(t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("start-up backfill failed: %s", t.exception())
+
+    task.add_done_callback(_backfill_done)
+    return task
+
+
+async def _shutdown(
+    lst: Listener,
+    notifier: Notifier,
+    tasks: list[asyncio.Task[Any]],
+    stop_task: asyncio.Task[Any],
+    backfill_task: asyncio.Task[Any] | None,
+) -> None:
+    """Stop the inputs, flush what is pending (bounded by :data:`SHUTDOWN_FLUSH_S`),
+    acknowledge what was written, stop the tasks, release the claim and close."""
+    consumer = lst.consumer
+    notifier.stopping()
+    if lst.bus is not None:
+        lst.bus.stop()
+    if lst.amqp is not None:
+        lst.amqp.stop()
+    if backfill_task is not None and not backfill_task.done():
+        backfill_task.cancel()
+    deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+    while consumer.unwritten() and time.monotonic() < deadline:
+        try:
+            # each call bounded too: a flush waiting on a stuck lock holder must not
+            # keep the process past the deadline
+            await asyncio.wait_for(consumer.flush(), max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            log.warning("final flush failed: %s", exc or type(exc).__name__)
+            await asyncio.sleep(0.5)
+    if consumer.unwritten():
+        log.error("shutdown: %d messages could not be written", len(lst.intake.pending))
+    if lst.amqp is not None:
+        try:
+            await asyncio.wait_for(lst.amqp.close(), SHUTDOWN_TASKS_S)  # acks what was written
+        except Exception as exc:
+            log.warning("AMQP close: %s", exc or type(exc).__name__)
+    for t in tasks:
+        t.cancel()
+    stop_task.cancel()
+    _, stuck = await asyncio.wait([*tasks, stop_task], timeout=SHUTDOWN_TASKS_S)
+    for task in stuck:  # never expected: name it, with where it waits, and go on
+        log.error("shutdown: task %s did not stop within %.0f s", task.get_name(), SHUTDOWN_TASKS_S)
+        task.print_stack(file=sys.stderr)
+    if lst.bus is not None:
+        lst.bus.close()
+    if lst.metrics_server is not None:
+        lst.metrics_server.shutdown()
+    try:
+        await asyncio.wait_for(lst.store.release_writer(lst.me), SHUTDOWN_TASKS_S)
+    except Exception as exc:  # it expires by itself (WRITER_TTL_S)
+        log.warning("Redis: writer claim not released: %s", exc or type(exc).__name__)
+    try:
+        await asyncio.wait_for(lst.store.close(), SHUTDOWN_TASKS_S)
+    except Exception as exc:
+        log.warning("Redis close: %s", exc or type(exc).__name__)
+    if lst.handle is not None:
+        stop_embedded(lst.handle)
+    notifier.close()
+
+
+async def run_listener(
+    cfg: Config,
+    fedmsg_config: dict[str, Any] | None = None,
+    notifier: Notifier | None = None,
+    stop: asyncio.Event | None = None,
+    reload: Callable[[], Config] | None = None,
+) -> int:
+    """Run the listener until ``stop`` is set or a signal arrives.
+
+    ``reload`` rebuilds the config on SIGHUP (see
+    :func:`listener.runtime.systemd.reload_settings`); None: SIGHUP only re-reads the log
+    level from ``$FEDMSG_WALLBOARD_LOG_LEVEL``.
+
+    Returns:
+        The exit code: 0 after a clean shutdown.
+
+    Raises:
+        listener.core.errors.ConfigError: bad configuration (exit 78).
+        listener.core.errors.TransientError: Redis unreachable at start-up.
+    """
+    notifier = notifier or Notifier()
+    stop = stop or asyncio.Event()
+    _signal_handlers(cfg, stop, notifier, reload)
+    lst = await _start(cfg, fedmsg_config, stop)
+    if lst is None:
+        return 0
+    tasks = _tasks(lst, notifier, stop)
+    backfill_task = _start_backfill(lst)
+    tune_gc()  # start-up is done: the per-message path follows (listener.daemon.memory)
+    hold_heap()  # a burst's memory stays in the heap until it is over, then trim_heap
+    sources = [f"{len(lst.endpoints)} endpoint(s)"] if lst.bus is not None else []
+    if lst.amqp is not None:
+        sources.append(f"AMQP {lst.amqp.settings.url.split('@')[-1]}")
+    where = ", ".join(sources)
+    notifier.ready(f"listening on {where}")
+    log.info("listener ready: %s, windows %s", where, list(cfg.windows_s))
+
+    stop_task = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stop_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    crashed = [t for t in done if t is not stop_task and t.exception() is not None]
+    await _shutdown(lst, notifier, tasks, stop_task, backfill_task)
+    if crashed:
+        error = crashed[0].exception()
+        assert error is not None
+        raise error
+    log.info("listener stopped: counted %d messages", lst.consumer.stats.counted)
+    return 0

@@ -1,0 +1,3 @@
+"""What every process shares: option types, config loading and logging set-up
+(:mod:`.options`), systemd integration (:mod:`.systemd`).
+"""

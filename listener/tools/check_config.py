@@ -1,0 +1,56 @@
+"""``fedmsg-wallboard check-config``: validate the settings the way ``listen``
+would at start, connecting to nothing, and print what they resolve to."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from listener.core.endpoints import resolve_endpoints
+from listener.core.errors import EXIT_OK, ConfigError
+from listener.core.users import UserExtractor, load_fedmsg_config
+from listener.inputs.amqp.settings import AmqpSettings
+from listener.inputs.signatures import check_signature_setup
+from listener.runtime.options import add_common, load_config
+from listener.storage.store import check_redis_url
+
+
+def add_parser(sub: Any) -> None:
+    """Register the ``check-config`` subcommand."""
+    p = sub.add_parser("check-config", help="validate the configuration and exit")
+    add_common(p)
+    p.set_defaults(func=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    fcfg = load_fedmsg_config(cfg.fedmsg_config or None)
+    check_signature_setup(fcfg)
+    endpoints: list[str] = []
+    if cfg.bus != "amqp":  # what ``listen`` would refuse (listener.inputs.zmq.Bus)
+        endpoints = resolve_endpoints(cfg.endpoints, fcfg)
+        if not endpoints:
+            raise ConfigError("no ZeroMQ endpoint: set endpoints in fedmsg.d/ or --endpoint")
+    if cfg.bus != "zmq":  # the URL and TLS files listen's AMQP input would refuse
+        AmqpSettings.from_config(cfg).parameters()
+    if cfg.redis_url:  # the URL's form only: check-config connects to nothing
+        try:  # what listen's Store.from_url runs first: no connection is made
+            check_redis_url(cfg.redis_url)
+        except ValueError as exc:
+            raise ConfigError(f"bad Redis URL {cfg.redis_url!r}: {exc}") from exc
+    if cfg.fas_cache:  # what listen loads at start (exit 78 when unreadable)
+        UserExtractor.load_fas_cache(cfg.fas_cache)
+    print(
+        json.dumps(
+            {
+                "ok": True,
+                "endpoints": endpoints,
+                "windows_s": list(cfg.windows_s),
+                "redis": cfg.redis_url or f"embedded in {cfg.state_dir}",
+                "validate_signatures": bool(fcfg.get("validate_signatures")),
+            },
+            indent=2,
+        )
+    )
+    return EXIT_OK

