@@ -1,4 +1,4 @@
-"""The naive loop the listener is measured against (issue 9).  I/O.
+"""The naive loop the listener is measured against.
 
 What a first version of the wallboard would do, per message: a blocking
 ``recv_multipart`` on a SUB socket left at libzmq's default high-water mark

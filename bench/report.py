@@ -468,7 +468,7 @@ def page(r: dict[str, Any]) -> str:
         "full garbage collection (`HeapProfiler.collectGarbage`); `Performance.getMetrics` "
         "gives live DOM nodes, event listeners and the used JS heap.  The page keeps at "
         "most 720 history points per window (`HISTORY_MAX`): its heap grows until then.  "
-        "`tests/test_browser.py::test_page_memory_stays_bounded` checks the same over a "
+        "`tests/e2e/test_browser.py::test_page_memory_stays_bounded` checks the same over a "
         "minute.",
         "",
         "| s | blinks | ticks | ≈ time at the default pace | DOM nodes | listeners | JS heap |",

@@ -1,20 +1,20 @@
 """``fedmsg-wallboard`` / ``python -m listener``: the command line.
 
-Subcommands (each module registers its own with ``add_parser``):
+Parsing and dispatch only.  ``listen`` is defined here (it runs
+:func:`listener.daemon.service.run_listener`); every other command is registered
+by the module that runs it, with ``add_parser`` (:data:`COMMAND_MODULES`):
+``snapshot``, ``check-config``, ``replay``, ``web``, ``longtail``, ``backfill``,
+``radar``, ``diff``, ``gource`` and ``amqp-replay``.  ``fedmsg-wallboard --help``
+lists them.
 
-=================  ===========================================================
-listen             the fedmsg consumer: bus -> users -> Redis -> windows
-replay             publish recorded real messages on a local ZeroMQ endpoint
-snapshot           print one window's state (JSON with ``--json``)
-check-config       validate the config file and the fedmsg config, then exit
-=================  ===========================================================
-
-Exit codes: 0 success; 1 runtime error; 2 usage or input error; 69
-(``EX_UNAVAILABLE``) Redis unreachable at start-up, or another resource
-unavailable (the web port already in use); 78 (``EX_CONFIG``) bad configuration
-(systemd units set ``RestartPreventExitStatus=78``); 141 standard output closed
-early (piped into ``head``: 128 + SIGPIPE, as a shell reports it), silently;
-``gource`` exits 0 then, since Gource closing its input ends a stream normally.
+Errors become exit codes (:mod:`listener.core.errors`, ``EXIT_*``): 0 success; 1
+runtime error; 2 usage or input error; 69 (``EX_UNAVAILABLE``) Redis unreachable at
+start-up, or another resource unavailable (the web port already in use); 75
+(``EX_TEMPFAIL``) try again later; 78 (``EX_CONFIG``) bad configuration (systemd
+units set ``RestartPreventExitStatus=78``); 130 interrupted; 141 standard output
+closed early (piped into ``head``: 128 + SIGPIPE, as a shell reports it),
+silently; ``gource`` exits 0 then, since Gource closing its input ends a stream
+normally.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from typing import Any
 
 from listener import __version__
 from listener.core.errors import (
+    EXIT_CODES_HELP,
     EXIT_CONFIG,
+    EXIT_INTERRUPTED,
     EXIT_PIPE,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -116,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fedmsg-wallboard",
         description="Watch the Fedora message bus and show its activity on a wall.",
-        epilog="Exit codes: 0 ok, 1 error, 2 usage/input, 69 Redis unavailable, 78 bad config.",
+        epilog=EXIT_CODES_HELP,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -198,4 +200,4 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

@@ -20,7 +20,6 @@ import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -375,10 +374,3 @@ def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config
         return Config(**values)
     except TypeError as exc:
         raise ConfigError(str(exc)) from exc
-
-
-def state_path(cfg: Config, *parts: str) -> Path:
-    """A path under ``cfg.state_dir`` (created)."""
-    p = Path(cfg.state_dir).joinpath(*parts)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p

@@ -9,7 +9,7 @@ The fedmsg wire format (fedmsg docs, ``fedmsg.core.FedMsgContext.publish`` and
    ``certificate``.
 
 :func:`decode_frames` never raises on bad input: it returns a :class:`Rejected`
-naming one reason from :data:`REJECT_REASONS`, so the consumer counts and skips it.
+naming one reason from :data:`REJECT_REASONS`, so the intake counts and skips it.
 """
 
 from __future__ import annotations

@@ -7,13 +7,27 @@ backoff may fix (Redis or bus unreachable); ``PermanentError`` what it will not
 
 from __future__ import annotations
 
-#: Process exit codes (sysexits.h where one fits; documented in ``--help``).
+#: Process exit codes (sysexits.h where one fits; listed by ``--help`` and
+#: docs/CONFIG.md): success; a runtime error; a usage or input error; Redis or
+#: another resource unavailable (``EX_UNAVAILABLE``); a temporary refusal, try
+#: again (``EX_TEMPFAIL``: another backfill holds the lock, another demo runs);
+#: bad configuration (``EX_CONFIG``, systemd does not restart); interrupted
+#: (128 + SIGINT); standard output closed early (128 + SIGPIPE).
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 69
+EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
+EXIT_INTERRUPTED = 130
 EXIT_PIPE = 141
+
+#: ``--help``'s line about them.
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok, 1 error, 2 usage or input, 69 Redis or a port unavailable, "
+    "75 try again later (a backfill or demo already running), 78 bad config, "
+    "130 interrupted, 141 output closed early."
+)
 
 
 class WallboardError(Exception):

@@ -1,8 +1,9 @@
 """Who a message is about: a thin, fast, safe wrapper over ``fedmsg.meta``.
 
 Users come from ``fedmsg.meta.msg2usernames`` with the processors of
-``fedmsg_meta_fedora_infrastructure`` (fedmsg docs, "fedmsg.meta").  Two changes,
-both behaviour-preserving:
+``fedmsg_meta_fedora_infrastructure`` (fedmsg docs, "fedmsg.meta").  Three
+differences: the first two give the same users faster, the third never lets a
+processor's exception out:
 
 * **Processor cache.**  ``fedmsg.meta.msg2processor`` scans ~50 processors with a
   regex each, for every message (most of ``msg2usernames``' time).  A processor's
@@ -13,11 +14,11 @@ both behaviour-preserving:
   Python copies into a new dict on every call, a cost paid on every message.
   ``usernames`` passes only :data:`PROCESSOR_CONFIG_KEYS`, the keys that
   fedmsg.meta and fedmsg_meta_fedora_infrastructure ever read from it (the
-  network keys are never passed anyway); ``tests/test_users.py`` checks the
+  network keys are never passed anyway); ``tests/core/test_users.py`` checks the
   result against ``msg2usernames`` with the whole config on every shipped example.
 * **No surprises.**  ``msg2usernames``' ``graceful`` wrapper only catches
   ``KeyError``; here any exception from a processor yields an empty set and is
-  counted (``UserExtractor.errors``), so a poison message cannot stop the consumer.
+  counted (``UserExtractor.errors``), so a poison message cannot stop the listener.
 
 FAS: some processors map IRC nicks and e-mail addresses to FAS usernames via
 ``fasshim``, which builds its cache over the network when FAS/fasjson credentials

@@ -37,7 +37,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from listener.core.errors import TransientError
+from listener.core.errors import EXIT_TEMPFAIL, TransientError
 from listener.core.intake import Intake
 from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.daemon.consumer import Consumer
@@ -469,5 +469,5 @@ def run(args: argparse.Namespace) -> int:
             f"(not messages), {result.requests} requests in {result.seconds:.1f} s"
         )
     if result is not None and result.status == "busy":
-        return 75  # EX_TEMPFAIL: 1 is a crash for every command (docs/CONFIG.md)
+        return EXIT_TEMPFAIL  # 1 is a crash for every command (docs/CONFIG.md)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from listener.core.events import best_state
+from listener.core.linkstate import best_state
 from listener.inputs.amqp.input import AmqpInput
 from listener.inputs.zmq import Bus
 
@@ -20,7 +20,7 @@ class Inputs:
         self.amqp = amqp
 
     def state(self, now: float) -> str:
-        """The best state of the inputs (:data:`listener.core.events.LINK_STATES`):
+        """The best state of the inputs (:data:`listener.core.linkstate.LINK_STATES`):
         ``"ok"`` if any input is ok; ``"dead"`` with no input."""
         return best_state(i.state(now) for i in (self.bus, self.amqp) if i is not None)
 

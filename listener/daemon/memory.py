@@ -5,12 +5,12 @@ back to the system after a burst (through libc and the interpreter's GC).
 counting frees as soon as the message is counted; what survives until the next
 flush is a few small tuples per message.  With CPython's default thresholds
 (700, 10, 10) those survivors set off a young collection every few hundred
-messages and a full one (every object of the process: ~500,000 after start-up,
-plus the windows' counters) every few tens of thousands, a sizeable share of the
+messages and a full one (every object of the process, hundreds of thousands
+after start-up, plus the windows' counters) every few tens of thousands, a sizeable share of the
 listener's CPU during a drain (``docs/BENCHMARKS.md``).  :func:`tune_gc` moves what start-up
 allocated out of the collector's sight (``gc.freeze``) and collects the young
 generation every :data:`GC_GEN0_THRESHOLD` surviving allocations instead, so
-full collections come ~70 times less often.  The process makes little cyclic
+full collections come far less often.  The process makes little cyclic
 garbage (asyncio and redis-py internals); it is still collected, later.
 
 A burst the listener cannot take at once waits in libzmq's receive queue (up to

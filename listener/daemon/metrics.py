@@ -79,7 +79,11 @@ class ConsumerCollector(Collector):
             ("redis_errors", "Failed Redis flushes", s.flush_errors),
             ("blink_dropped", "Messages left out of blink batches", s.blink_dropped),
             ("gaps", "Messages missing by publisher sequence number", self.inputs.gaps),
-            ("bus_reconnects", "Bus connections recreated", self.inputs.reconnects),
+            (
+                "bus_reconnects",
+                "ZeroMQ sockets recreated and AMQP sessions retried",
+                self.inputs.reconnects,
+            ),
             ("redis_resets", "Times Redis came back empty", s.redis_resets),
             ("heap_trims", "Times a burst's memory was handed back", s.heap_trims),
         )

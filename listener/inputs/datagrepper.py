@@ -67,11 +67,14 @@ class DatagrepperUnavailable(TransientError):
     every retry and split (connection errors are not split: a server that cannot
     be reached fails after one request's retries).
 
-    Attributes:
-        splittable: whether a smaller range might have succeeded.
+    Args:
+        message: what failed.
+        splittable: whether a smaller range might succeed.
     """
 
-    splittable: bool = True
+    def __init__(self, message: str, splittable: bool = True) -> None:
+        super().__init__(message)
+        self.splittable = splittable
 
 
 class DatagrepperBadResponse(InputError):
@@ -342,12 +345,11 @@ class DatagrepperClient:
                 return result
             except _Retryable as exc:
                 if attempt >= self.retries:
-                    err = DatagrepperUnavailable(
+                    raise DatagrepperUnavailable(
                         f"datagrepper {self.url} failed {attempt + 1} times for "
-                        f"start={params['start']} end={params['end']} page={page}: {exc}"
-                    )
-                    err.splittable = exc.splittable
-                    raise err from exc
+                        f"start={params['start']} end={params['end']} page={page}: {exc}",
+                        splittable=exc.splittable,
+                    ) from exc
                 self.stats.add(retries=1)
                 wait = exc.retry_after_s if exc.retry_after_s is not None else delay
                 wait = min(self.max_backoff_s, wait) * (0.5 + random.random() / 2)

@@ -32,7 +32,7 @@ What this module adds around fedmsg's verdict:
 * datagrepper bodies (``source_name``/``source_version``, from backfill) go
   through fedmsg's ``fix_datagrepper_message`` first, as fedmsg's replay does.
 * fedmsg logs every invalid message at ERROR with its whole body; those loggers are
-  set to CRITICAL (the consumer logs each reject once with its msg_id and reason).
+  set to CRITICAL (the intake logs each reject once with its msg_id and reason).
 """
 
 from __future__ import annotations

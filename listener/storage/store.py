@@ -36,7 +36,7 @@ both neighbours' (a duplicate is skipped; each set is asked once about the
 batch's ids with ``SMISMEMBER`` and the new ids go in with one ``SADD``, in
 chunks of 1,000, which costs Redis less CPU than one ``SISMEMBER`` and one ``SADD``
 a message; the decisions are the same, message by message in
-order, ``tests/test_hotpath.py``), and adds the batch's increments, aggregated
+order, ``tests/storage/test_hotpath.py``), and adds the batch's increments, aggregated
 per bucket and field on the Python side (:func:`aggregate`), with one ``HINCRBY``
 per distinct field; the increments of the duplicates, if any, are taken out
 first.  The script is atomic,

@@ -38,7 +38,7 @@ def configure_publisher(amqp_url: str) -> None:
         ValueError: the publisher already points at another URL.
     """
     global _publisher_url
-    # imported here: fedora_messaging takes ~1 s to import: only for the commands that use it
+    # imported here: fedora_messaging is slow to import; only what uses it pays
     from fedora_messaging import config as fm_config
 
     with _publisher_lock:
@@ -60,7 +60,7 @@ def bridged_message(body: Mapping[str, Any]) -> Any:
     Raises:
         KeyError: ``body`` has no ``topic``.
     """
-    # imported here: fedora_messaging takes ~1 s to import: only for the commands that use it
+    # imported here: fedora_messaging is slow to import; only what uses it pays
     from fedora_messaging.message import Message
 
     message = Message(body=dict(body), topic=body["topic"])
@@ -102,7 +102,7 @@ def publish_replay(
             message or did not confirm it in ``timeout_s``.
         ValueError: see :func:`configure_publisher`.
     """
-    # imported here: fedora_messaging takes ~1 s to import: only for the commands that use it
+    # imported here: fedora_messaging is slow to import; only what uses it pays
     from fedora_messaging import api
 
     configure_publisher(amqp_url)
@@ -193,7 +193,7 @@ def add_parser(sub: Any) -> None:
 def run_replay(args: argparse.Namespace) -> int:
     """``amqp-replay``: exit 0 when every message was confirmed, 69 if the broker
     could not be reached, 2 for an unreadable input file."""
-    # imported here: fedora_messaging takes ~1 s to import: only for the commands that use it
+    # imported here: fedora_messaging is slow to import; only what uses it pays
     from fedora_messaging.exceptions import ConnectionException, PublishException
 
     try:

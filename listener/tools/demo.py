@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from listener.core.errors import EXIT_TEMPFAIL
 from listener.storage.embedded import open_embedded, stop_embedded
 
 #: Wait before a replay that exited with 69 (bus unreachable) is started again, s.
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "--dir (make run DEMO_DIR=...), --port and --bus",
             file=sys.stderr,
         )
-        return 75  # EX_TEMPFAIL
+        return EXIT_TEMPFAIL
     # the ports too: another demo's replay would feed this listener, and the page
     # printed would be the other demo's
     busy = _busy_ports(args)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "others with --port and --bus (make run DEMO_PORT=... DEMO_BUS=...)",
             file=sys.stderr,
         )
-        return 75
+        return EXIT_TEMPFAIL
     os.environ.setdefault("FEDMSG_CONFIG", str(Path(__file__).resolve().parents[2] / "fedmsg.d"))
     handle, url = open_embedded(str(base / "redis"))
     print(f"embedded Redis: {url}", flush=True)

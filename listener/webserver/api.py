@@ -1,9 +1,10 @@
-"""The web server's pure parts: static file table, query parsing, events, health.
+"""The web server's parts without sockets: query parsing, events, health, and the
+page's files (:func:`load_assets` reads them once, at start).
 
 No sockets, no Redis, no clock: every function takes the values it needs (including
 ``now``) and returns values, so the HTTP API and the websocket protocol
-(``docs/PROTOCOL.md``) are tested with plain tables.  :mod:`listener.webserver.server` is the
-I/O shell around them.
+(``docs/PROTOCOL.md``) are tested with plain tables.  :mod:`listener.webserver.server`
+and :mod:`listener.webserver.routes` are the I/O shell around them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from listener.core.errors import ConfigError
-from listener.core.events import LINK_STATES
+from listener.core.linkstate import LINK_STATES
 from listener.core.users import MAX_USERNAME_LEN
 
 #: The page's files, by URL path -> path under the web root.  Only these are

@@ -677,9 +677,6 @@ def test_listener_unit_sighup_reloads(
 def test_web_unit_ready_watchdog_close_1001_stopping(
     tmp_path: Path, notify: NotifySocket, redis_url: str
 ) -> None:
-    pytest.importorskip(
-        "listener.webserver.server", reason="listener.webserver.server not written yet"
-    )
     import asyncio
 
     import websockets
@@ -730,9 +727,6 @@ def test_web_unit_ready_watchdog_close_1001_stopping(
 
 
 def test_web_unit_bad_config_exits_78(tmp_path: Path, notify: NotifySocket) -> None:
-    pytest.importorskip(
-        "listener.webserver.server", reason="listener.webserver.server not written yet"
-    )
     cfg = write_config(tmp_path / "wallboard.toml", web_port=70000)
     svc = Service(WEB_UNIT, cfg, notify, tmp_path)
     try:

@@ -1,5 +1,5 @@
 """Bus faults on real ZeroMQ sockets and real processes: dead links, quiet buses,
-publisher restarts, sequence gaps, the high-water mark (issue 7, part 2).
+publisher restarts, sequence gaps, the high-water mark.
 
 Faults are injected for real: a TCP proxy (``tests/helpers/proxy.py``) that stops
 forwarding without FIN or RST (a blackholed link), a publisher *process* killed

@@ -1,5 +1,5 @@
 """Redis faults on a real redis-server of our own: outages, a silent Redis, lost
-replies, a Redis that comes back empty (issue 7, part 1).
+replies, a Redis that comes back empty.
 
 Each test starts its OWN ``redis-server`` (never the session one other tests
 share): stopped with SIGTERM and started again on the same port (with an

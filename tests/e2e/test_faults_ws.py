@@ -1,4 +1,4 @@
-"""Hostile and unlucky websocket clients against the web server (issue 7, part 5).
+"""Hostile and unlucky websocket clients against the web server.
 
 ``tests/webserver/test_web.py`` covers the limits one by one (a client that never reads is
 cut off while 16 others get every event in order, 1009 on an oversize frame, the

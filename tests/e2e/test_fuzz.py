@@ -1,5 +1,4 @@
-"""Poison messages and fuzzing of the frame decoder and the message handler
-(issue 7, parts 3 and 6).
+"""Poison messages and fuzzing of the frame decoder and the message handler.
 
 Hypothesis drives :func:`listener.core.envelope.decode_frames` with arbitrary frames and
 :meth:`listener.core.intake.Intake.handle_frames` with arbitrary JSON, fedmsg-like

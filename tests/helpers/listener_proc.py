@@ -1,7 +1,7 @@
 """The listener as a real process (``python -m listener listen``): start it, stop it
 (its thread stacks dumped on SIGUSR1 if it hangs), read its ``/metrics``.
 
-Moved out of ``tests/e2e/test_faults_bus.py`` so other test modules need not import it.
+Shared by the test modules that run a listener process.
 """
 
 from __future__ import annotations

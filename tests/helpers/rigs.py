@@ -2,7 +2,7 @@
 Bus on a fresh key prefix (:class:`Rig`, :class:`SenderRig`), async polling
 (:func:`until`, :func:`join`) and a wallboard TOML writer (:func:`write_config`).
 
-Moved out of ``tests/e2e/test_faults_bus.py`` so other test modules need not import it.
+Shared by the test modules that drive a bus and a consumer in-process.
 """
 
 from __future__ import annotations

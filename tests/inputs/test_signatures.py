@@ -1,4 +1,4 @@
-"""fedmsg x509 signatures with a throwaway CA made here (issue 7, part 4).
+"""fedmsg x509 signatures with a throwaway CA made here.
 
 The PKI is real: ``cryptography`` makes a CA, a signing certificate, a revoked
 one, an expired one, a rogue CA with a certificate of the same CN (a forgery), and

@@ -1,7 +1,7 @@
-"""Hot-path optimisations (issue 9) keep behaviour: flush state, windows, snapshots.
+"""The hot path's shortcuts keep behaviour: flush state, windows, snapshots.
 
-The flush script now takes increments aggregated in Python and skips keys that
-would expire at once; :data:`REFERENCE_FLUSH_LUA` is the script it replaced (per
+The flush script takes increments aggregated in Python and skips keys that would
+expire at once; :data:`REFERENCE_FLUSH_LUA` is the straightforward script (per
 message increments in Lua), kept here as the reference: both must leave Redis in
 exactly the same state (every key, field, value and expiry time) and return the
 same flags, over batches with duplicates inside and across batches, messages
@@ -103,7 +103,7 @@ return flags
 async def run_reference(
     r: aioredis.Redis, store: Store, batch: list[Counted], batch_id: str
 ) -> list[bool]:
-    """The flush as it was before issue 9 (same arguments as then)."""
+    """The reference flush: per-message increments in Lua (the same arguments)."""
     script = r.register_script(REFERENCE_FLUSH_LUA)
     cfg = {
         "batch": batch_id,
@@ -250,7 +250,7 @@ def test_aggregate_equals_counting_message_by_message() -> None:
 
 
 def _reference_decode_reason(frames: list[bytes]) -> str | None:
-    """How decode_frames named bad bytes before issue 9 (UTF-8 checked first)."""
+    """The reference decoding of bad bytes (UTF-8 checked first, then JSON)."""
     try:
         frames[0].decode("utf-8")
         frames[1].decode("utf-8")

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark harness (issue 9): it counts right, at a tiny size.
+"""Smoke test of the benchmark harness: it counts right, at a tiny size.
 
 Real processes as in ``make bench`` (a redis-server, ``python -m bench.publisher``,
 ``python -m listener listen`` and ``python -m bench.naive``); what is asserted is

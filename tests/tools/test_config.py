@@ -76,7 +76,7 @@ BAD_VALUES = [
     ('key_prefix = ""\n', "key_prefix must be non-empty, without braces"),
     ('key_prefix = "a}b{"\n', "key_prefix must be non-empty, without braces"),
     ("step_s = \n", "invalid TOML"),
-    # list items have the list's type (fresh-user trial: tracebacks or crashes later)
+    # list items have the list's type (a float would give a traceback or a crash later)
     ("windows_s = [3600.0, 86400]\n", "windows_s must be a list of whole seconds, got 3600.0"),
     ("endpoints = [1, 2]\n", "endpoints must be a list of strings, got 1"),
     ("allowed_origins = [1]\n", "allowed_origins must be a list of strings, got 1"),

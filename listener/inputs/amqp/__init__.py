@@ -3,7 +3,7 @@
 Fedora retired its public fedmsg ZeroMQ bus; its live bus is RabbitMQ, written
 and read with ``fedora-messaging`` (public broker
 ``amqps://rabbitmq.fedoraproject.org/%2Fpublic_pubsub``, see ``docs/AMQP.md``).
-This package subscribes there and feeds the same :class:`listener.daemon.consumer.Consumer`
+This package subscribes there and feeds the same :class:`listener.core.intake.Intake`
 as :mod:`listener.inputs.zmq`, so counters, metrics and the page are the same.
 
 ========================  ======================================================

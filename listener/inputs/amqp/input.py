@@ -421,7 +421,7 @@ class AmqpInput:
                 ch.basic_cancel(self._consumer_tag)
 
     def state(self, now: float) -> str:
-        """The input's state, one of :data:`listener.core.events.LINK_STATES`, as a ZeroMQ
+        """The input's state, one of :data:`listener.core.linkstate.LINK_STATES`, as a ZeroMQ
         link's (:meth:`listener.inputs.zmq.Bus.link_state`): ``"connecting"`` before the
         first session, for at most :data:`DEAD_AFTER_S`; ``"ok"`` with a session (or
         within that grace after losing it) and a message within

@@ -29,7 +29,7 @@ class SchemaUsers:
     """
 
     def __init__(self) -> None:
-        # imported here: fedora_messaging takes ~1 s to import: only for the commands that use it
+        # imported here: fedora_messaging is slow to import; only what uses it pays
         from fedora_messaging.message import Message
 
         self._base = Message

@@ -111,7 +111,7 @@ class AmqpSettings:
 
 
 def _fedora_messaging_conf() -> Mapping[str, Any]:
-    # imported here: fedora_messaging takes ~1 s to import: only for the commands that use it
+    # imported here: fedora_messaging is slow to import; only what uses it pays
     from fedora_messaging import config as fm_config
     from fedora_messaging.exceptions import ConfigurationException
 

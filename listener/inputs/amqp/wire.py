@@ -126,7 +126,7 @@ def fallback_msg_id(topic: str, body: bytes) -> str:
 
 @dataclass(frozen=True)
 class Decoded:
-    """One AMQP message as the consumer takes it.
+    """One AMQP message as the intake takes it.
 
     Attributes:
         body: the fedmsg-shaped body ``{"topic", "msg", "msg_id", "timestamp",
@@ -151,7 +151,7 @@ def to_fedmsg(
     amqp_timestamp: int | float | None = None,
     max_body_bytes: int = 1 << 20,
 ) -> Decoded | Rejected:
-    """Decode one AMQP message into the fedmsg body the consumer counts.
+    """Decode one AMQP message into the fedmsg body the intake counts.
 
     Args:
         topic: the routing key.
@@ -166,7 +166,7 @@ def to_fedmsg(
         A :class:`Decoded`, or a :class:`listener.core.envelope.Rejected` naming a
         reason of ``envelope.REJECT_REASONS`` (``too_large``, ``bad_utf8``,
         ``bad_json``).  Never raises.  A body that is not a JSON object is passed
-        on: the consumer rejects it (``bad_msg``) and counts it.
+        on: the intake rejects it (``bad_msg``) and counts it.
     """
     if len(raw) > max_body_bytes:
         return Rejected("too_large", f"body of {len(raw)} bytes > {max_body_bytes}", message_id)

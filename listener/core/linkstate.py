@@ -1,7 +1,5 @@
-"""What the listener tells the web processes, beside the ``blink`` and ``tick``
-events (their shapes: :meth:`listener.core.intake.Intake.take_blink`,
-:meth:`listener.daemon.consumer.Consumer.step`, docs/PROTOCOL.md): the states of
-the bus inputs, reported in the heartbeat and shown by ``/healthz``."""
+"""The states of the bus inputs (a ZeroMQ link, the AMQP input, the bus as a whole),
+reported in the listener's heartbeat and shown by ``/healthz`` and on the wall."""
 
 from __future__ import annotations
 

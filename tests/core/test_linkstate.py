@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from listener.core.events import LINK_STATES, best_state
+from listener.core.linkstate import LINK_STATES, best_state
 
 
 @pytest.mark.parametrize(
