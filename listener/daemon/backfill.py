@@ -43,7 +43,7 @@ from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.daemon.consumer import Consumer
 from listener.daemon.memory import tune_gc
 from listener.inputs.datagrepper import DatagrepperClient, progress_wanted
-from listener.runtime.options import add_common, http_url, load_config
+from listener.runtime.options import add_common, add_datagrepper_options, http_url, load_config
 from listener.storage.connect import open_store
 from listener.storage.store import Store
 
@@ -401,19 +401,7 @@ def add_parser(sub: Any) -> None:
         help="backfill from the newest message counted (whole longest window if none)",
     )
     p.add_argument("--until", type=float, metavar="EPOCH", help="end, UNIX s (default now)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        dest="timeout_s",
-        help="datagrepper request time-out, s (default 60)",
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=4,
-        help="retries of a failing datagrepper request (default 4)",
-    )
+    add_datagrepper_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 

@@ -129,6 +129,23 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
 
 
+def add_datagrepper_options(p: argparse.ArgumentParser) -> None:
+    """The datagrepper client's options, shared by every command that reads it."""
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        dest="timeout_s",
+        help="datagrepper request time-out, s (default 60)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=4,
+        help="retries of a failing datagrepper request (default 4)",
+    )
+
+
 def load_config(args: argparse.Namespace, **extra: Any) -> Config:
     """Build the Config from ``--config`` and the common flags, and apply its log level.
 

@@ -48,7 +48,7 @@ from listener.inputs.datagrepper import (
     message_timestamp,
     progress_wanted,
 )
-from listener.runtime.options import epoch_seconds, http_url
+from listener.runtime.options import add_datagrepper_options, epoch_seconds, http_url
 from listener.tools.examples import builtin_examples, unwrap_record
 
 log = logging.getLogger(__name__)
@@ -522,19 +522,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--svg", metavar="FILE", help="also write a pygal SVG chart")
     p.add_argument("--title", help="the SVG chart's title")
     p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        dest="timeout_s",
-        help="datagrepper request time-out, s (default 60)",
-    )
-    p.add_argument(
-        "--retries",
-        type=int,
-        default=4,
-        help="retries of a failing datagrepper request (default 4)",
-    )
+    add_datagrepper_options(p)
     p.add_argument(
         "--workers", type=int, default=4, help="parallel datagrepper requests (default 4)"
     )
