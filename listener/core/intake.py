@@ -35,6 +35,7 @@ from listener.core.envelope import (
     decode_frames,
     envelope_from_dict,
 )
+from listener.core.histogram import Histogram
 from listener.core.lograte import is_log_milestone, milestone_level
 from listener.core.users import UserExtractor, clean_usernames
 
@@ -63,6 +64,7 @@ class Stats:
         pending_overflow: dropped because the pending buffer was full (Redis down).
         flushes / flush_errors: Lua flushes that succeeded / failed.
         flush_seconds: duration of the last successful flush, seconds.
+        flush_durations: every successful flush's duration, seconds, in buckets.
         blink_dropped: messages left out of blink batches (still counted).
         redis_resets: times Redis came back empty and the windows warmed up again.
         heap_trims: times a burst's memory was handed back (``malloc_trim``).
@@ -79,6 +81,7 @@ class Stats:
     flushes: int = 0
     flush_errors: int = 0
     flush_seconds: float = 0.0
+    flush_durations: Histogram = field(default_factory=Histogram)
     blink_dropped: int = 0
     redis_resets: int = 0
     heap_trims: int = 0

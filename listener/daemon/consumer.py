@@ -150,7 +150,8 @@ class Consumer:
             self._retry_batch = None
             self.redis_ok = True
             self.stats.flushes += 1
-            self.stats.flush_seconds = time.perf_counter() - t0
+            self.stats.flush_seconds = elapsed = time.perf_counter() - t0
+            self.stats.flush_durations.observe(elapsed)
             now = self.clock() if now is None else now
             sizes = {win.bucket_s for win in self.windows.values()}
             per_bucket = {k: c for k, c in agg.items() if k[0] in sizes}

@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector
 
 from listener.daemon.consumer import Consumer
 from listener.daemon.inputs import Inputs
+from listener.runtime.metrics import histogram_family, process_registry
 
 #: Longest wait for the event loop / Redis in a health probe, seconds.
 PROBE_TIMEOUT_S = 2.0
@@ -106,6 +107,11 @@ class ConsumerCollector(Collector):
         )
         g.add_metric([], s.flush_seconds)
         yield g
+        yield histogram_family(
+            "fedmsg_wallboard_flush_duration_seconds",
+            "Duration of each successful flush, seconds",
+            s.flush_durations,
+        )
         g = GaugeMetricFamily("fedmsg_wallboard_redis_up", "1 when the last Redis call worked")
         g.add_metric([], 1.0 if self.consumer.redis_ok else 0.0)
         yield g
@@ -144,8 +150,9 @@ class ConsumerCollector(Collector):
 
 
 def registry_for(consumer: Consumer, inputs: Inputs) -> CollectorRegistry:
-    """A registry holding only this listener's metrics."""
-    reg = CollectorRegistry(auto_describe=False)
+    """A registry of this listener's metrics and its process's
+    (:func:`listener.runtime.metrics.process_registry`)."""
+    reg = process_registry("listener")
     reg.register(ConsumerCollector(consumer, inputs))
     return reg
 

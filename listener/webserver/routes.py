@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
@@ -21,6 +21,7 @@ from websockets.http11 import Request, Response
 
 from listener.core.config import Config
 from listener.core.snapshot import build_snapshot
+from listener.runtime.metrics import exposition
 from listener.storage import readers
 from listener.storage.store import Store
 from listener.webserver import api as webapi
@@ -111,8 +112,10 @@ class Routes:
             "/api/radar": self._api_radar,
             "/api/diff": self._api_diff,
             "/healthz": self._api_health,
-            "/metrics": self._api_metrics,
         }.get(path)
+        if path == "/metrics":
+            body, content_type = exposition(self.registry, request.headers.get("Accept"))
+            return self._respond(200, body, content_type)
         if route is None:
             return self._json_error(f"not found: {path[:80]}", 404)
         try:
@@ -184,6 +187,3 @@ class Routes:
     async def _api_health(self, query: dict[str, list[str]]) -> Response:
         health = await self.health()
         return self._json(health, 200 if health["ok"] else 503)
-
-    async def _api_metrics(self, query: dict[str, list[str]]) -> Response:
-        return self._respond(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)

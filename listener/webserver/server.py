@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection, serve
@@ -49,6 +48,7 @@ from websockets.typing import Origin
 from listener.core.config import Config
 from listener.core.errors import ConfigError
 from listener.core.snapshot import build_snapshot
+from listener.runtime.metrics import process_registry
 from listener.runtime.options import add_common, load_config
 from listener.runtime.systemd import Notifier
 from listener.storage.connect import open_store_unless_stopped
@@ -114,7 +114,7 @@ class WebServer:
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.hub = Hub(cfg.client_queue_max, CLIENT_QUEUE_MAX_BYTES)
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = process_registry("web")
         self.pubsub_ok = False
         self.redis_ok = False
         self.resubscribes = 0

@@ -205,6 +205,22 @@ def test_metrics_match_the_snapshot_after_a_replay(listener: Listener) -> None:
     assert m["fedmsg_wallboard_pending"] == 0
     assert m["fedmsg_wallboard_flushes_total"] >= 1
     assert m["fedmsg_wallboard_flush_seconds"] > 0
+    flushes = m["fedmsg_wallboard_flushes_total"]
+    assert m["fedmsg_wallboard_flush_duration_seconds_count"] == flushes
+    assert m["fedmsg_wallboard_flush_duration_seconds_bucket{le=+Inf}"] == flushes
+    assert 0 < m["fedmsg_wallboard_flush_duration_seconds_sum"] < flushes * 10
+    assert m["process_resident_memory_bytes"] > 0 and m["process_cpu_seconds_total"] > 0
+    assert any(k.startswith("python_gc_objects_collected_total") for k in m)
+    build = [k for k in m if k.startswith("fedmsg_wallboard_build_info")]
+    assert len(build) == 1 and "component=listener" in build[0] and m[build[0]] == 1
+    # OpenMetrics for a scraper that asks for it
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{listener.metrics_port}/metrics",
+        headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+    )
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert resp.read().decode().endswith("# EOF\n")
     assert m["fedmsg_wallboard_redis_errors_total"] == 0
     assert abs(m["fedmsg_wallboard_last_message_timestamp_seconds"] - time.time()) < 60
 

@@ -399,6 +399,23 @@ async def test_metrics(stack: Any) -> None:
     assert "fedmsg_wallboard_web_clients 1.0" in text
     assert "fedmsg_wallboard_web_connections_total 1.0" in text
     assert "fedmsg_wallboard_web_pubsub_up 1.0" in text
+    # the process's own: CPU and memory, the interpreter, the collector, the build
+    for name in (
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "python_gc_objects_collected_total{",
+        "python_info{",
+    ):
+        assert name in text, name
+    assert 'fedmsg_wallboard_build_info{component="web",' in text
+    # OpenMetrics for a scraper that asks for it
+    status, hdrs, body = await http(
+        stack.port, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert status == 200
+    assert hdrs["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert body.decode().endswith("# EOF\n")
+    assert "fedmsg_wallboard_web_connections_total 1.0" in body.decode()
 
 
 # -- websocket ---------------------------------------------------------------------
