@@ -25,6 +25,7 @@ sysdeps:
 	command -v xvfb-run >/dev/null || missing="$$missing xvfb"; \
 	command -v xauth >/dev/null || missing="$$missing xauth"; \
 	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
