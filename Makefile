@@ -10,7 +10,7 @@ DEMO_BUS ?= tcp://127.0.0.1:9940
 DEMO_RATE ?= 40
 export FEDMSG_CONFIG := $(CURDIR)/fedmsg.d
 
-.PHONY: install sysdeps run run-amqp test test-fast test-faults bench clean
+.PHONY: install sysdeps run run-amqp test test-fast test-faults bench man dist clean
 
 # Debian packages: Kerberos headers (gssapi, via fasjson-client), a real
 # redis-server (tests), chromium (browser tests), fonts for screenshots.
@@ -37,7 +37,7 @@ sysdeps:
 	  fi; \
 	fi
 
-$(STAMP): setup.py constraints.txt
+$(STAMP): setup.py pyproject.toml constraints.txt
 	$(MAKE) sysdeps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -86,8 +86,25 @@ test-fast: $(STAMP)
 test-faults: $(STAMP)
 	$(BIN)/python -m pytest -m faults tests
 
+## The man page and the bash/zsh completions, from the CLI's parser (committed:
+## the wheel installs them; tests/cli checks they are current).
+man: $(STAMP)
+	$(BIN)/argparse-manpage --module listener.cli --function build_parser \
+	  --project-name fedmsg-wallboard --prog fedmsg-wallboard \
+	  --version "$$($(BIN)/python -c 'import listener; print(listener.__version__)')" \
+	  --description "watch the Fedora message bus and show its activity on a wall" \
+	  --manual-title "fedmsg-wallboard manual" --output man/fedmsg-wallboard.1
+	$(BIN)/shtab --shell=bash --prog fedmsg-wallboard listener.cli.build_parser \
+	  > completions/fedmsg-wallboard
+	$(BIN)/shtab --shell=zsh --prog fedmsg-wallboard listener.cli.build_parser \
+	  > completions/_fedmsg-wallboard
+
+## The wheel and the sdist, in dist/.
+dist: $(STAMP)
+	$(BIN)/python -m build --no-isolation --outdir dist .
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.run --write docs/BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build *.egg-info .coverage .coverage.*
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache build dist *.egg-info .coverage .coverage.*

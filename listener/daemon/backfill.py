@@ -43,7 +43,13 @@ from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.daemon.consumer import Consumer
 from listener.daemon.memory import tune_gc
 from listener.inputs.datagrepper import DatagrepperClient, progress_wanted
-from listener.runtime.options import add_common, add_datagrepper_options, http_url, load_config
+from listener.runtime.options import (
+    add_common,
+    add_datagrepper_options,
+    http_url,
+    load_config,
+    plain_text,
+)
 from listener.storage.connect import open_store
 from listener.storage.store import Store
 
@@ -377,7 +383,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "backfill",
         help="fill the Redis counters of a gap from datagrepper",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)

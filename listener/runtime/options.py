@@ -22,6 +22,25 @@ from listener.runtime.systemd import journal_handler, stderr_is_journal
 log = logging.getLogger(__name__)
 
 
+#: ``:role:`target``` (Sphinx cross-references) and ````literal```` (reST).
+_ROLE = re.compile(r":[a-z]+:`~?([^`<]+?)(?: <[^>]+>)?`")
+_LITERAL = re.compile(r"``([^`]+?)``")
+
+
+def plain_text(doc: str | None) -> str:
+    """A module docstring as ``--help`` shows it: reStructuredText markup removed
+    (````x```` becomes ``x``, ``:func:`a.b``` becomes ``a.b``, ``:class:`~a.B```
+    becomes ``B``, a paragraph's trailing ``::`` becomes ``:``)."""
+    text = _LITERAL.sub(r"\1", doc or "")
+
+    def role(m: re.Match[str]) -> str:
+        target = m.group(1)
+        return target.rsplit(".", 1)[-1] if m.group(0).count("`~") else target
+
+    text = _ROLE.sub(role, text)
+    return re.sub(r"\s*::$", ":", text, flags=re.M).strip() + "\n"
+
+
 def setup_logging(level: str) -> None:
     """Log to stderr: ``<N>`` priority prefixes and no timestamp (journald adds
     its own) when stderr is the journal stream (``$JOURNAL_STREAM`` names it,

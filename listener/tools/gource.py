@@ -73,7 +73,13 @@ from listener.core.endpoints import check_endpoint
 from listener.core.envelope import Rejected, category_of, decode_frames
 from listener.core.users import UserExtractor, clean_usernames, load_fedmsg_config
 from listener.inputs.datagrepper import DatagrepperClient
-from listener.runtime.options import add_common, load_config, non_negative_float, positive_int
+from listener.runtime.options import (
+    add_common,
+    load_config,
+    non_negative_float,
+    plain_text,
+    positive_int,
+)
 from listener.storage.connect import open_store
 
 log = logging.getLogger(__name__)
@@ -636,7 +642,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "gource",
         help="stream the bus as Gource's custom log (pipe into gource --realtime -)",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)

@@ -22,7 +22,13 @@ import zmq
 from listener.core.endpoints import check_endpoint
 from listener.core.envelope import encode_frames
 from listener.core.errors import ConfigError, InputError
-from listener.runtime.options import bounded, non_negative_float, non_negative_int, positive_int
+from listener.runtime.options import (
+    bounded,
+    non_negative_float,
+    non_negative_int,
+    plain_text,
+    positive_int,
+)
 from listener.tools.examples import builtin_examples, load_file
 
 log = logging.getLogger(__name__)
@@ -185,7 +191,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "replay",
         help="publish recorded real fedmsg messages on a local ZeroMQ endpoint",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("files", nargs="*", help="JSONL of fedmsg envelopes or datagrepper /raw pages")

@@ -48,7 +48,7 @@ from listener.inputs.datagrepper import (
     message_timestamp,
     progress_wanted,
 )
-from listener.runtime.options import add_datagrepper_options, epoch_seconds, http_url
+from listener.runtime.options import add_datagrepper_options, epoch_seconds, http_url, plain_text
 from listener.tools.examples import builtin_examples, unwrap_record
 
 log = logging.getLogger(__name__)
@@ -470,7 +470,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "longtail",
         help="the seed's longtail study: N overlapping windows, one pass",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_argument_group("messages (at least one source)")

@@ -49,7 +49,7 @@ from listener.core.config import Config
 from listener.core.errors import ConfigError
 from listener.core.snapshot import build_snapshot
 from listener.runtime.metrics import process_registry
-from listener.runtime.options import add_common, load_config
+from listener.runtime.options import add_common, load_config, plain_text
 from listener.runtime.systemd import Notifier
 from listener.storage.connect import open_store_unless_stopped
 from listener.storage.store import Store
@@ -507,7 +507,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "web",
         help="serve the wall page, its websocket and the HTTP API",
-        description=__doc__,
+        description=plain_text(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common(p)
