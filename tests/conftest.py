@@ -14,6 +14,7 @@ Plain helpers (``ROOT``, ``CORPUS``, ``free_port``, ``wait_for``, ``run_cli``,
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +28,14 @@ from tests.helpers.redis import RedisServer
 pytest_plugins = ["tests.helpers.rabbitmq"]
 
 os.environ.setdefault("FEDMSG_CONFIG", str(ROOT / "fedmsg.d"))
+# The commands look for settings and data where ops keep them ($XDG_CONFIG_HOME,
+# $XDG_STATE_HOME, $FEDMSG_WALLBOARD_CONFIG): the tests and the processes they start
+# get folders of their own, so a developer's own settings or data never leak in.
+_HOME = tempfile.mkdtemp(prefix="wallboard-tests-")
+os.environ["XDG_CONFIG_HOME"] = os.path.join(_HOME, "config")
+os.environ["XDG_STATE_HOME"] = os.path.join(_HOME, "state")
+os.environ.pop("FEDMSG_WALLBOARD_CONFIG", None)
+os.environ.pop("STATE_DIRECTORY", None)
 
 
 @pytest.fixture(scope="session")

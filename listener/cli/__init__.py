@@ -32,10 +32,12 @@ from listener.core.errors import (
     EXIT_CODES_HELP,
     EXIT_CONFIG,
     EXIT_INTERRUPTED,
+    EXIT_NOINPUT,
     EXIT_PIPE,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     ConfigError,
+    NoDataError,
     PermanentError,
     TransientError,
 )
@@ -186,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     except TransientError as exc:
         log.error("unavailable: %s", exc)
         return EXIT_UNAVAILABLE
+    except NoDataError as exc:
+        log.error("%s", exc)
+        return EXIT_NOINPUT
     except PermanentError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG if "Signature" in type(exc).__name__ else EXIT_USAGE

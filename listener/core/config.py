@@ -19,7 +19,9 @@ import dataclasses
 import math
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -335,6 +337,46 @@ def _coerce(name: str, value: Any) -> Any:
     if str(kind) == "str" and not isinstance(value, str):
         raise ConfigError(f"{name} must be a string, got {value!r}")
     return value
+
+
+#: The system-wide settings file, where a package installs it and ops look for it.
+SYSTEM_CONFIG = Path("/etc/fedmsg-wallboard/wallboard.toml")
+#: The variable naming a settings file (second after ``--config``).
+CONFIG_VARIABLE = "FEDMSG_WALLBOARD_CONFIG"
+
+
+def user_config(environ: Mapping[str, str]) -> Path:
+    """``$XDG_CONFIG_HOME/fedmsg-wallboard/wallboard.toml`` (default
+    ``~/.config/fedmsg-wallboard/wallboard.toml``)."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "fedmsg-wallboard" / "wallboard.toml"
+
+
+def find_config(
+    explicit: str | None, environ: Mapping[str, str], system: Path = SYSTEM_CONFIG
+) -> tuple[Path | None, str]:
+    """The settings file a command reads, and where its name came from.
+
+    The order (docs/CONFIG.md): ``--config`` (``explicit``), else
+    ``$FEDMSG_WALLBOARD_CONFIG``, else :data:`SYSTEM_CONFIG` if it exists, else
+    :func:`user_config` if it exists, else none (the defaults).  A file named by
+    the flag or the variable is used whether or not it exists (:func:`load` then
+    says it cannot be read); the two default places are used only when present.
+
+    Returns:
+        ``(path or None, source)``, ``source`` one of ``"--config"``,
+        ``"$FEDMSG_WALLBOARD_CONFIG"``, ``"system"``, ``"user"``, ``"none"``.
+    """
+    if explicit:
+        return Path(explicit), "--config"
+    if environ.get(CONFIG_VARIABLE):
+        return Path(environ[CONFIG_VARIABLE]), f"${CONFIG_VARIABLE}"
+    if system.is_file():
+        return system, "system"
+    user = user_config(environ)
+    if user.is_file():
+        return user, "user"
+    return None, "none"
 
 
 def load(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Config:

@@ -8,7 +8,8 @@ backoff may fix (Redis or bus unreachable); ``PermanentError`` what it will not
 from __future__ import annotations
 
 #: Process exit codes (sysexits.h where one fits; listed by ``--help`` and
-#: docs/CONFIG.md): success; a runtime error; a usage or input error; Redis or
+#: docs/CONFIG.md): success; a runtime error; a usage or input error; no data to
+#: read (``EX_NOINPUT``: a read-only command would open a new, empty store); Redis or
 #: another resource unavailable (``EX_UNAVAILABLE``); a temporary refusal, try
 #: again (``EX_TEMPFAIL``: another backfill holds the lock, another demo runs);
 #: bad configuration (``EX_CONFIG``, systemd does not restart); interrupted
@@ -16,6 +17,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_NOINPUT = 66
 EXIT_UNAVAILABLE = 69
 EXIT_TEMPFAIL = 75
 EXIT_CONFIG = 78
@@ -24,7 +26,8 @@ EXIT_PIPE = 141
 
 #: ``--help``'s line about them.
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 1 error, 2 usage or input, 69 Redis or a port unavailable, "
+    "Exit codes: 0 ok, 1 error, 2 usage or input, 66 no wallboard data there, "
+    "69 Redis or a port unavailable, "
     "75 try again later (a backfill or demo already running), 78 bad config, "
     "130 interrupted, 141 output closed early."
 )
@@ -48,6 +51,11 @@ class ConfigError(PermanentError):
 
 class SignatureSetupError(PermanentError):
     """``validate_signatures`` is on but fedmsg's x509 validation cannot work."""
+
+
+class NoDataError(PermanentError):
+    """A command that only reads would open a new, empty embedded Redis: no
+    listener ever wrote where it looks (exit 66, ``EX_NOINPUT``)."""
 
 
 class InputError(PermanentError):

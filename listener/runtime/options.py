@@ -13,6 +13,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from listener.core import config
@@ -165,8 +166,17 @@ def add_datagrepper_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def config_file(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The settings file this command reads and where its name came from
+    (:func:`listener.core.config.find_config`: ``--config``, then
+    ``$FEDMSG_WALLBOARD_CONFIG``, then ``/etc/fedmsg-wallboard/wallboard.toml``, then
+    ``$XDG_CONFIG_HOME/fedmsg-wallboard/wallboard.toml``)."""
+    return config.find_config(getattr(args, "config", None), os.environ)
+
+
 def load_config(args: argparse.Namespace, **extra: Any) -> Config:
-    """Build the Config from ``--config`` and the common flags, and apply its log level.
+    """Build the Config from the settings file (:func:`config_file`) and the common
+    flags, and apply its log level.
 
     The log level is ``--log-level``, else ``$FEDMSG_WALLBOARD_LOG_LEVEL``, else the
     file's ``log_level``, else INFO.
@@ -174,7 +184,7 @@ def load_config(args: argparse.Namespace, **extra: Any) -> Config:
     Raises:
         ConfigError: see :func:`listener.core.config.load`.
     """
-    path = getattr(args, "config", None) or os.environ.get("FEDMSG_WALLBOARD_CONFIG")
+    path, _ = config_file(args)
     cfg = config.load(
         path,
         redis_url=getattr(args, "redis_url", None),

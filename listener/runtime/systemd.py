@@ -196,13 +196,16 @@ def reload_settings(
     running: Config,
     load: Callable[[], Config],
     notifier: Notifier | None = None,
+    reloadable: frozenset[str] = RELOADABLE,
 ) -> list[str] | None:
-    """Handle SIGHUP: re-read the config, apply :data:`RELOADABLE`, report the rest.
+    """Handle SIGHUP: re-read the config, apply what is reloadable, report the rest.
 
     Args:
         running: the config the process started with.
         load: builds the new config (the same file and CLI overrides as at start).
         notifier: gets ``RELOADING=1`` then ``READY=1`` (sd_notify(3)).
+        reloadable: the settings applied at once: :data:`RELOADABLE` for the
+            listener; a web process, which finds no users, applies ``log_level``.
 
     Returns:
         The changed settings that need a restart (logged at WARNING), or None when
@@ -215,16 +218,19 @@ def reload_settings(
         try:
             new = load()
             level = apply_log_level(new.log_level)
-            entries = apply_fas_cache(new.fas_cache)
+            entries = apply_fas_cache(new.fas_cache) if "fas_cache" in reloadable else 0
         except ConfigError as exc:
             log.error("SIGHUP: configuration not reloaded: %s", exc)
             return None
-        pending = [n for n in changed_settings(running, new) if n not in RELOADABLE]
-        log.info(
-            "SIGHUP: reloaded log level %s, fas_cache %s",
-            level,
-            f"{new.fas_cache} ({entries} entries)" if new.fas_cache else "(none)",
-        )
+        pending = [n for n in changed_settings(running, new) if n not in reloadable]
+        if "fas_cache" in reloadable:
+            log.info(
+                "SIGHUP: reloaded log level %s, fas_cache %s",
+                level,
+                f"{new.fas_cache} ({entries} entries)" if new.fas_cache else "(none)",
+            )
+        else:
+            log.info("SIGHUP: reloaded log level %s", level)
         if pending:
             log.warning("SIGHUP: %s changed; restart to apply", ", ".join(pending))
         return pending

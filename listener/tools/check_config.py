@@ -1,5 +1,9 @@
 """``fedmsg-wallboard check-config``: validate the settings the way ``listen``
-would at start, connecting to nothing, and print what they resolve to."""
+would at start, connecting to nothing, and print what they resolve to, with the
+settings file read and where its name came from (``config_file``,
+``config_source``: ``--config``, ``$FEDMSG_WALLBOARD_CONFIG``, ``system`` for
+``/etc/fedmsg-wallboard/wallboard.toml``, ``user`` for
+``$XDG_CONFIG_HOME/fedmsg-wallboard/wallboard.toml``, ``none``)."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from listener.core.errors import EXIT_OK, ConfigError
 from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.inputs.amqp.settings import AmqpSettings
 from listener.inputs.signatures import check_signature_setup
-from listener.runtime.options import add_common, load_config
+from listener.runtime.options import add_common, config_file, load_config
 from listener.storage.store import check_redis_url
 
 
@@ -24,6 +28,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    path, source = config_file(args)
     cfg = load_config(args)
     fcfg = load_fedmsg_config(cfg.fedmsg_config or None)
     check_signature_setup(fcfg)
@@ -45,6 +50,8 @@ def _run_check(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "ok": True,
+                "config_file": str(path) if path is not None else None,
+                "config_source": source,
                 "endpoints": endpoints,
                 "windows_s": list(cfg.windows_s),
                 "redis": cfg.redis_url or f"embedded in {cfg.state_dir}",

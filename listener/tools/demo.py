@@ -26,8 +26,14 @@ import sys
 import time
 from pathlib import Path
 
+from listener.core.config import default_state_dir
 from listener.core.errors import EXIT_TEMPFAIL
-from listener.storage.embedded import open_embedded, stop_embedded
+from listener.storage.embedded import (
+    open_embedded,
+    point_to_demo,
+    stop_embedded,
+    unpoint_demo,
+)
 
 #: Wait before a replay that exited with 69 (bus unreachable) is started again, s.
 REPLAY_RESTART_S = 5.0
@@ -115,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("FEDMSG_CONFIG", str(Path(__file__).resolve().parents[2] / "fedmsg.d"))
     handle, url = open_embedded(str(base / "redis"))
     print(f"embedded Redis: {url}", flush=True)
+    # the read-only commands (snapshot, radar, diff, gource) find it with no flag
+    with contextlib.suppress(OSError):  # a read-only home: they need --redis-url
+        point_to_demo(default_state_dir(), url, str(base))
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     code = 0
@@ -161,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"\nfedmsg-wallboard demo running\n"
             f"  page:      {where}\n"
-            f"  snapshot:  .venv/bin/fedmsg-wallboard snapshot --redis-url {url} --window 3600\n"
-            f"             (or --state-dir {base / 'redis'}: the demo's embedded Redis)\n"
+            f"  snapshot:  .venv/bin/fedmsg-wallboard snapshot --window 3600\n"
+            f"             (radar, diff and gource too: they find the demo's Redis,\n"
+            f"             {url})\n"
             f"  logs:      {logs}/\n"
             f"Ctrl-C to stop.\n",
             flush=True,
@@ -211,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        with contextlib.suppress(OSError):
+            unpoint_demo(default_state_dir())
         stop_embedded(handle)
         with contextlib.suppress(OSError):  # stdout may be that closed pipe
             print("demo stopped", flush=True)

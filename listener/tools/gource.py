@@ -527,7 +527,7 @@ async def stream(args: argparse.Namespace, out: TextIO) -> int:
     source: RedisSource | BusSource | None = None
     try:
         if need_redis:
-            store, handle = await open_store(cfg)
+            store, handle = await open_store(cfg, read_only=True)
         if not args.no_follow:
             if args.endpoint:
                 source = BusSource(

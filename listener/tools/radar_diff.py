@@ -72,7 +72,7 @@ def add_parser(sub: Any) -> None:
 
 async def _with_store(args: argparse.Namespace, fn: Any) -> Any:
     cfg = load_config(args)
-    store, handle = await open_store(cfg)
+    store, handle = await open_store(cfg, read_only=True)
     try:
         return await fn(store, cfg)
     finally:

@@ -39,7 +39,7 @@ async def read_snapshot(
     Raises:
         ConfigError: ``window_s`` fits no bucket size.
     """
-    store, handle = await open_store(cfg)
+    store, handle = await open_store(cfg, read_only=True)
     try:
         try:
             counts = await store.read_window(window_s, end)

@@ -35,7 +35,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,7 @@ from listener.core.errors import ConfigError
 from listener.core.snapshot import build_snapshot
 from listener.runtime.metrics import process_registry
 from listener.runtime.options import add_common, load_config, plain_text
-from listener.runtime.systemd import Notifier
+from listener.runtime.systemd import Notifier, reload_settings
 from listener.storage.connect import open_store_unless_stopped
 from listener.storage.store import Store
 from listener.webserver import api as webapi
@@ -78,6 +78,8 @@ SNAPSHOT_CACHE_S = 1.0
 STATUS_INTERVAL_S = 5.0
 #: Longest backoff between pub/sub reconnection attempts, seconds.
 RESUBSCRIBE_MAX_S = 10.0
+#: What a web process applies on SIGHUP (it finds no users: no FAS cache).
+WEB_RELOADABLE = frozenset({"log_level"})
 #: Longest wait for websockets to close at shutdown, seconds.
 SHUTDOWN_S = 5.0
 #: Most bytes queued for one websocket before it is cut off.
@@ -450,10 +452,14 @@ async def run_web(
     web_root: str | Path | None = None,
     notifier: Notifier | None = None,
     stop: asyncio.Event | None = None,
+    reload: Callable[[], Config] | None = None,
 ) -> int:
     """Run a web process until ``stop`` is set or SIGTERM/SIGINT arrives.
 
-    Start-up: Redis answers -> port bound -> subscribed -> ``READY=1``.
+    Start-up: Redis answers -> port bound -> subscribed -> ``READY=1``.  SIGHUP
+    re-reads the config with ``reload`` and applies its ``log_level``; the other
+    changed settings are logged as needing a restart
+    (:func:`listener.runtime.systemd.reload_settings`).
 
     Returns:
         0 after a clean shutdown.
@@ -470,9 +476,17 @@ async def run_web(
         # websockets logs every HTTP response and connection at INFO: too chatty
         # for a wall that reconnects and polls; our own INFO lines remain.
         logging.getLogger("websockets.server").setLevel(logging.WARNING)
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    handlers: dict[signal.Signals, Callable[[], object]] = {
+        signal.SIGTERM: stop.set,
+        signal.SIGINT: stop.set,
+    }
+    if reload is not None:
+        handlers[signal.SIGHUP] = lambda: reload_settings(
+            cfg, reload, notifier, reloadable=WEB_RELOADABLE
+        )
+    for sig, handler in handlers.items():
         try:
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, handler)
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
     opened = await open_store_unless_stopped(cfg, stop)
@@ -528,14 +542,16 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``web``; returns the exit code."""
-    cfg = load_config(
-        args,
-        web_host=args.host,
-        web_port=args.port,
-        allowed_origins=tuple(args.allowed_origin) if args.allowed_origin else None,
-        max_clients_per_ip=args.max_clients_per_ip,
-        client_queue_max=args.client_queue_max,
-        ping_interval_s=args.ping_interval,
-        step_s=args.step_s,
+    overrides = {
+        "web_host": args.host,
+        "web_port": args.port,
+        "allowed_origins": tuple(args.allowed_origin) if args.allowed_origin else None,
+        "max_clients_per_ip": args.max_clients_per_ip,
+        "client_queue_max": args.client_queue_max,
+        "ping_interval_s": args.ping_interval,
+        "step_s": args.step_s,
+    }
+    cfg = load_config(args, **overrides)
+    return asyncio.run(
+        run_web(cfg, web_root=args.web_root, reload=lambda: load_config(args, **overrides))
     )
-    return asyncio.run(run_web(cfg, web_root=args.web_root))

@@ -6,9 +6,11 @@ CI and nothing is installed under ``/usr/bin`` or ``/etc``):
 
 * the executable ``/usr/bin/fedmsg-wallboard`` becomes the venv's console script
   (``sys.executable``'s sibling ``fedmsg-wallboard``);
-* the ``--config /etc/fedmsg-wallboard/wallboard.toml`` argument becomes a temp
-  TOML file pointing at the test Redis (``redis_url``), a free bus endpoint and
-  free ports.
+* the settings file: a unit names none, so the command reads
+  ``/etc/fedmsg-wallboard/wallboard.toml``, the first default place
+  (:data:`listener.core.config.SYSTEM_CONFIG`); the test puts a temp TOML file
+  there instead through ``$FEDMSG_WALLBOARD_CONFIG``, pointing at the test Redis
+  (``redis_url``), a free bus endpoint and free ports.
 
 The environment is what systemd would give the unit: its ``Environment=`` lines,
 ``NOTIFY_SOCKET`` (a real AF_UNIX datagram socket read by the test),
@@ -46,6 +48,7 @@ from typing import Any
 
 import pytest
 
+from listener.core.config import SYSTEM_CONFIG
 from tests.helpers.common import CORPUS, ROOT, TIMEOUT_FACTOR, free_port, run_cli, wait_for
 
 UNITS = ROOT / "systemd"
@@ -121,14 +124,13 @@ def exec_argv(unit: dict[str, list[tuple[str, str]]], key: str = "ExecStart") ->
     return shlex.split(value)
 
 
-def substituted(argv: list[str], config: Path) -> list[str]:
-    """The unit's command with the two documented substitutions (module docstring)."""
+def substituted(argv: list[str]) -> list[str]:
+    """The unit's command with the venv's script (module docstring); it names no
+    settings file: the command reads the default place."""
     assert argv[0] == INSTALLED_BIN, argv
-    assert argv.count(INSTALLED_CONFIG) == 1 and argv[argv.index(INSTALLED_CONFIG) - 1] in (
-        "--config",
-        "-c",
-    ), argv
-    return [VENV_BIN] + [str(config) if a == INSTALLED_CONFIG else a for a in argv[1:]]
+    assert "--config" not in argv and "-c" not in argv, argv
+    assert str(SYSTEM_CONFIG) == INSTALLED_CONFIG
+    return [VENV_BIN, *argv[1:]]
 
 
 def unit_environment(unit: dict[str, list[tuple[str, str]]]) -> dict[str, str]:
@@ -224,7 +226,7 @@ class Service:
         self.watchdog_usec = watchdog_usec or int(
             seconds(unit_value(self.unit, "Service", "WatchdogSec")) * 1e6
         )
-        self.argv = substituted(exec_argv(self.unit), config)
+        self.argv = substituted(exec_argv(self.unit))
         env = dict(os.environ)
         env.pop("JOURNAL_STREAM", None)
         env.update(unit_environment(self.unit))
@@ -233,6 +235,8 @@ class Service:
             WATCHDOG_USEC=str(self.watchdog_usec),
             STATE_DIRECTORY=str(state_dir),
             FEDMSG_CONFIG=str(ROOT / "fedmsg.d"),
+            # the stand-in for /etc/fedmsg-wallboard/wallboard.toml (module docstring)
+            FEDMSG_WALLBOARD_CONFIG=str(config),
         )
         env.update(extra_env or {})
         self.stderr_path = stderr_path or state_dir / "stderr.log"
@@ -369,8 +373,9 @@ def test_unit_settings(path: Path) -> None:
     assert path.name in unit_value(parse_unit(TARGET), "Unit", "Wants").split()
 
 
-def test_listener_reload_is_sighup() -> None:
-    unit = parse_unit(LISTENER_UNIT)
+@pytest.mark.parametrize("path", [LISTENER_UNIT, WEB_UNIT], ids=lambda p: p.name)
+def test_reload_is_sighup(path: Path) -> None:
+    unit = parse_unit(path)
     assert exec_argv(unit, "ExecReload") == ["/bin/kill", "-HUP", "$MAINPID"]
 
 
@@ -722,6 +727,35 @@ def test_web_unit_ready_watchdog_close_1001_stopping(
         notify.wait("STOPPING=1", timeout=10, after=t0)
         assert svc.wait(seconds(unit_value(svc.unit, "Service", "TimeoutStopSec"))) == 0
         assert time.monotonic() - t0 < 15
+    finally:
+        svc.kill()
+
+
+def test_web_unit_reload_applies_the_log_level(
+    tmp_path: Path, notify: NotifySocket, redis_url: str
+) -> None:
+    """ExecReload= (kill -HUP $MAINPID) on the web unit: the new log_level applies at
+    once, another changed setting is reported as needing a restart."""
+    values = {
+        "redis_url": redis_url,
+        "key_prefix": f"t{uuid.uuid4().hex[:8]}",
+        "web_host": "127.0.0.1",
+        "web_port": free_port(),
+        "log_level": "INFO",
+    }
+    cfg = write_config(tmp_path / "wallboard.toml", **values)
+    svc = Service(WEB_UNIT, cfg, notify, tmp_path)
+    try:
+        notify.wait("READY=1", timeout=30)
+        write_config(cfg, **{**values, "log_level": "DEBUG", "step_s": 2.0})
+        reload_argv = [
+            str(svc.proc.pid) if a == "$MAINPID" else a for a in exec_argv(svc.unit, "ExecReload")
+        ]
+        subprocess.run(reload_argv, check=True, timeout=10)
+        wait_for(lambda: "SIGHUP: reloaded log level DEBUG" in svc.stderr, 10, what="reload")
+        wait_for(lambda: "SIGHUP: step_s changed; restart to apply" in svc.stderr, 10)
+        notify.wait("RELOADING=1", timeout=10)
+        assert svc.proc.poll() is None
     finally:
         svc.kill()
 

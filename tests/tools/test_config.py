@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tomllib
@@ -143,6 +144,8 @@ def test_check_config_ok_prints_json(tmp_path: Path) -> None:
     out = json.loads(r.stdout)
     assert out == {
         "ok": True,
+        "config_file": str(cfg),
+        "config_source": "--config",
         "endpoints": ["tcp://127.0.0.1:5001", "tcp://127.0.0.1:5002"],
         "windows_s": [3600, 86400],
         "redis": "redis://127.0.0.1:6379/3",
@@ -729,8 +732,8 @@ def test_start_up_errors_name_what_is_wrong(redis_url: str, tmp_path: Path) -> N
 
 
 def test_a_demo_whose_output_pipe_closes_stops_its_children(tmp_path: Path) -> None:
-    """``make run | head -3``: the demo died of BrokenPipeError and left its listener,
-    replay, web and Redis running.  It now stops them whatever ends it."""
+    """``make run | head -3``: a demo whose output pipe closes (BrokenPipeError)
+    stops its listener, replay, web and Redis, as whatever else ends it does."""
     port, bus = free_port(), f"tcp://127.0.0.1:{free_port()}"
     demo = subprocess.Popen(
         [
@@ -766,3 +769,82 @@ def test_a_demo_whose_output_pipe_closes_stops_its_children(tmp_path: Path) -> N
         0.2,
         "the demo's children to exit",
     )
+
+
+# -- where the settings and the data are found ---------------------------------------
+
+
+def test_check_config_reads_the_users_file_and_says_which(tmp_path: Path) -> None:
+    user = Path(os.environ["XDG_CONFIG_HOME"]) / "fedmsg-wallboard" / "wallboard.toml"
+    user.parent.mkdir(parents=True, exist_ok=True)
+    user.write_text('endpoints = ["tcp://127.0.0.1:9940"]\nkey_prefix = "mine"\n')
+    try:
+        r = run_cli("check-config")
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)
+        assert (out["config_file"], out["config_source"]) == (str(user), "user")
+        named = tmp_path / "named.toml"
+        named.write_text('endpoints = ["tcp://127.0.0.1:9941"]\n')
+        r = run_cli("check-config", env={"FEDMSG_WALLBOARD_CONFIG": str(named)})
+        out = json.loads(r.stdout)
+        assert (out["config_file"], out["config_source"]) == (
+            str(named),
+            "$FEDMSG_WALLBOARD_CONFIG",
+        )
+        assert out["endpoints"] == ["tcp://127.0.0.1:9941"]
+    finally:
+        user.unlink()
+    out = json.loads(run_cli("check-config", "--config", str(named)).stdout)
+    assert out["config_source"] == "--config"
+
+
+@pytest.mark.parametrize("command", [["snapshot"], ["radar"], ["diff"]])
+def test_a_read_only_command_refuses_an_empty_embedded_redis(
+    tmp_path: Path, command: list[str]
+) -> None:
+    r = run_cli(*command, "--state-dir", str(tmp_path / "nothing"))
+    assert r.returncode == 66, r.stderr
+    assert "no wallboard data in" in r.stderr and "--redis-url" in r.stderr
+    assert not (tmp_path / "nothing" / "wallboard.rdb").exists()  # nothing started
+
+
+@pytest.mark.timeout(180)  # starts the whole demo: Redis, listener, replay, web
+def test_the_tools_find_a_running_demo_with_no_flag(tmp_path: Path) -> None:
+    port, bus = free_port(), f"tcp://127.0.0.1:{free_port()}"
+    pointer = Path(os.environ["XDG_STATE_HOME"]) / "fedmsg-wallboard" / "running-demo.json"
+    with open(tmp_path / "demo.out", "wb") as out:
+        demo = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "listener.tools.demo",
+                "--dir",
+                str(tmp_path / "d"),
+                "--port",
+                str(port),
+                "--bus",
+                bus,
+                "--rate",
+                "40",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+    try:
+        wait_for(pointer.exists, 60, 0.2, "the demo's pointer")
+
+        def counted() -> int:
+            r = run_cli("snapshot", "--window", "3600", "--json")
+            assert r.returncode == 0, r.stderr
+            return int(json.loads(r.stdout)["messages"])
+
+        assert wait_for(counted, 60, 1.0, "the demo's messages in a flagless snapshot") > 0
+        r = run_cli("radar", "--window", "3600", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["window_s"] == 3600, r.stderr
+    finally:
+        demo.send_signal(signal.SIGTERM)
+        demo.wait(60)
+    assert not pointer.exists()
+    r = run_cli("snapshot")  # the demo is gone: no data where the tools look by default
+    assert r.returncode == 66, r.stderr
