@@ -26,6 +26,7 @@ sysdeps:
 	command -v xauth >/dev/null || missing="$$missing xauth"; \
 	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v man >/dev/null || missing="$$missing man-db"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
