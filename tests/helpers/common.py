@@ -67,3 +67,18 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None)
         env=full_env,
         cwd=str(ROOT),
     )
+
+
+def demo_command(folder: Path, port: int, *extra: str) -> list[str]:
+    """The demo (``make run``) in ``folder`` with its page on ``port``, and ``extra``
+    flags (``--bus ENDPOINT``, ``--amqp``, ``--rate N``...)."""
+    return [
+        sys.executable,
+        "-m",
+        "listener.tools.demo",
+        "--dir",
+        str(folder),
+        "--port",
+        str(port),
+        *extra,
+    ]

@@ -45,7 +45,7 @@ from listener.inputs.amqp import (
 from listener.storage.store import Store
 from listener.tools.amqp_replay import configure_publisher, publish_replay
 from listener.tools.replay import wire_body
-from tests.helpers.common import ROOT, TIMEOUT_FACTOR, free_port, run_cli
+from tests.helpers.common import ROOT, TIMEOUT_FACTOR, demo_command, free_port, run_cli
 
 # -- pure: AMQP message -> fedmsg body ------------------------------------------
 
@@ -804,20 +804,7 @@ def test_amqp_demo_outlives_a_broker_outage_longer_than_the_publish_timeout(
     # the child has its own copy of the descriptor: ours is closed at once
     with open(tmp_path / "demo.out", "wb") as out:
         demo = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "listener.tools.demo",
-                "--dir",
-                str(tmp_path / "d"),
-                "--port",
-                str(port),
-                "--amqp",
-                "--amqp-url",
-                amqp_url,
-                "--rate",
-                "20",
-            ],
+            demo_command(tmp_path / "d", port, "--amqp", "--amqp-url", amqp_url, "--rate", "20"),
             cwd=str(ROOT),
             stdout=out,
             stderr=subprocess.STDOUT,

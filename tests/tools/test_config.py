@@ -24,7 +24,7 @@ import pytest
 
 from listener.core.config import FIELD_NAMES, Config, load
 from listener.core.errors import ConfigError
-from tests.helpers.common import ROOT, free_port, run_cli, wait_for
+from tests.helpers.common import ROOT, demo_command, free_port, run_cli, wait_for
 
 EXIT_CONFIG = 78
 
@@ -736,17 +736,7 @@ def test_a_demo_whose_output_pipe_closes_stops_its_children(tmp_path: Path) -> N
     stops its listener, replay, web and Redis, as whatever else ends it does."""
     port, bus = free_port(), f"tcp://127.0.0.1:{free_port()}"
     demo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "listener.tools.demo",
-            "--dir",
-            str(tmp_path / "d"),
-            "--port",
-            str(port),
-            "--bus",
-            bus,
-        ],
+        demo_command(tmp_path / "d", port, "--bus", bus),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         cwd=str(ROOT),
@@ -814,19 +804,7 @@ def test_the_tools_find_a_running_demo_with_no_flag(tmp_path: Path) -> None:
     pointer = Path(os.environ["XDG_STATE_HOME"]) / "fedmsg-wallboard" / "running-demo.json"
     with open(tmp_path / "demo.out", "wb") as out:
         demo = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "listener.tools.demo",
-                "--dir",
-                str(tmp_path / "d"),
-                "--port",
-                str(port),
-                "--bus",
-                bus,
-                "--rate",
-                "40",
-            ],
+            demo_command(tmp_path / "d", port, "--bus", bus, "--rate", "40"),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),
