@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
 import uuid
 from typing import Any
 
-from tests.helpers.common import ROOT, TIMEOUT_FACTOR, free_port, run_cli, wait_for
+from tests.helpers.common import ROOT, free_port, run_cli, wait_for
 from tests.helpers.datagrepper import FakeDatagrepper, spread
+from tests.helpers.listener_proc import stop_listener
 
 
 def test_listener_backfills_the_gap_at_start(redis_url: str, examples: list[Any]) -> None:
@@ -77,12 +77,6 @@ def test_listener_backfills_the_gap_at_start(redis_url: str, examples: list[Any]
             expected = sum(1 for m in msgs if m["timestamp"] >= last_hour_start)
             assert snap["messages"] == expected
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                out, _ = proc.communicate(timeout=30 * TIMEOUT_FACTOR)
-            except subprocess.TimeoutExpired:
-                proc.kill()  # not left running with its pipe open; the test still fails
-                proc.communicate()
-                raise
+            out = stop_listener(proc)  # SIGTERM; killed (and failing below) if it hangs
         assert proc.returncode == 0, out
         assert "backfill done" in out

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from listener.inputs.zmq import Bus
 from listener.storage.store import Store
 from listener.tools.replay import wire_body
 from tests.helpers.common import CORPUS, ROOT, TIMEOUT_FACTOR, free_port, run_cli, wait_for
+from tests.helpers.listener_proc import stop_listener
 
 
 def rebased(examples: list[Any], now: float) -> list[dict[str, Any]]:
@@ -295,13 +295,7 @@ def replay(endpoint: str, *args: str) -> None:
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, _ = proc.communicate(timeout=30 * TIMEOUT_FACTOR)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # not left running with its pipe open; the test still fails
-        proc.communicate()
-        raise
+    out = stop_listener(proc)  # SIGTERM; killed (and failing here) if it hangs
     assert proc.returncode == 0, out
     return out
 
