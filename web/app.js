@@ -490,8 +490,8 @@
     });
     const top = newest[0] && newest[0].msg_id;
     if (animate && top && top !== tickerTop && visible() && S.view === "live" && !calm()) {
-      // a bar at the row's edge, not a tint under its text (the text keeps its contrast)
-      tickerRows[0].li.animate([{ boxShadow: `inset 0.4rem 0 0 ${withAlpha("#51a2da", 0.9)}` }, { boxShadow: "inset 0.4rem 0 0 rgba(0,0,0,0)" }], { duration: 800 });
+      // a ring round the row, not a tint under its text (the text keeps its contrast)
+      tickerRows[0].li.animate([{ boxShadow: `inset 0 0 0 0.15rem ${withAlpha("#51a2da", 0.9)}` }, { boxShadow: "inset 0 0 0 0.15rem rgba(0,0,0,0)" }], { duration: 800 });
     }
     tickerTop = top;
   }

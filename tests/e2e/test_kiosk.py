@@ -126,6 +126,7 @@ def contrast(a: list[int], b: list[int]) -> float:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # imported once chromium is known to be there (the module skips otherwise)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
