@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -373,11 +374,15 @@ def test_views_switch_from_the_keyboard(stack: WallStack, browser: Any) -> None:
 
 
 def clock_in(page: Any, zone: str) -> tuple[str, set[str]]:
-    """The clock's text, and what it may say in ``zone`` (the minute may turn)."""
-    before = datetime.datetime.now(ZoneInfo(zone)).strftime("%H:%M")
+    """The clock's text, and what it may say in ``zone``: the page redraws it every
+    second, so it may still show the minute of 2 s ago, or the next one."""
+    before = time.time() - 2
     shown = page.text_content("#clock")
-    after = datetime.datetime.now(ZoneInfo(zone)).strftime("%H:%M")
-    return shown, {before, after}
+    after = time.time()
+    return shown, {
+        datetime.datetime.fromtimestamp(t, ZoneInfo(zone)).strftime("%H:%M")
+        for t in (before, after)
+    }
 
 
 @pytest.mark.parametrize(
@@ -428,6 +433,13 @@ def test_unknown_tz_falls_back_visibly(stack: WallStack, browser: Any) -> None:
         assert page.evaluate("document.querySelectorAll('header b').length") == 0
         assert page.evaluate("document.getElementById('clock-tz').classList.contains('bad')")
         assert page.is_visible("#clock-tz")
+        # the note fits the header: no scrollbar, all four view buttons shown
+        size = "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        assert page.evaluate(size) == [1920, 1080]
+        assert (
+            page.evaluate("[...document.querySelectorAll('.tab')].filter(t => !t.hidden).length")
+            == 4
+        )
     finally:
         page.context.close()
 
@@ -446,7 +458,8 @@ def test_axe_finds_no_contrast_or_serious_violation(
     page = new_page(browser)
     report: dict[str, list[str]] = {}
     try:
-        page.goto(stack.url + f"?theme={theme}")
+        # an unknown tz=: its note under the clock is checked too
+        page.goto(stack.url + f"?theme={theme}&tz=Nowhere/Land")
         wait_live(page, ticks=2)
         page.add_script_tag(path=str(AXE))
         for view in ("live", "longtail", "radar", "diff"):
