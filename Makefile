@@ -27,6 +27,7 @@ sysdeps:
 	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v man >/dev/null || missing="$$missing man-db"; \
+	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \

@@ -2,19 +2,26 @@
  *
  * Data: one websocket (/ws, docs/PROTOCOL.md): a `snapshot` on connect, then
  * `blink` batches (lights, ticker), `tick`s (windows, longtail) and `status`
- * (health).  Radar and diff views poll /api/radar and /api/diff.
+ * (health).  Radar and diff views poll /api/radar and /api/diff.  Every URL is
+ * relative to the page's, so the wall works under a proxy's sub-path
+ * (https://host/wallboard/ -> wss://host/wallboard/ws, .../wallboard/api/...).
  *
  * Rules kept here:
  *  - bus data is text: only textContent / canvas text, never innerHTML;
  *  - bounded memory: fixed ticker rows, capped history, capped lights;
  *  - a hidden tab renders nothing and queues no animation; when it becomes
  *    visible the latest state is drawn once, without replaying flashes;
- *  - reconnect with jittered exponential backoff; a silent socket is recycled.
+ *  - reconnect with jittered exponential backoff; a silent socket is recycled;
+ *  - a snapshot with another server `version` than the first one reloads the page
+ *    (an upgrade reaches open walls), at most once a minute;
+ *  - a light flashes at most 3 times a second (WCAG 2.3.1); with
+ *    prefers-reduced-motion, nothing moves: a static ring marks a busy light.
  *
  * URL parameters: window=3600|86400|604800 (or 1h|24h|7d), theme=dark|light,
  * view=live|longtail|radar|diff, rotate=SECONDS, views=a,b (rotation order),
  * users=a,b and axes=N (radar), top=N (bars), lights=N, rows=N (ticker),
- * stale=SECONDS.
+ * stale=SECONDS, tz=IANA name or utc (clock and times; the browser's own zone
+ * when absent, and a visible note when the name is unknown).
  */
 "use strict";
 
@@ -28,6 +35,9 @@
   const SILENT_SOCKET_MS = 20000;
   const FETCH_EVERY_MS = 60000;
   const RATE_TAU_S = 20;
+  const FLASH_MIN_MS = 340; // 3 flash starts at most in any second
+  const CALM_RING_MS = 1500; // reduced motion: a light's ring after its last blink
+  const RELOAD_MIN_MS = 60000; // version reloads of one tab at most this often
 
   // ---- parameters ---------------------------------------------------------
 
@@ -49,6 +59,7 @@
     rows: intParam("rows", 8, 3, 30),
     stale: intParam("stale", 120, 5, 86400),
     axes: intParam("axes", 16, 3, 64),
+    tz: (q.get("tz") || "").trim().slice(0, 64),
   };
   document.documentElement.dataset.theme = P.theme;
 
@@ -114,7 +125,8 @@
     return parts.length > i ? parts[i] : "Unclassified";
   }
 
-  // Colours: hand-picked for the busiest Fedora services, golden-angle hues otherwise.
+  // Colours: hand-picked for the busiest Fedora services, golden-angle hues otherwise
+  // (lightness 72 %: as text on the dark panels, every hue is above 4.5:1).
   const PALETTE = {
     buildsys: "#51a2da", copr: "#f0a03c", bodhi: "#79c267", pagure: "#e9678f",
     git: "#b48cf2", github: "#c9d1d9", mailman: "#4fd1c5", bugzilla: "#f26b5b",
@@ -134,7 +146,7 @@
   function colorFor(category) {
     if (PALETTE[category]) return PALETTE[category];
     const hue = (hash(String(category)) * 137.508) % 360;
-    return `hsl(${hue.toFixed(0)}, 70%, 62%)`;
+    return `hsl(${hue.toFixed(0)}, 70%, 72%)`;
   }
   const USER_COLORS = ["#51a2da", "#f0a03c", "#79c267", "#e9678f", "#b48cf2", "#4fd1c5",
     "#f5d547", "#f26b5b", "#8fb3ff", "#a3e635", "#fb923c", "#c084fc"];
@@ -145,6 +157,28 @@
     }
     return color.replace("hsl(", "hsla(").replace(")", `, ${a})`);
   }
+
+  // Times: Intl in the zone of tz= ("utc" is UTC), else the browser's own.  An
+  // unknown zone falls back to the browser's, and the note under the clock says so.
+  const TZ = (() => {
+    if (!P.tz) return { zone: undefined, label: "", bad: "" };
+    const zone = P.tz.toLowerCase() === "utc" ? "UTC" : P.tz;
+    try {
+      new Intl.DateTimeFormat("en-GB", { timeZone: zone });
+      return { zone, label: zone, bad: "" };
+    } catch (e) {
+      return { zone: undefined, label: "", bad: P.tz };
+    }
+  })();
+  function timeFormat(seconds) {
+    const o = { timeZone: TZ.zone, hour: "2-digit", minute: "2-digit", hourCycle: "h23" };
+    if (seconds) o.second = "2-digit";
+    return new Intl.DateTimeFormat("en-GB", o);
+  }
+  const TIME_HM = timeFormat(false), TIME_HMS = timeFormat(true);
+
+  const reducedMotion = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: reduce)") : null;
+  const calm = () => !!(reducedMotion && reducedMotion.matches);
 
   // ---- state --------------------------------------------------------------
 
@@ -166,6 +200,8 @@
     fetchedAt: {},
     radarNote: "",
     view: null,
+    version: null, // the server's, from the first snapshot: another one reloads the page
+    reloading: null, // the other version seen, while the reload waits
     events: { snapshot: 0, blink: 0, tick: 0, status: 0 },
   };
   const nowS = () => Date.now() / 1000 + S.offset;
@@ -205,7 +241,7 @@
     Chart.defaults.font.size = Math.round(remPx() * 0.95);
     Chart.defaults.color = cssVar("--muted");
     Chart.defaults.borderColor = cssVar("--line");
-    Chart.defaults.animation.duration = 500;
+    Chart.defaults.animation.duration = calm() ? 0 : 500;
     Chart.defaults.maintainAspectRatio = false;
     Chart.defaults.plugins.legend.display = false;
     Chart.defaults.plugins.tooltip.enabled = false;
@@ -313,7 +349,7 @@
     const label = el("div", "label");
     label.append(name, count);
     e.append(lamp, label);
-    l = { el: e, lamp, name, count, color, rate: 0, pending: 0, anim: null, glow: null, flashes: 0 };
+    l = { el: e, lamp, name, count, color, rate: 0, pending: 0, anim: null, glow: null, flashes: 0, flashedAt: -Infinity };
     const snap = S.windows["3600"];
     if (snap && snap.categories && snap.categories[cat]) l.rate = snap.categories[cat] / 60;
     lights.set(cat, l);
@@ -373,6 +409,14 @@
     }
   }
 
+  /** Reduced motion: a light's static ring goes off CALM_RING_MS after its last blink. */
+  function calmRings() {
+    const now = performance.now();
+    for (const l of lights.values()) {
+      if ("busy" in l.el.dataset && (!calm() || now - l.flashedAt > CALM_RING_MS)) delete l.el.dataset.busy;
+    }
+  }
+
   function decayRates() {
     const a = 1 - Math.exp(-1 / RATE_TAU_S);
     for (const l of lights.values()) {
@@ -385,6 +429,15 @@
     l.flashes += 1;
     l.el.dataset.flashes = String(l.flashes);
     if (!visible() || !l.el.isConnected) return; // a hidden tab queues nothing
+    const now = performance.now();
+    if (calm()) {
+      l.flashedAt = now;
+      l.el.dataset.busy = "";
+      return;
+    }
+    // a blink within FLASH_MIN_MS of the last flash's start is counted, not drawn
+    if (now - l.flashedAt < FLASH_MIN_MS) return;
+    l.flashedAt = now;
     if (l.anim) l.anim.cancel();
     if (l.glow) l.glow.cancel();
     const k = Math.min(1, 0.55 + Math.log10(1 + n) / 2);
@@ -393,7 +446,7 @@
         { transform: "scale(1)", filter: "brightness(1)" }],
       { duration: 700, easing: "cubic-bezier(.2,.8,.3,1)" });
     l.glow = l.el.animate(
-      [{ boxShadow: `inset 0 0 0 2px ${l.color}, 0 0 1.4rem ${withAlpha(l.color, 0.45)}`, backgroundColor: withAlpha(l.color, 0.22) },
+      [{ boxShadow: `inset 0 0 0 2px ${l.color}, 0 0 1.4rem ${withAlpha(l.color, 0.45)}`, backgroundColor: withAlpha(l.color, 0.12) }, // the count's text stays >= 4.5:1
         { boxShadow: `inset 0 0 0 1px ${withAlpha(l.color, 0)}, 0 0 0 transparent`, backgroundColor: withAlpha(l.color, 0) }],
       { duration: 900, easing: "ease-out" });
   }
@@ -436,8 +489,9 @@
       r.li.dataset.msgId = String(m.msg_id || "");
     });
     const top = newest[0] && newest[0].msg_id;
-    if (animate && top && top !== tickerTop && visible() && S.view === "live") {
-      tickerRows[0].li.animate([{ backgroundColor: withAlpha("#51a2da", 0.18) }, { backgroundColor: "rgba(0,0,0,0)" }], { duration: 800 });
+    if (animate && top && top !== tickerTop && visible() && S.view === "live" && !calm()) {
+      // a ring round the row, not a tint under its text (the text keeps its contrast)
+      tickerRows[0].li.animate([{ boxShadow: `inset 0 0 0 0.15rem ${withAlpha("#51a2da", 0.9)}` }, { boxShadow: "inset 0 0 0 0.15rem rgba(0,0,0,0)" }], { duration: 800 });
     }
     tickerTop = top;
   }
@@ -553,9 +607,7 @@
   }
 
   function hhmm(t, seconds = false) {
-    const d = new Date(t * 1000);
-    const two = (n) => String(n).padStart(2, "0");
-    return two(d.getHours()) + ":" + two(d.getMinutes()) + (seconds ? ":" + two(d.getSeconds()) : "");
+    return (seconds ? TIME_HMS : TIME_HM).format(new Date(t * 1000));
   }
   function renderHistory() {
     $("history-sub").textContent = fmtWindow(win()) + " window";
@@ -590,7 +642,7 @@
   // ---- radar and diff (HTTP) -----------------------------------------------------
 
   async function getJSON(url) {
-    const r = await fetch(url, { cache: "no-store" });
+    const r = await fetch(url, { cache: "no-store" }); // url relative to the page
     const body = await r.json();
     if (!r.ok) throw new Error(body && body.error ? body.error : "HTTP " + r.status);
     return body;
@@ -600,7 +652,7 @@
     const params = new URLSearchParams({ window: win() });
     if (P.users.length) params.set("users", P.users.join(","));
     try {
-      S.radar = await getJSON("/api/radar?" + params);
+      S.radar = await getJSON("api/radar?" + params);
       S.fetchedAt.radar = Date.now();
       $("radar-note").textContent = "";
     } catch (e) {
@@ -668,7 +720,7 @@
   async function loadDiff() {
     for (const period of ["day", "week"]) {
       try {
-        S.diff[period] = await getJSON("/api/diff?period=" + period);
+        S.diff[period] = await getJSON("api/diff?period=" + period);
         S.fetchedAt.diff = Date.now();
       } catch (e) {
         S.diff[period] = { error: e.message, rows: [] };
@@ -774,7 +826,26 @@
     S.lastMessageAt = ev.last_message_at ?? null;
     S.health = ev.health || null;
     if (Number.isFinite(ev.time)) S.offset = ev.time - Date.now() / 1000;
+    checkVersion(ev.version);
     renderAll(false);
+  }
+
+  /** The first snapshot's `version` is the page's; another one (the server was
+   *  upgraded while the wall stayed open) loads the page again, at most once per
+   *  RELOAD_MIN_MS per tab: two web processes of two versions behind one address
+   *  would otherwise reload a wall on each reconnect. */
+  function checkVersion(version) {
+    if (typeof version !== "string" || !version) return;
+    if (S.version === null) { S.version = version; return; }
+    if (version === S.version || S.reloading) return;
+    S.reloading = version;
+    let last = 0;
+    try { last = Number(sessionStorage.getItem("wallboard-reloaded-at")) || 0; } catch (e) { /* storage off */ }
+    const wait = Math.max(0, last + RELOAD_MIN_MS - Date.now());
+    setTimeout(() => {
+      try { sessionStorage.setItem("wallboard-reloaded-at", String(Date.now())); } catch (e) { /* storage off */ }
+      location.reload();
+    }, wait);
   }
 
   function onBlink(ev) {
@@ -847,10 +918,11 @@
 
   function connect() {
     reconnectTimer = null;
-    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    const url = new URL("ws", location.href); // beside the page: /wallboard/ -> /wallboard/ws
+    url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     let sock;
     try {
-      sock = new WebSocket(url);
+      sock = new WebSocket(url.href);
     } catch (e) {
       scheduleReconnect();
       return;
@@ -905,6 +977,7 @@
     for (const v of document.querySelectorAll(".view")) v.classList.toggle("active", v.dataset.view === name);
     for (const t of document.querySelectorAll(".tab")) {
       t.classList.toggle("active", t.dataset.view === name);
+      t.setAttribute("aria-pressed", String(t.dataset.view === name));
       t.hidden = P.rotate ? !rotation.includes(t.dataset.view) : t.dataset.view !== name && !!P.view;
     }
     document.body.dataset.view = name;
@@ -930,6 +1003,7 @@
 
   function everySecond() {
     decayRates();
+    calmRings();
     if (visible()) {
       levelLights();
       renderAges();
@@ -950,6 +1024,13 @@
     makeCharts();
     showView(P.view || rotation[0]);
     renderAll(false);
+    // the view buttons (Enter and Space click a focused button); the rotation restarts
+    for (const t of document.querySelectorAll(".tab")) {
+      t.addEventListener("click", () => { rotateStart = Date.now(); showView(t.dataset.view); });
+    }
+    if (TZ.bad) $("clock-tz").textContent = `unknown tz \u201c${TZ.bad}\u201d: local time`;
+    else $("clock-tz").textContent = TZ.label;
+    $("clock-tz").classList.toggle("bad", !!TZ.bad);
     document.addEventListener("visibilitychange", () => {
       if (visible()) {
         for (const l of lights.values()) { if (l.anim) l.anim.cancel(); if (l.glow) l.glow.cancel(); }
@@ -978,6 +1059,8 @@
     lights,
     bars: () => S.bars.map(([t, n]) => [t, n]),
     show: showView,
+    colorFor,
+    tz: TZ,
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -9,6 +9,7 @@ and :mod:`listener.webserver.routes` are the I/O shell around them.
 
 from __future__ import annotations
 
+import hashlib
 import http
 import mimetypes
 import re
@@ -103,6 +104,26 @@ def load_assets(root: str | Path) -> dict[str, Asset]:
             raise ConfigError(f"web page file missing: {base / rel} ({exc})") from exc
         out[url] = Asset(body, content_type(rel))
     return out
+
+
+def page_version(package_version: str, assets: Mapping[str, Asset]) -> str:
+    """The version a wall compares to reload itself: ``"0.1.0+3f9c2a61be"``.
+
+    Args:
+        package_version: ``listener.__version__``.
+        assets: the page's files as served (:func:`load_assets`).
+
+    Returns:
+        the package version, ``+``, and the first 10 hex digits of the SHA-256 of
+        every served file (its URL path, a NUL, its length, a NUL, its bytes, in URL
+        order): an upgrade that changes only the page changes it too.
+    """
+    digest = hashlib.sha256()
+    for url in sorted(assets):
+        body = assets[url].body
+        digest.update(f"{url}\0{len(body)}\0".encode())
+        digest.update(body)
+    return f"{package_version}+{digest.hexdigest()[:10]}"
 
 
 def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
@@ -340,6 +361,7 @@ def snapshot_event(
     health_obj: Mapping[str, Any],
     now: float,
     source: str,
+    version: str = "",
 ) -> dict[str, Any]:
     """The websocket ``snapshot`` event (docs/PROTOCOL.md).
 
@@ -354,6 +376,8 @@ def snapshot_event(
             tick is fresh), else ``None``: a stopped listener's last rate is not now's.
         health_obj: :func:`health`'s object.  now: UNIX seconds.
         source: ``"tick"`` (the listener's latest tick) or ``"redis"`` (computed).
+        version: the web process's :func:`page_version`; an open page that sees
+            another one after a reconnect reloads itself.
     """
     state = state or {}
     last = state.get("last_message_at")
@@ -372,6 +396,7 @@ def snapshot_event(
         "last_received_at": state.get("last_received_at"),
         "warming_up": {w: bool(s.get("warming_up", False)) for w, s in windows.items()},
         "health": dict(health_obj),
+        "version": version,
     }
 
 

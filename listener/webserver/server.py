@@ -45,6 +45,7 @@ from prometheus_client.registry import Collector
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Origin
 
+from listener import __version__
 from listener.core.config import Config
 from listener.core.errors import ConfigError
 from listener.core.snapshot import build_snapshot
@@ -113,6 +114,8 @@ class WebServer:
         self.cfg = cfg
         self.store = store
         self.assets = webapi.load_assets(web_root or DEFAULT_WEB_ROOT)
+        #: the snapshot's ``version``: the package's and a hash of the page's files
+        self.version = webapi.page_version(__version__, self.assets)
         self.notifier = notifier or Notifier()
         self.clock = clock
         self.hub = Hub(cfg.client_queue_max, CLIENT_QUEUE_MAX_BYTES)
@@ -246,7 +249,9 @@ class WebServer:
         health = webapi.health(
             meta, now, self.cfg.step_s, True, self.pubsub_ok, len(self.hub.clients)
         )
-        return webapi.snapshot_event(windows, history, recent, state, health, now, source)
+        return webapi.snapshot_event(
+            windows, history, recent, state, health, now, source, self.version
+        )
 
     async def snapshot_bytes(self, fresh: bool = False) -> bytes:
         """The encoded ``snapshot`` event, rebuilt at most every :data:`SNAPSHOT_CACHE_S`."""
@@ -503,7 +508,12 @@ async def run_web(
         except TimeoutError:
             log.warning("events subscription not live yet; serving anyway")
         shown = host or cfg.web_host
-        log.info("web: serving http://%s:%d/ (websocket /ws)", shown, web.port)
+        log.info(
+            "web: serving http://%s:%d/ (websocket /ws, page version %s)",
+            shown,
+            web.port,
+            web.version,
+        )
         notifier.ready(f"serving on {shown}:{web.port}")
         await stop.wait()
         log.info("web: shutting down (%d websockets)", len(web.hub.clients))
