@@ -237,3 +237,31 @@ async def test_livez_needs_no_redis_listener_or_bus(tmp_path: Path) -> None:
         await web.stop()
         await store.close()
         server.stop()
+
+
+async def test_hostile_forwarded_headers_at_a_real_server(redis_url: str) -> None:
+    """120 ``X-Forwarded-For`` lines of about 7 KB each (thousands of hops) from a
+    trusted peer: the handshake succeeds, the walk stops after :data:`MAX_HOPS`
+    (the client counts under the last trusted hop read), the next request is
+    served; lines of garbage count under the proxy's own address."""
+    cfg = make_cfg(redis_url, trusted_proxies=("127.0.0.1", "10.0.0.0/8"))
+    store = open_store(cfg)
+    web = WebServer(cfg, store)
+    await web.start("127.0.0.1", 0)
+    url = f"ws://127.0.0.1:{web.port}/ws"
+    hops = [("X-Forwarded-For", "198.51.100.1")]
+    hops += [("X-Forwarded-For", ", ".join(["10.0.0.9"] * 700))] * 120
+    garbage = [("X-Forwarded-For", "unknown, _hidden, " * 400)] * 3 + [("X-Forwarded-For", ",,,")]
+    try:
+        async with connect(url, additional_headers=hops, max_size=None) as a:
+            await recv_type(a, "snapshot")
+            async with connect(url, additional_headers=garbage, max_size=None) as b:
+                await recv_type(b, "snapshot")
+                assert web.hub.per_address("10.0.0.9") == 1
+                assert web.hub.per_address("127.0.0.1") == 1
+                assert web.hub.per_address("198.51.100.1") == 0
+        status, live = await _get(web.port, "/livez")
+        assert status == 200 and live["ok"] is True
+    finally:
+        await web.stop()
+        await store.close()
