@@ -147,7 +147,9 @@ def section(rows: list[dict[str, Any]], command: str, when: str) -> str:
         "per core = N / web cores.  Lag: arrival - the message's timestamp.  "
         "*Sustained*: nobody cut off or closed, every client got events, and the p99 of "
         "each blink's longest wait under 1 s.  Publisher, listener, Redis and the client "
-        "processes share the host's cores with the node.",
+        "processes (up to 4,000 clients in one Python process) share the host's cores "
+        "with the node, so the lag of the largest cases includes their contention; *load* "
+        "is the host's 1-minute load average at the end of the case.",
         "",
         f"Command: `{command}` ({when}).",
         "",
@@ -171,7 +173,34 @@ def section(rows: list[dict[str, Any]], command: str, when: str) -> str:
             f"| {num(r['p50_ms'])} ms | {num(r['p99_ms'])} ms | {num(r['first_p99_ms'])} ms "
             f"| {r['closed']} | {'yes' if r['sustained'] else 'no'} | {r['load_1m']:g} |"
         )
+    lines += ["", summary(rows)]
     return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    """One sentence: the largest case sustained, and clients per core across cases."""
+    held = [r for r in rows if r["sustained"]]
+    per_core = [r["clients_per_core"] for r in rows if r["clients_per_core"]]
+    if not held or not per_core:
+        return "No case was sustained."
+    top = max(held, key=lambda r: r["clients"])
+    text = (
+        f"Largest case sustained: {top['clients']:,} clients on {top['web_cores']:.3f} cores of "
+        f"the web process ({top['clients_per_core']:,} clients per core); across the cases, "
+        f"{min(per_core):,}-{max(per_core):,} clients per core."
+    )
+    lost = [r for r in rows if not r["sustained"]]
+    if lost:
+        text += (
+            " Not sustained: "
+            + ", ".join(
+                f"{r['clients']:,} clients (first-wait p99 {num(r['first_p99_ms'])} ms, "
+                f"{r['closed']} cut or closed, {r['web_cores']:.3f} web cores)"
+                for r in lost
+            )
+            + "."
+        )
+    return text
 
 
 def write_section(path: Path, text: str) -> None:

@@ -20,6 +20,13 @@ and the last trusted hop that was reached is used (the conservative choice: thos
 clients share the proxy's per-address cap rather than getting one each).
 IPv4-mapped IPv6 addresses (``::ffff:192.0.2.1``, a dual-stack socket's view) are
 read as IPv4.
+
+Not haproxy's PROXY protocol: it would give the same address, but the websockets
+server reads HTTP from the first byte, so every connection (the balancer's health
+checks too) would have to go through a parser of our own in front of it, and a
+node could no longer be reached without the balancer; ``X-Forwarded-For`` needs
+nothing more than the request the server already parses, and chains of proxies
+(a CDN in front of haproxy) work by listing them.
 """
 
 from __future__ import annotations
