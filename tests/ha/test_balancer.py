@@ -9,9 +9,10 @@ the way the page does (jittered backoff from 0.25-0.5 s).  The nodes trust hapro
 address, 127.0.0.1, and have a per-address cap of 10 (so that the figures stay
 small): 60 walls through the balancer are accepted (without the forwarded address
 the three nodes would hold 30), leastconn spreads them, a client's own
-``X-Forwarded-For`` is ignored, and a node killed with SIGKILL loses its walls to
-the two others, which give them a fresh ``snapshot`` and new ticks, while haproxy's
-``/livez`` checks mark it down.
+``X-Forwarded-For`` is ignored, and a node killed with SIGKILL, or hung with
+SIGSTOP, loses its walls to the two others, which give them a fresh ``snapshot`` and
+new ticks, while haproxy's ``/livez`` checks mark it down (and, hung, close its
+websockets; after SIGCONT it is marked up again).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import time
 import urllib.request
 import uuid
@@ -309,65 +311,108 @@ def test_page_works_through_haproxy(stack: Stack) -> None:
             browser.close()
 
 
-# -- a node dies ----------------------------------------------------------------------
+# -- a node dies or hangs --------------------------------------------------------------
+
+
+async def walls_move_off(stack: Stack, fault: str) -> dict[str, Any]:
+    """30 walls spread over the three nodes; the busiest node gets ``fault``
+    (``"kill"``: SIGKILL; ``"stop"``: SIGSTOP).  Every wall it held is dropped,
+    reconnects through haproxy to another node, gets a fresh snapshot and then a
+    tick newer than the fault, within 15 s; the other walls are not dropped;
+    haproxy's ``/livez`` checks mark the node DOWN and the two others hold all 30.
+
+    Returns:
+        ``{"node", "walls_moved", "back_within_s"}`` (for the log).
+    """
+    assert stack.haproxy is not None
+    walls, tasks = await open_walls(stack.haproxy.url, [f"127.0.1.{i}" for i in range(1, 31)])
+    try:
+        await until(lambda: all(w.ticks for w in walls), 15, "a tick at every wall")
+        per_node = await asyncio.to_thread(stack.clients)
+        assert sum(per_node) == 30, per_node
+        victim = max(range(3), key=lambda i: per_node[i])
+        held = per_node[victim]
+        assert held >= 10
+        t_fault = time.monotonic()
+        wall_clock_fault = time.time()
+        if fault == "kill":
+            stack.webs[victim].kill()
+        else:
+            stack.webs[victim].proc.send_signal(signal.SIGSTOP)
+
+        def recovered() -> list[Wall]:
+            return [
+                w
+                for w in walls
+                if w.drops
+                and any(t > t_fault for t in w.snapshots)
+                and any(t > t_fault and end > wall_clock_fault for t, end in w.ticks)
+            ]
+
+        deadline = t_fault + 15 * T
+        while len(recovered()) < held and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        moved = recovered()
+        dropped = [w for w in walls if w.drops]
+        assert len(dropped) == held, (len(dropped), held)
+        assert len(moved) == held, f"{len(moved)} of {held} walls back within 15 s"
+        assert all(w.connects == 2 for w in moved)
+        assert all(len(w.snapshots) == 1 for w in walls if not w.drops)
+        name = f"web{victim + 1}"
+        await until(
+            lambda: stack.haproxy.servers()[name].startswith("DOWN") if stack.haproxy else 0,
+            15,
+            f"haproxy marking {name} down",
+            0.2,
+        )
+        servers = stack.haproxy.servers()
+        assert [servers[f"web{i + 1}"] for i in range(3) if i != victim] == ["UP", "UP"]
+        survivors = [w for i, w in enumerate(stack.webs) if i != victim]
+        assert sum(await asyncio.to_thread(lambda: [w.clients() for w in survivors])) == 30
+        return {
+            "node": name,
+            "walls_moved": len(moved),
+            "back_within_s": round(
+                max(min(t for t in w.snapshots if t > t_fault) for w in moved) - t_fault, 2
+            ),
+        }
+    finally:
+        await close_walls(tasks)
 
 
 @pytest.mark.timeout(180)
 async def test_sigkill_of_a_node_moves_its_walls(tmp_path: Path) -> None:
-    """30 walls spread over three nodes; the busiest node is killed (SIGKILL).  Every
-    wall it held is dropped, reconnects through haproxy to another node, gets a
-    fresh snapshot and then a tick newer than the kill, within 15 s; the walls of the
-    other nodes are not dropped; haproxy's ``/livez`` checks mark the node DOWN; the
-    two survivors hold all 30."""
+    """A node killed (SIGKILL, as a crash or the OOM killer): its walls move to the
+    others within 15 s, with a snapshot and new ticks (:func:`walls_move_off`)."""
+    with running(tmp_path) as stack:
+        print("sigkill of a web node:", await walls_move_off(stack, "kill"))
+
+
+@pytest.mark.timeout(180)
+async def test_sigstop_of_a_node_moves_its_walls_and_it_comes_back(tmp_path: Path) -> None:
+    """A node that hangs (SIGSTOP: its sockets stay open, nothing answers): haproxy's
+    checks time out, it is marked down and its websockets are closed
+    (``on-marked-down shutdown-sessions``), so its walls move to the others within
+    15 s (:func:`walls_move_off`).  After SIGCONT it is marked up again and takes
+    new walls."""
     with running(tmp_path) as stack:
         assert stack.haproxy is not None
-        walls, tasks = await open_walls(stack.haproxy.url, [f"127.0.1.{i}" for i in range(1, 31)])
+        figures = await walls_move_off(stack, "stop")
+        print("sigstop of a web node:", figures)
+        node = stack.webs[int(figures["node"][3:]) - 1]
+        node.proc.send_signal(signal.SIGCONT)
+        await until(
+            lambda: stack.haproxy.servers()[figures["node"]] == "UP" if stack.haproxy else 0,
+            20,
+            f"haproxy marking {figures['node']} up again",
+            0.2,
+        )
+        # leastconn: three new walls on three empty nodes, one each
+        walls, tasks = await open_walls(
+            stack.haproxy.url, ["127.0.1.97", "127.0.1.98", "127.0.1.99"]
+        )
         try:
-            await until(lambda: all(w.ticks for w in walls), 15, "a tick at every wall")
             per_node = await asyncio.to_thread(stack.clients)
-            assert sum(per_node) == 30, per_node
-            victim = max(range(3), key=lambda i: per_node[i])
-            held = per_node[victim]
-            assert held >= 10
-            t_kill = time.monotonic()
-            wall_clock_kill = time.time()
-            stack.webs[victim].kill()
-
-            def recovered() -> list[Wall]:
-                return [
-                    w
-                    for w in walls
-                    if w.drops
-                    and any(t > t_kill for t in w.snapshots)
-                    and any(t > t_kill and end > wall_clock_kill for t, end in w.ticks)
-                ]
-
-            deadline = t_kill + 15 * T
-            while len(recovered()) < held and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-            moved = recovered()
-            dropped = [w for w in walls if w.drops]
-            assert len(dropped) == held, (len(dropped), held)
-            assert len(moved) == held, f"{len(moved)} of {held} walls back within 15 s"
-            assert all(w.connects == 2 for w in moved)
-            assert all(len(w.snapshots) == 1 for w in walls if not w.drops)
-            name = f"web{victim + 1}"
-            await until(
-                lambda: stack.haproxy.servers()[name].startswith("DOWN") if stack.haproxy else 0,
-                15,
-                f"haproxy marking {name} down",
-                0.2,
-            )
-            servers = stack.haproxy.servers()
-            assert [servers[f"web{i + 1}"] for i in range(3) if i != victim] == ["UP", "UP"]
-            per_node = await asyncio.to_thread(stack.clients)
-            assert per_node[victim] == 0 and sum(per_node) == 30, per_node
-            figures = {
-                "walls_moved": len(moved),
-                "back_within_s": round(
-                    max(min(t for t in w.snapshots if t > t_kill) for w in moved) - t_kill, 2
-                ),
-            }
-            print("sigkill of a web node:", figures)
+            assert per_node == [1, 1, 1] and node.clients() == 1, per_node
         finally:
             await close_walls(tasks)
