@@ -22,6 +22,7 @@ import json
 import random
 import signal
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -229,6 +230,12 @@ async def test_walls_through_haproxy_spread_and_pass_the_cap(stack: Stack) -> No
     assert status == 200 and b"<html" in page.lower()
     status, live = await asyncio.to_thread(http_get, stack.haproxy.http + "/livez")
     assert status == 200 and json.loads(live)["ok"] is True
+    with pytest.raises(urllib.error.HTTPError) as denied:  # scraped node by node only
+        await asyncio.to_thread(http_get, stack.haproxy.http + "/metrics")
+    denied.value.close()
+    assert denied.value.code == 403
+    status, metrics = await asyncio.to_thread(http_get, f"http://{stack.webs[0].address}/metrics")
+    assert status == 200 and b"fedmsg_wallboard_web_clients" in metrics
     sources = [f"127.0.1.{i}" for i in range(1, 31) for _ in range(2)]
     walls, tasks = await open_walls(stack.haproxy.url, sources)
     try:
