@@ -29,6 +29,7 @@ sysdeps:
 	command -v man >/dev/null || missing="$$missing man-db"; \
 	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
+	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
 	    SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -4,7 +4,9 @@ The seed study's section (``## The seed study (one pass vs per-window recount)``
 belongs to another engineer (``python -m bench.bench_study --write``): it is kept
 exactly as it stands in the existing file (this run's study output is used only
 when the file has no such section), and the targets table reads its ratio from it.
-A hand-written ``## Notes`` section is kept as it stands too.
+A hand-written ``## Notes`` section is kept as it stands too, and so is the
+capacity per web node (``## Capacity per web node (clients per core)``, written by
+``python -m bench.webnode --write``), after the fan-out.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from typing import Any
 from listener.core.config import Config
 
 STUDY_HEADING = "## The seed study (one pass vs per-window recount)"
+#: bench/webnode.py's section (``bench.webnode.HEADING``), kept verbatim.
+WEBNODE_HEADING = "## Capacity per web node (clients per core)"
 
 
 def med(values: list[Any]) -> float | None:
@@ -42,9 +46,10 @@ def drain_samples(rep: dict[str, Any]) -> str:
     return f" ({' / '.join(num(x) for x in rates)})" if len(rates) > 1 else ""
 
 
-def study_section(existing: str) -> str | None:
-    """The seed-study section of an existing report, verbatim (None if absent)."""
-    m = re.search(rf"^{re.escape(STUDY_HEADING)}\n.*?(?=^## |\Z)", existing, re.S | re.M)
+def study_section(existing: str, heading: str = STUDY_HEADING) -> str | None:
+    """The seed-study section (or the one under ``heading``) of an existing report,
+    verbatim (None if absent)."""
+    m = re.search(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", existing, re.S | re.M)
     return m.group(0).rstrip("\n") + "\n" if m else None
 
 
@@ -508,6 +513,7 @@ def render(r: dict[str, Any], existing: str, notes: str = "") -> str:
         ingest(r),
         compute(r),
         fanout(r),
+        *filter(None, [study_section(existing, WEBNODE_HEADING)]),
         page(r),
         study.rstrip("\n") + "\n",
     ]

@@ -16,6 +16,7 @@ Example (``wallboard.toml``)::
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -108,6 +109,17 @@ def origin_problem(origin: str) -> str | None:
     return None
 
 
+def network_problem(text: str) -> str | None:
+    """What is wrong with ``text`` as an IP address or CIDR network (``10.0.0.5``,
+    ``10.0.0.0/8``, ``::1``, ``fd00::/8``; host bits set, ``10.0.0.5/8``, is
+    refused: it is ambiguous), or None (:func:`ipaddress.ip_network`, strict)."""
+    try:
+        ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def http_url_problem(url: str) -> str | None:
     """What is wrong with ``url`` as a web service's base URL (datagrepper's), or
     None: it must be absolute ``http://`` or ``https://`` with a host."""
@@ -196,6 +208,9 @@ class Config:
             by the longest window, no blinks, de-duplicated by msg_id).  Empty: off.
         amqp_ca_cert / amqp_certfile / amqp_keyfile: TLS files for ``amqps://``
             (empty: fedora-messaging's ``[tls]`` when ``amqp_url`` is empty).
+        trusted_proxies: load balancers whose ``X-Forwarded-For`` a web process
+            believes: IP addresses or CIDR networks (``10.0.0.0/8``, ``::1``);
+            empty: none (the TCP peer is the client).
     """
 
     redis_url: str = ""
@@ -249,6 +264,7 @@ class Config:
     amqp_certfile: str = ""
     amqp_keyfile: str = ""
     datagrepper_url: str = ""
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -284,6 +300,10 @@ class Config:
             problem = http_url_problem(self.datagrepper_url)
             if problem:
                 problems.append(f"datagrepper_url {self.datagrepper_url!r}: {problem}")
+        for proxy in self.trusted_proxies:
+            problem = network_problem(proxy)
+            if problem:
+                problems.append(f"trusted_proxies {proxy!r}: {problem}")
         if self.bus not in ("zmq", "amqp", "both"):
             problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.core import config
-from listener.core.config import Config, http_url_problem
+from listener.core.config import Config, http_url_problem, network_problem
 from listener.runtime.systemd import journal_handler, stderr_is_journal
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,16 @@ def http_url(text: str) -> str:
     """An argparse type: an ``http(s)://host...`` base URL (datagrepper), else a usage
     error (exit 2) naming what is wrong (:func:`listener.core.config.http_url_problem`)."""
     problem = http_url_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
+
+
+def ip_network(text: str) -> str:
+    """An argparse type: an IP address or CIDR network (``10.0.0.5``,
+    ``10.0.0.0/8``, ``::1``), else a usage error (exit 2) naming what is wrong
+    (:func:`listener.core.config.network_problem`)."""
+    problem = network_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return text

@@ -26,6 +26,7 @@ from listener.storage import readers
 from listener.storage.store import Store
 from listener.webserver import api as webapi
 from listener.webserver.hub import Hub
+from listener.webserver.proxies import connection_client, parse_networks
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ class Routes:
     answers every request that is not a websocket upgrade on ``/ws``.
 
     Args:
-        cfg: settings (``max_clients_per_ip``, ``windows_s``, ``retention_s``,
-            ``top_users``).
+        cfg: settings (``max_clients_per_ip``, ``trusted_proxies``, ``windows_s``,
+            ``retention_s``, ``top_users``).
         store: the Redis namespace (read only).
         assets: the page's files, ``{url path: Asset}`` (:func:`webapi.load_assets`).
         hub: the websocket fan-out (its per-address counts).
@@ -73,6 +74,8 @@ class Routes:
         self.health = health
         self.rejected = rejected
         self.http_status: Counter[int] = Counter()
+        #: ``cfg.trusted_proxies``, parsed (validated by ``Config``)
+        self.trusted = parse_networks(cfg.trusted_proxies)
 
     async def process_request(
         self, connection: ServerConnection, request: Request
@@ -97,7 +100,7 @@ class Routes:
         if path == "/ws":
             if "websocket" not in request.headers.get("Upgrade", "").lower():
                 return self._respond(426, b"use a websocket\n", "text/plain; charset=utf-8")
-            address = str(connection.remote_address[0]) if connection.remote_address else "?"
+            address = connection_client(connection, self.trusted)
             if self.hub.per_address(address) >= self.cfg.max_clients_per_ip:
                 self.rejected["per_address"] += 1
                 return self._json_error("too many connections from this address", 429)
@@ -112,6 +115,7 @@ class Routes:
             "/api/radar": self._api_radar,
             "/api/diff": self._api_diff,
             "/healthz": self._api_health,
+            "/livez": self._api_live,
         }.get(path)
         if path == "/metrics":
             body, content_type = exposition(self.registry, request.headers.get("Accept"))
@@ -183,6 +187,11 @@ class Routes:
         except ValueError as exc:
             raise webapi.ApiError(str(exc)) from exc
         return self._json(result)
+
+    async def _api_live(self, query: dict[str, list[str]]) -> Response:
+        """This process serves: answered by its event loop, without Redis, the
+        listener or the bus (docs/PROTOCOL.md, ``/livez``)."""
+        return self._json({"ok": True, "time": self.clock(), "clients": len(self.hub.clients)})
 
     async def _api_health(self, query: dict[str, list[str]]) -> Response:
         health = await self.health()

@@ -12,6 +12,7 @@ One port (websockets' asyncio server; HTTP answered in ``process_request``):
 ``GET /api/radar?window=S&users=a,b``  per-user category shares
 ``GET /api/diff?period=day|week``      topic (``by=category``) risers and fallers
 ``GET /healthz``                Redis, listener and bus status (200 or 503)
+``GET /livez``                  this process serves (200; no Redis, listener or bus)
 ``GET /metrics``                Prometheus metrics of this web process
 ==============================  =================================================
 
@@ -50,12 +51,13 @@ from listener.core.config import Config
 from listener.core.errors import ConfigError
 from listener.core.snapshot import build_snapshot
 from listener.runtime.metrics import process_registry
-from listener.runtime.options import add_common, load_config, plain_text
+from listener.runtime.options import add_common, ip_network, load_config, plain_text
 from listener.runtime.systemd import Notifier, reload_settings
 from listener.storage.connect import open_store_unless_stopped
 from listener.storage.store import Store
 from listener.webserver import api as webapi
 from listener.webserver.hub import Hub
+from listener.webserver.proxies import connection_client
 from listener.webserver.routes import Routes
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,8 @@ class WebServer:
     Args:
         cfg: settings (``web_host``, ``web_port``, ``allowed_origins``,
             ``max_clients_per_ip``, ``client_queue_max``, ``ping_interval_s``,
-            ``ping_timeout_s``, ``top_users``, ``windows_s``, ``step_s``...).
+            ``ping_timeout_s``, ``top_users``, ``windows_s``, ``step_s``,
+            ``trusted_proxies``...).
         store: the Redis namespace (read only, plus the events subscription).
         web_root: the page folder (default :data:`DEFAULT_WEB_ROOT`).
         notifier: sd_notify sender (a no-op without ``$NOTIFY_SOCKET``).
@@ -372,7 +375,7 @@ class WebServer:
 
         Inbound frames are read and ignored (the limit is :data:`MAX_INBOUND_BYTES`).
         """
-        address = str(websocket.remote_address[0]) if websocket.remote_address else "?"
+        address = connection_client(websocket, self.routes.trusted)
         if self.hub.per_address(address) >= self.cfg.max_clients_per_ip:
             self.rejected["per_address"] += 1
             await websocket.close(1008, "too many connections from this address")
@@ -547,6 +550,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--client-queue-max", type=int, help="events queued per websocket")
     p.add_argument("--ping-interval", type=float, help="websocket keepalive ping, seconds")
     p.add_argument("--step", type=float, dest="step_s", help="the listener's tick period, s")
+    p.add_argument(
+        "--trusted-proxy",
+        action="append",
+        type=ip_network,
+        metavar="ADDRESS|NETWORK",
+        help="load balancer whose X-Forwarded-For is believed (repeatable; default: none)",
+    )
     p.set_defaults(func=run)
 
 
@@ -560,6 +570,7 @@ def run(args: argparse.Namespace) -> int:
         "client_queue_max": args.client_queue_max,
         "ping_interval_s": args.ping_interval,
         "step_s": args.step_s,
+        "trusted_proxies": tuple(args.trusted_proxy) if args.trusted_proxy else None,
     }
     cfg = load_config(args, **overrides)
     return asyncio.run(

@@ -15,17 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError
-from urllib.request import urlopen
 
 import orjson
 import pytest
@@ -38,10 +33,10 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from listener.core.config import Config
 from listener.storage.store import Store
 from listener.webserver.server import MAX_INBOUND_BYTES, WebServer
-from tests.helpers.common import ROOT, TIMEOUT_FACTOR, free_port, wait_for
+from tests.helpers.common import TIMEOUT_FACTOR, wait_for
 from tests.helpers.proxy import TcpProxy
 from tests.helpers.redis import RedisServer
-from tests.helpers.rigs import write_config
+from tests.helpers.web_proc import WebProcess
 
 T = TIMEOUT_FACTOR
 
@@ -54,67 +49,6 @@ def own_redis(tmp_path: Path) -> Any:
     server.start()
     yield server
     server.stop()
-
-
-class WebProcess:
-    """``python -m listener web`` as a user runs it (log in a file)."""
-
-    def __init__(self, redis_url: str, tmp: Path, **settings: Any) -> None:
-        self.port = free_port()
-        self.prefix = f"w{uuid.uuid4().hex[:8]}"
-        cfg = write_config(tmp, **settings)
-        self.log_path = tmp / "web.log"
-        # the child has its own copy of the log's descriptor: ours is closed at once
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "listener",
-                    "web",
-                    "-c",
-                    str(cfg),
-                    "--redis-url",
-                    redis_url,
-                    "--key-prefix",
-                    self.prefix,
-                    "--port",
-                    str(self.port),
-                ],
-                cwd=str(ROOT),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_for(
-                lambda: "web: serving" in self.log_path.read_text(),
-                30,
-                interval=0.1,
-                what="web process serving",
-            )
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def healthz(self) -> tuple[int, dict[str, Any]]:
-        try:
-            with urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=30) as resp:
-                return resp.status, json.loads(resp.read())
-        except HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20 * T)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def blink(seq: int, pad: int = 0) -> bytes:

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.helpers.common import ROOT, TIMEOUT_FACTOR, wait_for
-from tests.helpers.haproxy import HAPROXY, SubpathProxy
+from tests.helpers.subpath_proxy import HAPROXY, SubpathProxy
 from tests.helpers.wall import CHROMIUM, WallStack, get_json, new_page
 
 pytestmark = pytest.mark.browser
