@@ -73,6 +73,8 @@ class Haproxy:
         def up() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"haproxy exited: {self.log_path.read_text()}")
+            if not self.stats_socket.exists():
+                return False  # the stats socket may come up after the frontend
             with socket.socket() as s:
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
 
