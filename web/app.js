@@ -14,7 +14,9 @@
  * URL parameters: window=3600|86400|604800 (or 1h|24h|7d), theme=dark|light,
  * view=live|longtail|radar|diff, rotate=SECONDS, views=a,b (rotation order),
  * users=a,b and axes=N (radar), top=N (bars), lights=N, rows=N (ticker),
- * stale=SECONDS.
+ * stale=SECONDS.  Filters (datagrepper's names, each repeatable): category,
+ * topic, user, not_category, not_topic, not_user: passed as they are to /ws and
+ * every /api call; the server filters (docs/PROTOCOL.md, "Filters").
  */
 "use strict";
 
@@ -51,6 +53,23 @@
     axes: intParam("axes", 16, 3, 64),
   };
   document.documentElement.dataset.theme = P.theme;
+
+  // ---- filter -------------------------------------------------------------
+
+  // The screen's filter goes to the server unchanged (it validates and applies
+  // it); the page only shows it and says which figures could not follow it.
+  const FILTER_PARAMS = ["category", "topic", "user", "package", "not_category", "not_topic", "not_user"];
+  const FILTER = new URLSearchParams();
+  for (const name of FILTER_PARAMS) for (const v of q.getAll(name)) if (v) FILTER.append(name, v.slice(0, 300));
+  const FILTER_QS = FILTER.toString();
+  function withFilter(url) {
+    return FILTER_QS ? url + (url.includes("?") ? "&" : "?") + FILTER_QS : url;
+  }
+  // what each `unfiltered` name means on the wall
+  const UNFOLLOWED = {
+    messages: "message counts", categories: "message counts", topics: "topics",
+    users: "users & longtail", rate_per_min: "rate", history: "earlier history",
+  };
 
   // ---- helpers ------------------------------------------------------------
 
@@ -167,6 +186,9 @@
     radarNote: "",
     view: null,
     events: { snapshot: 0, blink: 0, tick: 0, status: 0 },
+    filter: null, // the server's `filter` object of a filtered screen
+    unfiltered: [], // the snapshot event's figures that cannot follow the filter
+    partialBlinks: 0, // blinks whose omitted messages could not be matched
   };
   const nowS = () => Date.now() / 1000 + S.offset;
   const visible = () => !document.hidden;
@@ -358,7 +380,7 @@
     const snap = S.windows[win()] || {};
     const cats = snap.categories || {};
     for (const [cat, l] of lights) {
-      if (l.el.isConnected) l.count.textContent = fmtInt(cats[cat] || 0) + " in " + fmtWindow(win());
+      if (l.el.isConnected) l.count.textContent = fmtInt(snap.categories === null ? null : cats[cat] || 0) + " in " + fmtWindow(win());
     }
     levelLights();
   }
@@ -583,7 +605,8 @@
     const tail = snap && snap.tail ? snap.tail[1] : 0;
     c.data.datasets[1].data = n ? [{ x: 0, y: head }, { x: n, y: tail }] : [];
     c.options.scales.x.max = n || 1;
-    $("dist-sub").textContent = n ? `all ${fmtInt(n)} users by messages, and the seed's straight line` : "no users in this window";
+    $("dist-sub").textContent = snap && snap.ranks === null ? "users cannot follow this filter"
+      : n ? `all ${fmtInt(n)} users by messages, and the seed's straight line` : "no users in this window";
     updateChart(c, S.view === "longtail");
   }
 
@@ -600,7 +623,7 @@
     const params = new URLSearchParams({ window: win() });
     if (P.users.length) params.set("users", P.users.join(","));
     try {
-      S.radar = await getJSON("/api/radar?" + params);
+      S.radar = await getJSON(withFilter("/api/radar?" + params));
       S.fetchedAt.radar = Date.now();
       $("radar-note").textContent = "";
     } catch (e) {
@@ -619,7 +642,8 @@
     // a radar needs three axes: with fewer categories (or nobody) it would be a
     // line or a bare scale, so the chart is hidden and the note says why
     const counted = users.some(([, shares]) => (shares || []).some((v) => Number(v) > 0));
-    const note = !users.length ? "no users in this window"
+    const note = data.users === null ? "the radar cannot follow this filter"
+      : !users.length ? "no users in this window"
       : ncat < 3 ? `only ${ncat} ${ncat === 1 ? "category" : "categories"} in this window: a radar needs 3`
       : !counted ? `no messages from ${users.length === 1 ? users[0][0] : "these users"} in this window`
       : "";
@@ -668,7 +692,7 @@
   async function loadDiff() {
     for (const period of ["day", "week"]) {
       try {
-        S.diff[period] = await getJSON("/api/diff?period=" + period);
+        S.diff[period] = await getJSON(withFilter("/api/diff?period=" + period));
         S.fetchedAt.diff = Date.now();
       } catch (e) {
         S.diff[period] = { error: e.message, rows: [] };
@@ -687,6 +711,7 @@
     const data = S.diff[period];
     const rows = (data && data.rows) || [];
     const n = 8;
+    if (data && data.rows === null) data.error = "cannot follow this filter";
     for (const [sign, suffix] of [[1, "up"], [-1, "down"]]) {
       const tbody = $(`diff-${period}-${suffix}`).tBodies[0];
       const chosen = diffRows(rows, sign, n);
@@ -774,11 +799,14 @@
     S.lastMessageAt = ev.last_message_at ?? null;
     S.health = ev.health || null;
     if (Number.isFinite(ev.time)) S.offset = ev.time - Date.now() / 1000;
+    S.filter = ev.filter || null;
+    S.unfiltered = Array.isArray(ev.unfiltered) ? ev.unfiltered : [];
     renderAll(false);
   }
 
   function onBlink(ev) {
     const counts = ev.counts || {};
+    if (ev.partial) S.partialBlinks += 1;
     for (const [cat, n] of Object.entries(counts)) {
       if (!(cat in S.flashes) && Object.keys(S.flashes).length >= FLASH_KEYS_MAX) continue;
       S.flashes[cat] = (S.flashes[cat] || 0) + Number(n);
@@ -812,7 +840,8 @@
   function onStatus(ev) {
     S.health = ev.health || S.health;
     if (S.health && Number.isFinite(S.health.time)) S.offset = S.health.time - Date.now() / 1000;
-    const last = S.health && S.health.bus && S.health.bus.last_message_at;
+    // a filtered screen's last message is its own (blinks), not the bus's
+    const last = !S.filter && S.health && S.health.bus && S.health.bus.last_message_at;
     if (last && (!S.lastMessageAt || last > S.lastMessageAt)) S.lastMessageAt = last;
   }
 
@@ -835,8 +864,28 @@
     renderHistory();
     renderDist();
     if (S.radar && S.view === "radar") renderRadar();
+    renderFilter();
     renderStatus();
   }
+
+  /** The filter box: the screen's filter as text, and what cannot follow it
+   *  (the window's `unfiltered` figures and the event's), never a number. */
+  function renderFilter() {
+    const box = $("filter");
+    box.hidden = !FILTER_QS;
+    if (!FILTER_QS) return;
+    const given = S.filter || {};
+    const parts = Object.keys(given).length ? Object.entries(given).map(([k, vs]) => k.replace("_", " ") + ": " + vs.join(", "))
+      : [...FILTER.entries()].map(([k, v]) => k.replace("_", " ") + ": " + v);
+    $("filter-text").textContent = parts.join(" · ");
+    const snap = S.windows[win()] || {};
+    const names = [...(snap.unfiltered || []), ...S.unfiltered];
+    const words = [...new Set(names.map((n) => UNFOLLOWED[n] || (USER_FIELDS.includes(n) ? UNFOLLOWED.users : "")).filter(Boolean))];
+    let note = words.length ? "not under this filter: " + words.join(" · ") : "";
+    if (S.partialBlinks) note += (note ? " · " : "") + "bursts: lights count the messages shown";
+    $("filter-note").textContent = note;
+  }
+  const USER_FIELDS = ["users", "top_users", "longtail", "longtail_normalized", "gini", "head", "tail", "ranks"];
 
   // ---- websocket ------------------------------------------------------------
 
@@ -847,7 +896,7 @@
 
   function connect() {
     reconnectTimer = null;
-    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws";
+    const url = withFilter((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
     let sock;
     try {
       sock = new WebSocket(url);
