@@ -363,6 +363,21 @@ def hide_unfiltered(snap: dict[str, Any], unfiltered: Iterable[str]) -> dict[str
     return snap
 
 
+def needed_kinds(flt: Filter) -> tuple[str, ...]:
+    """The bucket hashes :func:`filter_counts` reads for ``flt`` (the store's
+    suffixes: ``"t"`` topic, ``"c"`` category, ``"uc"`` user x category; ``"u"`` is
+    never needed, per-user counts come from ``"uc"``): the rest need not be read."""
+    if not flt.has_user_rules:
+        return ("t",) if flt.has_topic_rules else ("t", "c", "uc")
+    if flt.has_topic_rules:
+        return ()
+    if len(flt.users) == 1 and not flt.not_users:
+        return ("uc",)
+    if len(flt.not_users) == 1 and not flt.users:
+        return ("c", "uc")
+    return ()
+
+
 def filtered_snapshot(
     window_s: int,
     end: float,
@@ -380,6 +395,20 @@ def filtered_snapshot(
     newest message is kept for the whole bus only.
     """
     filtered, unfiltered = filter_counts(counts, flt)
+    return snapshot_of_filtered(window_s, end, filtered, unfiltered, flt, top_n, topics_n)
+
+
+def snapshot_of_filtered(
+    window_s: int,
+    end: float,
+    filtered: Counts,
+    unfiltered: Iterable[str],
+    flt: Filter,
+    top_n: int | None = 20,
+    topics_n: int | None = None,
+) -> dict[str, Any]:
+    """:func:`filtered_snapshot` from counts already filtered (:func:`filter_counts`
+    is linear: the sum of buckets filtered one by one is the window filtered)."""
     snap = build_snapshot(window_s, end, filtered, None, top_n, topics_n)
     hide_unfiltered(snap, [*unfiltered, "last_message_at"])
     snap["filter"] = flt.as_dict()

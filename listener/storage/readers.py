@@ -3,6 +3,7 @@ bucket instead of all five, the key layout :mod:`listener.storage.store` documen
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -136,3 +137,44 @@ async def diff(
     if limit is not None:
         rows = rows[:limit]
     return {"period_s": int(period_s), "end": float(end), "by": by, "rows": rows}
+
+
+async def read_kinds(
+    store: Any, bucket_s: int, starts: Sequence[int], kinds: Sequence[str], chunk: int = 8
+) -> Counts:
+    """Sum some counter hashes of several buckets (the others are not read).
+
+    Args:
+        store: a :class:`listener.storage.store.Store`.
+        bucket_s: bucket size, seconds; starts: bucket starts, UNIX seconds.
+        kinds: hash suffixes among ``"t"``, ``"c"``, ``"uc"`` (the store's key layout).
+        chunk: buckets per pipeline; the event loop runs between two.
+
+    Returns:
+        A :class:`Counts` with ``topics``, ``categories``, ``usercat`` and
+        ``users`` (derived from ``usercat``) filled from the kinds read;
+        ``messages`` is left 0.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed.
+    """
+    counts = Counts()
+    fields = {"t": counts.topics, "c": counts.categories}
+    for i in range(0, len(starts), chunk):
+        async with store.r.pipeline(transaction=False) as pipe:
+            for start in starts[i : i + chunk]:
+                for kind in kinds:
+                    pipe.hgetall(f"{store.key('b', bucket_s, start)}:{kind}")
+            replies = await pipe.execute()
+        for reply, kind in zip(replies, list(kinds) * len(starts[i : i + chunk]), strict=True):
+            if kind == "uc":
+                for key, value in reply.items():
+                    user, _, category = key.decode().partition(UC_SEP)
+                    counts.usercat[(user, category)] += int(value)
+                    counts.users[user] += int(value)
+            else:
+                target = fields[kind]
+                for key, value in reply.items():
+                    target[key.decode()] += int(value)
+        await asyncio.sleep(0)  # a 7 d window is 168 buckets: let the broadcasts run
+    return counts

@@ -8,9 +8,13 @@ view, once per event whatever its number of clients:
 * a ``blink`` is filtered message by message (:func:`listener.core.filters.filter_blink`);
   nothing is sent when no message matches;
 * a ``tick`` is replaced by one whose windows are read from the Redis buckets at the
-  tick's ``end`` and filtered (:func:`listener.core.filters.filtered_snapshot`);
-  the windows read from hourly buckets (24 h, 7 d) are re-read at most every
-  :data:`SLOW_WINDOW_REFRESH_S`;
+  tick's ``end`` and filtered (:func:`listener.core.filters.filter_counts`), reading
+  only the hashes the filter needs (:func:`listener.core.filters.needed_kinds`).
+  Each window keeps the filtered sum of its closed buckets (all but the newest),
+  slid bucket by bucket as time goes (the buckets that closed are added, those that
+  left the window subtracted, both read again) and re-read whole every
+  :data:`REFRESH_S`; only its open bucket is read every tick
+  (``bench/filters.py`` measures both);
 * a ``snapshot`` is built the same way, with the ticker's ``recent`` messages
   filtered and an empty ``history`` (the listener stores the unfiltered one only).
 
@@ -23,24 +27,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from listener.core.config import Config
-from listener.core.filters import Filter, filter_blink, filtered_snapshot
+from listener.core.filters import (
+    Filter,
+    filter_blink,
+    filter_counts,
+    needed_kinds,
+    snapshot_of_filtered,
+)
+from listener.core.windows import Counts, window_buckets
+from listener.storage import readers
 from listener.storage.store import Store
 from listener.webserver import api as webapi
 from listener.webserver.hub import Hub
 
 log = logging.getLogger(__name__)
 
-#: Windows read from buckets of at least an hour are re-read at most this often
-#: per view, seconds (a 7 d window is 168 buckets of every counter).
-SLOW_WINDOW_REFRESH_S = 60.0
-#: Bucket size from which a window counts as slow, seconds.
-SLOW_BUCKET_S = 3600
+#: A window's closed buckets are re-read whole this often per view, seconds (a 7 d
+#: window is 168 buckets): a message counted late into a closed bucket shows on a
+#: filtered screen within this time.
+REFRESH_S = 120.0
 #: A view's ``snapshot`` event is rebuilt at most this often, seconds.
 SNAPSHOT_CACHE_S = 1.0
 #: What a filtered ``snapshot`` or ``tick`` event cannot give (listed in its ``unfiltered``).
@@ -80,7 +91,8 @@ class FilteredViews:
         self.filters: dict[str, Filter] = {}
         self.ticks = 0
         self.reads_s = 0.0
-        self._slow: dict[str, tuple[float, dict[str, Any]]] = {}
+        #: per view and window: (read at, closed starts, filtered sum, unfiltered)
+        self._slow: dict[str, dict[int, tuple[float, range, Counts, frozenset[str]]]] = {}
         self._snapshots: dict[str, tuple[float, bytes]] = {}
         self._running: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -105,33 +117,60 @@ class FilteredViews:
     ) -> dict[str, Any]:
         """``{str(window_s): filtered snapshot}`` of every window at ``end``.
 
-        Windows of :data:`SLOW_BUCKET_S` buckets come from the view's cache when it
-        is younger than :data:`SLOW_WINDOW_REFRESH_S`.
-
         Raises:
             redis.exceptions.RedisError: Redis failed.
         """
         started = time.monotonic()
-        cached = self._slow.get(flt.key)
-        reuse = cached is not None and started - cached[0] < SLOW_WINDOW_REFRESH_S
+        kinds = needed_kinds(flt)
         out: dict[str, Any] = {}
-        slow: dict[str, Any] = {}
         for w in self.cfg.windows_s:
-            name = str(w)
-            is_slow = self.store.bucket_for(w) >= SLOW_BUCKET_S
-            if is_slow and reuse and cached is not None and name in cached[1]:
-                out[name] = cached[1][name]
-                continue
-            counts = await self.store.read_window(w, end)
-            snap = filtered_snapshot(w, end, counts, flt, self.cfg.top_users, self.cfg.top_topics)
-            snap["warming_up"] = bool((warming or {}).get(name, False))
-            out[name] = snap
-            if is_slow:
-                slow[name] = snap
-        if slow:
-            self._slow[flt.key] = (started, slow)
+            starts = window_buckets(end, w, self.store.bucket_for(w))
+            filtered, unfiltered = await self._window(flt, kinds, w, starts, started)
+            snap = snapshot_of_filtered(
+                w, end, filtered, unfiltered, flt, self.cfg.top_users, self.cfg.top_topics
+            )
+            snap["warming_up"] = bool((warming or {}).get(str(w), False))
+            out[str(w)] = snap
         self.reads_s += time.monotonic() - started
         return out
+
+    async def _read(
+        self, flt: Filter, kinds: tuple[str, ...], bucket_s: int, starts: Sequence[int]
+    ) -> tuple[Counts, frozenset[str]]:
+        return filter_counts(await readers.read_kinds(self.store, bucket_s, starts, kinds), flt)
+
+    async def _window(
+        self, flt: Filter, kinds: tuple[str, ...], w: int, starts: range, now: float
+    ) -> tuple[Counts, frozenset[str]]:
+        """One window, filtered: the sum of its closed buckets (all but the newest),
+        kept per view and slid as the window moves, re-read whole after
+        :data:`REFRESH_S`; plus its open bucket, read now."""
+        bucket_s = starts.step
+        closed = starts[:-1]
+        views = self._slow.setdefault(flt.key, {})
+        cached = views.get(w)
+        if (
+            cached is None
+            or now - cached[0] >= REFRESH_S
+            or not closed
+            or not cached[1]
+            or closed[0] < cached[1][0]
+            or closed[0] > cached[1][-1]
+        ):
+            total, unfiltered = await self._read(flt, kinds, bucket_s, closed)
+            cached = (now, closed, total, unfiltered)
+        elif closed != cached[1]:  # slid: add what closed, take out what left
+            total = cached[2].copy()
+            gone = [s for s in cached[1] if s < closed[0]]
+            new = [s for s in closed if s > cached[1][-1]]
+            total.merge((await self._read(flt, kinds, bucket_s, new))[0])
+            total.merge((await self._read(flt, kinds, bucket_s, gone))[0], sign=-1)
+            cached = (cached[0], closed, total, cached[3])
+        views[w] = cached
+        newest, _ = await self._read(flt, kinds, bucket_s, starts[-1:])
+        total = cached[2].copy()
+        total.merge(newest)
+        return total, cached[3]
 
     async def snapshot_event(self, flt: Filter) -> dict[str, Any]:
         """The ``snapshot`` event of a view (docs/PROTOCOL.md, "Filters").

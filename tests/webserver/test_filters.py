@@ -16,6 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from listener.core.envelope import category_of
+from listener.core.filters import parse_filter
 from listener.core.snapshot import build_snapshot
 from listener.core.windows import Counts
 from listener.webserver.hub import MAX_VIEWS
@@ -172,7 +173,8 @@ async def test_a_filtered_websocket_gets_only_its_own_events(
     stack: WebStack, examples: list[Any], extractor: Any
 ) -> None:
     now = time.time()
-    await feed(stack, recent_bodies(examples, 200, now), now)
+    older = [dict(b, timestamp=now - 3 * 3600) for b in recent_bodies(examples[300:], 150, now)]
+    await feed(stack, older + recent_bodies(examples, 200, now), now)  # closed hours too
     await stack.consumer.publish_blink()
     await stack.consumer.step(now)
     base = f"ws://127.0.0.1:{stack.port}/ws"
@@ -218,6 +220,15 @@ async def test_a_filtered_websocket_gets_only_its_own_events(
         )
         for key in ("messages", "categories", "topics", "users", "top_users", "longtail", "ranks"):
             assert got["windows"]["3600"][key] == api[key], key
+        # the hourly windows: closed hours' sum (cached) plus the open hour
+        status, day = await get(
+            stack.port,
+            f"/api/snapshot?window=86400&end={tick['end']}&category=bodhi&category=pagure",
+        )
+        for key, value in day.items():
+            if key != "topics":  # the events' topics are the top_topics
+                assert got["windows"]["86400"][key] == value, key
+        assert day["messages"] > got["windows"]["3600"]["messages"] > 0
         assert got["rate_per_min"] is None and "rate_per_min" in got["unfiltered"]
         rt = await recv_type(ralph, "tick")
         assert rt["windows"]["3600"]["longtail"] is None
@@ -251,3 +262,23 @@ async def test_websocket_filter_refused_before_the_upgrade(stack: WebStack) -> N
     finally:
         for ws in opened:
             await ws.close()
+
+
+async def test_filtered_windows_slide_with_time(stack: WebStack, examples: list[Any]) -> None:
+    """A view keeps its windows' closed buckets summed and slides them: at every
+    later end its windows equal the filtered ``/api/snapshot`` read whole."""
+    now = time.time()
+    older = [dict(b, timestamp=now - 2 * 3600) for b in recent_bodies(examples[300:], 150, now)]
+    await feed(stack, older + recent_bodies(examples, 250, now), now)
+    flt = {"not_category": ["compose"]}
+    views = stack.web.filtered
+    for later in (0, 60, 600, 3540, 3 * 3600, 3 * 3600 + 60):
+        end = round(now + later, 3)
+        got = await views.windows(parse_filter(flt), end)
+        for w in ("3600", "86400"):
+            _, api = await get(stack.port, f"/api/snapshot?window={w}&end={end}&{q(**flt)}")
+            for key in ("messages", "categories", "users", "top_users", "longtail", "ranks"):
+                assert got[w][key] == api[key], (later, w, key)
+    assert got["3600"]["messages"] == 0 and got["86400"]["messages"] == 400 - sum(
+        1 for b in older + recent_bodies(examples, 250, now) if category_of(b["topic"]) == "compose"
+    )
