@@ -189,6 +189,7 @@
     filter: null, // the server's `filter` object of a filtered screen
     unfiltered: [], // the snapshot event's figures that cannot follow the filter
     partialBlinks: 0, // blinks whose omitted messages could not be matched
+    filterError: "", // the server refused the URL's filter (its 400 message)
   };
   const nowS = () => Date.now() / 1000 + S.offset;
   const visible = () => !document.hidden;
@@ -755,7 +756,10 @@
     const what = down();
     let state, text;
     const age = S.lastMessageAt ? nowS() - S.lastMessageAt : null;
-    if (!S.connected) {
+    if (S.filterError) {
+      state = "down";
+      text = "bad filter";
+    } else if (!S.connected) {
       state = S.reconnectAt ? "reconnecting" : "connecting";
       const wait = S.reconnectAt ? Math.max(0, Math.ceil((S.reconnectAt - Date.now()) / 1000)) : 0;
       const why = S.closedBy || "reconnecting";
@@ -878,6 +882,10 @@
     const parts = Object.keys(given).length ? Object.entries(given).map(([k, vs]) => k.replace("_", " ") + ": " + vs.join(", "))
       : [...FILTER.entries()].map(([k, v]) => k.replace("_", " ") + ": " + v);
     $("filter-text").textContent = parts.join(" · ");
+    if (S.filterError) {
+      $("filter-note").textContent = "refused: " + S.filterError;
+      return;
+    }
     const snap = S.windows[win()] || {};
     const names = [...(snap.unfiltered || []), ...S.unfiltered];
     const words = [...new Set(names.map((n) => UNFOLLOWED[n] || (USER_FIELDS.includes(n) ? UNFOLLOWED.users : "")).filter(Boolean))];
@@ -1017,6 +1025,25 @@
     });
     setInterval(everySecond, 1000);
     setInterval(rotateTick, 250);
+    if (FILTER_QS) checkFilter();
+    else connect();
+  }
+
+  /** A filtered screen asks the API once whether the server takes its filter: a
+   *  refused one (400) would fail every websocket without saying why. */
+  async function checkFilter() {
+    try {
+      const r = await fetch(withFilter("/api/state"), { cache: "no-store" });
+      if (r.status === 400) {
+        const body = await r.json().catch(() => ({}));
+        S.filterError = String((body && body.error) || "HTTP 400").slice(0, 300);
+        renderFilter();
+        renderStatus();
+        return;
+      }
+    } catch (e) {
+      // the server is not reachable: the websocket's backoff takes it from here
+    }
     connect();
   }
 

@@ -98,7 +98,8 @@ class FilteredViews:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def register(self, flt: Filter) -> None:
-        """Remember a view's filter (a websocket with it is about to join)."""
+        """Remember a view's filter (once a websocket with it has joined the hub: a
+        view with no client is forgotten at the next event)."""
         self.filters[flt.key] = flt
 
     def _live(self) -> dict[str, Filter]:

@@ -393,7 +393,6 @@ class WebServer:
             if flt.empty:
                 snap = await self.snapshot_bytes()
             else:
-                self.filtered.register(flt)
                 snap = await self.filtered.snapshot_bytes(flt)
         except Exception as exc:
             self.rejected["redis"] += 1
@@ -401,6 +400,8 @@ class WebServer:
             await websocket.close(1013, "Redis unavailable, retry later")
             return
         client = self.hub.add(websocket, address, flt.key)
+        if not flt.empty:  # after add: a view without a client is forgotten
+            self.filtered.register(flt)
         self.hub.enqueue(client, snap)
         log.debug("websocket from %s (%d open)", address, len(self.hub.clients))
         pump = asyncio.create_task(self.hub.pump(client))
@@ -436,6 +437,12 @@ class WebCollector(Collector):
             ("web_clients_cut", "Websockets closed for a backlog (slow)", hub.stats.cut),
             ("web_resubscribes", "Redis pub/sub subscriptions re-established", w.resubscribes),
             ("web_bad_events", "Pub/sub messages that were not events", w.bad_events),
+            ("web_filter_ticks", "Filtered ticks sent (one per filter)", w.filtered.ticks),
+            (
+                "web_filter_read_seconds",
+                "Seconds spent reading and filtering windows for filtered screens",
+                w.filtered.reads_s,
+            ),
         ):
             c = CounterMetricFamily(f"fedmsg_wallboard_{name}", doc)
             c.add_metric([], value)
@@ -460,6 +467,7 @@ class WebCollector(Collector):
             ("web_queued_bytes_max", "Largest per-websocket queue, bytes", largest),
             ("web_pubsub_up", "1 when the Redis events subscription is live", int(w.pubsub_ok)),
             ("web_redis_up", "1 when the last Redis check worked", int(w.redis_ok)),
+            ("web_filters", "Distinct screen filters served", len(w.filtered.filters)),
         ):
             g = GaugeMetricFamily(f"fedmsg_wallboard_{name}", doc)
             g.add_metric([], value)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -849,5 +850,17 @@ def test_filtered_screen_shows_only_its_categories(
         _, api = get_json(w.port, f"/api/snapshot?window=3600&not_user=bodhi&category={chosen[0]}")
         assert api["longtail"] is None and "longtail" in api["unfiltered"]
         assert page.evaluate("wallboard.state.windows['3600'].messages") == api["messages"]
+        # a hostile filter: refused by the server (400), shown as text, no websocket
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"http://127.0.0.1:{w.port}/?user={urllib.parse.quote(HOSTILE)}")
+        page.wait_for_function(
+            "document.getElementById('filter-note').textContent.startsWith('refused: user:')",
+            timeout=20_000 * T,
+        )
+        assert page.text_content("#filter-text") == "user: " + HOSTILE
+        assert page.text_content("#status-text") == "bad filter"
+        assert page.evaluate("document.querySelectorAll('#filter img').length") == 0
+        assert page.evaluate("wallboard.state.events.snapshot") == 0 and dialogs == []
     finally:
         page.context.close()

@@ -59,8 +59,9 @@ async def web_stack(redis_url: str, extractor: Any) -> AsyncIterator[WebStack]:
         await consumer.store.close()
 
 
-async def get(port: int, target: str) -> tuple[int, Any]:
-    """``GET target`` (sent byte for byte) -> ``(status, decoded JSON body)``."""
+async def get(port: int, target: str, raw: bool = False) -> tuple[int, Any]:
+    """``GET target`` (sent byte for byte) -> ``(status, decoded JSON body)``
+    (``raw``: the body as text)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     await writer.drain()
@@ -73,6 +74,8 @@ async def get(port: int, target: str) -> tuple[int, Any]:
     body = await asyncio.wait_for(reader.readexactly(length), 10 * T)
     writer.close()
     await writer.wait_closed()
+    if raw:
+        return int(status_line.split()[1]), body.decode()
     return int(status_line.split()[1]), json.loads(body) if body else None
 
 

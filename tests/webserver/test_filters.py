@@ -233,6 +233,9 @@ async def test_a_filtered_websocket_gets_only_its_own_events(
         rt = await recv_type(ralph, "tick")
         assert rt["windows"]["3600"]["longtail"] is None
         assert "longtail" in rt["windows"]["3600"]["unfiltered"]
+        _, metrics = await get(stack.port, "/metrics", raw=True)
+        assert "fedmsg_wallboard_web_filters 2.0" in metrics
+        assert "fedmsg_wallboard_web_filter_ticks_total 2.0" in metrics
         # the unfiltered screen still gets the listener's own tick
         assert (await recv_type(plain, "tick"))["rate_per_min"] == tick["rate_per_min"]
     await asyncio.sleep(0)
