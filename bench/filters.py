@@ -19,6 +19,12 @@ topics of the real examples (category weights of
 (``P(rank k) ~ 1/k``) from ``--users`` (2,000).  Redis CPU is ``INFO cpu``'s
 ``used_cpu_user + used_cpu_sys`` over the reads.  Times are medians, ms.
 
+**What a user x topic counter would hold.**  The filters need no new counter; one
+per user x topic (``:ut``, ``username\x1ftopic``) would let the per-user figures
+follow topic rules.  The fill also writes those hashes (nothing reads them) and
+reports Redis's ``MEMORY USAGE`` of every bucket hash by suffix, so its memory is
+measured against the counters kept today.
+
     python -m bench.filters [--per-hour N] [--users N] [--repeat N]
 """
 
@@ -78,6 +84,7 @@ def write_bucket(pipe: Any, base: str, rows: list[tuple[str, tuple[str, ...]]], 
     c: Counter[str] = Counter()
     u: Counter[str] = Counter()
     uc: Counter[str] = Counter()
+    ut: Counter[str] = Counter()  # the user x topic counter measured, not kept
     for topic, users in rows:
         cat = category_of(topic)
         t[topic] += 1
@@ -85,11 +92,12 @@ def write_bucket(pipe: Any, base: str, rows: list[tuple[str, tuple[str, ...]]], 
         for name in users:
             u[name] += 1
             uc[name + UC_SEP + cat] += 1
+            ut[name + UC_SEP + topic] += 1
     pipe.hset(base + ":n", "messages", len(rows))
-    for suffix, h in ((":t", t), (":c", c), (":u", u), (":uc", uc)):
+    for suffix, h in ((":t", t), (":c", c), (":u", u), (":uc", uc), (":ut", ut)):
         if h:
             pipe.hset(base + suffix, mapping=dict(h))
-    for suffix in (":n", ":t", ":c", ":u", ":uc"):
+    for suffix in SUFFIXES:
         pipe.expireat(base + suffix, at)
     return 1 + len(t) + len(c) + len(u) + len(uc)
 
@@ -116,6 +124,18 @@ async def fill(store: Store, now: float, per_hour: int, n_users: int) -> dict[st
     return fields
 
 
+SUFFIXES = (":n", ":t", ":c", ":u", ":uc", ":ut")
+
+
+async def memory_by_suffix(store: Store) -> dict[str, int]:
+    """``MEMORY USAGE`` (bytes) of every bucket hash, summed by suffix."""
+    out = dict.fromkeys(SUFFIXES, 0)
+    async for key in store.r.scan_iter(match=store.key("b", "*"), count=1000):
+        suffix = ":" + key.decode().rsplit(":", 1)[1]
+        out[suffix] += int(await store.r.memory_usage(key) or 0)
+    return out
+
+
 def redis_cpu(server: RedisServer) -> float:
     info = server.client.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -133,6 +153,7 @@ async def measure(server: RedisServer, per_hour: int, n_users: int, repeat: int)
     try:
         now = time.time()
         fields = await fill(store, now, per_hour, n_users)
+        memory = await memory_by_suffix(store)
         rows = []
         for name, query in FILTERS.items():
             flt = parse_filter(query)
@@ -166,6 +187,7 @@ async def measure(server: RedisServer, per_hour: int, n_users: int, repeat: int)
             "users": n_users,
             "fields_hourly_buckets": fields["3600"],
             "fields_minute_buckets": fields["60"],
+            "memory_bytes": memory,
             "rows": rows,
         }
     finally:
