@@ -128,11 +128,12 @@ SUFFIXES = (":n", ":t", ":c", ":u", ":uc", ":ut")
 
 
 async def memory_by_suffix(store: Store) -> dict[str, int]:
-    """``MEMORY USAGE`` (bytes) of every bucket hash, summed by suffix."""
+    """``MEMORY USAGE key SAMPLES 0`` (bytes, every field counted) of every bucket
+    hash, summed by suffix."""
     out = dict.fromkeys(SUFFIXES, 0)
     async for key in store.r.scan_iter(match=store.key("b", "*"), count=1000):
         suffix = ":" + key.decode().rsplit(":", 1)[1]
-        out[suffix] += int(await store.r.memory_usage(key) or 0)
+        out[suffix] += int(await store.r.memory_usage(key, samples=0) or 0)
     return out
 
 

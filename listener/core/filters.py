@@ -178,6 +178,16 @@ class Filter:
         return bool(self.users or self.not_users)
 
     @property
+    def single_user(self) -> str | None:
+        """The user of a rule on one user alone (``user=U`` or ``not_user=U``, not
+        both), else None: the user rules whose figures the counters give."""
+        if len(self.users) == 1 and not self.not_users:
+            return next(iter(self.users))
+        if len(self.not_users) == 1 and not self.users:
+            return next(iter(self.not_users))
+        return None
+
+    @property
     def category_only(self) -> bool:
         """Only ``category`` / ``not_category`` rules (or none)."""
         return not (self.has_topic_rules or self.has_user_rules)
@@ -318,12 +328,10 @@ def filter_counts(counts: Counts, flt: Filter) -> tuple[Counts, frozenset[str]]:
         out.messages = sum(out.categories.values())
         return out, frozenset(unfiltered)
     unfiltered.update(("topics", "users"))
-    one_in = len(flt.users) == 1 and not flt.not_users
-    one_out = len(flt.not_users) == 1 and not flt.users
-    if topic_rules or not (one_in or one_out):
+    if topic_rules or flt.single_user is None:
         unfiltered.update(("messages", "categories"))
         return out, frozenset(unfiltered)
-    if one_in:
+    if flt.users:
         (name,) = flt.users
         for (u, c), n in counts.usercat.items():
             if u == name and flt.category_ok(c) and n:
@@ -371,9 +379,7 @@ def needed_kinds(flt: Filter) -> tuple[str, ...]:
         return ("t",) if flt.has_topic_rules else ("t", "c", "uc")
     if flt.has_topic_rules:
         return ()
-    if len(flt.users) == 1 and not flt.not_users:
-        return ("uc",)
-    if len(flt.not_users) == 1 and not flt.users:
+    if flt.single_user is not None:
         return ("c", "uc")
     return ()
 

@@ -140,7 +140,12 @@ async def diff(
 
 
 async def read_kinds(
-    store: Any, bucket_s: int, starts: Sequence[int], kinds: Sequence[str], chunk: int = 8
+    store: Any,
+    bucket_s: int,
+    starts: Sequence[int],
+    kinds: Sequence[str],
+    chunk: int = 8,
+    user: str | None = None,
 ) -> Counts:
     """Sum some counter hashes of several buckets (the others are not read).
 
@@ -149,6 +154,9 @@ async def read_kinds(
         bucket_s: bucket size, seconds; starts: bucket starts, UNIX seconds.
         kinds: hash suffixes among ``"t"``, ``"c"``, ``"uc"`` (the store's key layout).
         chunk: buckets per pipeline; the event loop runs between two.
+        user: with ``"uc"`` and ``"c"`` in ``kinds``, read only this user's fields
+            of the user x category hashes (``HMGET`` of the user with each category
+            of the bucket's ``"c"`` hash) instead of every user's.
 
     Returns:
         A :class:`Counts` with ``topics``, ``categories``, ``usercat`` and
@@ -160,21 +168,38 @@ async def read_kinds(
     """
     counts = Counts()
     fields = {"t": counts.topics, "c": counts.categories}
+    one = user is not None and "uc" in kinds and "c" in kinds
+    whole = [k for k in kinds if not (one and k == "uc")]
     for i in range(0, len(starts), chunk):
+        part = starts[i : i + chunk]
         async with store.r.pipeline(transaction=False) as pipe:
-            for start in starts[i : i + chunk]:
-                for kind in kinds:
+            for start in part:
+                for kind in whole:
                     pipe.hgetall(f"{store.key('b', bucket_s, start)}:{kind}")
             replies = await pipe.execute()
-        for reply, kind in zip(replies, list(kinds) * len(starts[i : i + chunk]), strict=True):
+        names: list[list[str]] = []
+        for n, (reply, kind) in enumerate(zip(replies, whole * len(part), strict=True)):
             if kind == "uc":
                 for key, value in reply.items():
-                    user, _, category = key.decode().partition(UC_SEP)
-                    counts.usercat[(user, category)] += int(value)
-                    counts.users[user] += int(value)
-            else:
-                target = fields[kind]
-                for key, value in reply.items():
-                    target[key.decode()] += int(value)
+                    name, _, category = key.decode().partition(UC_SEP)
+                    counts.usercat[(name, category)] += int(value)
+                    counts.users[name] += int(value)
+                continue
+            target = fields[kind]
+            for key, value in reply.items():
+                target[key.decode()] += int(value)
+            if kind == "c" and n % len(whole) == whole.index("c"):
+                names.append([k.decode() for k in reply])
+        if one and user is not None:
+            async with store.r.pipeline(transaction=False) as pipe:
+                for start, cats in zip(part, names, strict=True):
+                    key = f"{store.key('b', bucket_s, start)}:uc"
+                    pipe.hmget(key, [user + UC_SEP + c for c in cats] or [user + UC_SEP])
+                replies = await pipe.execute()
+            for cats, values in zip(names, replies, strict=True):
+                for category, value in zip(cats, values, strict=False):
+                    if value is not None:
+                        counts.usercat[(user, category)] += int(value)
+                        counts.users[user] += int(value)
         await asyncio.sleep(0)  # a 7 d window is 168 buckets: let the broadcasts run
     return counts

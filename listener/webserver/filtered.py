@@ -138,7 +138,8 @@ class FilteredViews:
     async def _read(
         self, flt: Filter, kinds: tuple[str, ...], bucket_s: int, starts: Sequence[int]
     ) -> tuple[Counts, frozenset[str]]:
-        return filter_counts(await readers.read_kinds(self.store, bucket_s, starts, kinds), flt)
+        read = await readers.read_kinds(self.store, bucket_s, starts, kinds, user=flt.single_user)
+        return filter_counts(read, flt)
 
     async def _window(
         self, flt: Filter, kinds: tuple[str, ...], w: int, starts: range, now: float
