@@ -24,6 +24,7 @@ from listener.core.filters import (
     filtered_diff,
     filtered_radar,
     filtered_snapshot,
+    needed_kinds,
     parse_filter,
 )
 from listener.core.snapshot import build_snapshot
@@ -338,3 +339,32 @@ def test_blink_by_user_is_partial_when_messages_were_omitted() -> None:
 def test_blink_with_nothing_matching_is_not_sent() -> None:
     assert filter_blink(blink(messages(10, 10)), f(category="nothing")) is None
     assert filter_blink({"type": "blink", "msgs": "junk", "counts": {}}, f(user="x")) is None
+
+
+@pytest.mark.parametrize("given", FILTERS, ids=[str(g) for g in FILTERS])
+def test_the_hashes_read_are_enough(given: dict[str, Any]) -> None:
+    """Counts holding only :func:`needed_kinds`' hashes filter to the same figures
+    as counts with every field (what the web process reads is enough)."""
+    full = count(messages(500, 11))
+    flt = f(**given)
+    kinds = needed_kinds(flt)
+    assert set(kinds) <= {"t", "c", "uc"}
+    part = Counts()
+    if "t" in kinds:
+        part.topics = full.topics.copy()
+    if "c" in kinds:
+        part.categories = full.categories.copy()
+    if "uc" in kinds:
+        part.usercat = full.usercat.copy()
+        for (u, _), n in full.usercat.items():
+            part.users[u] += n
+    assert filter_counts(part, flt) == filter_counts(full, flt)
+
+
+def test_no_filter_and_a_user_with_every_message_of_a_category() -> None:
+    full = count(messages(100, 12))
+    assert filter_counts(full, NO_FILTER) == (full, frozenset())
+    assert needed_kinds(f(user=["a", "b"])) == () and needed_kinds(f(user="a", topic="x")) == ()
+    solo = count([(P + "copr.build.end", "copr", ("bot",))] * 3 + [(P + "git.receive", "git", ())])
+    got, unfiltered = filter_counts(solo, f(not_user="bot"))
+    assert got.categories == {"git": 1} and got.messages == 1 and unfiltered == {"topics", "users"}
