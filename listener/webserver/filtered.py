@@ -104,12 +104,25 @@ class FilteredViews:
 
     def _live(self) -> dict[str, Filter]:
         """The views with a client now; the others are forgotten."""
-        keys = self.hub.views()
-        for gone in [k for k in self.filters if k not in keys]:
-            self.filters.pop(gone, None)
-            self._slow.pop(gone, None)
-            self._snapshots.pop(gone, None)
+        keys = self._prune()
         return {k: f for k, f in self.filters.items() if k in keys}
+
+    def cached(self) -> set[str]:
+        """The views whose sums or snapshot are held in memory."""
+        return set(self._slow) | set(self._snapshots)
+
+    def _prune(self, keep: str = "") -> set[str]:
+        """Forget the filters and cached sums of views without a client (but
+        ``keep``): ``/api/state?...`` of any number of filters keeps no memory.
+
+        Returns:
+            The views with a client now.
+        """
+        keys = self.hub.views()
+        for table in (self.filters, self._slow, self._snapshots):
+            for gone in [k for k in table if k not in keys and k != keep]:
+                del table[gone]
+        return keys
 
     # -- windows and snapshots ---------------------------------------------------
 
@@ -213,6 +226,7 @@ class FilteredViews:
         if cached and now - cached[0] < SNAPSHOT_CACHE_S:
             return cached[1]
         data = orjson.dumps(await self.snapshot_event(flt))
+        self._prune(keep=flt.key)
         self._snapshots[flt.key] = (now, data)
         return data
 

@@ -136,6 +136,9 @@ async def test_every_api_route_takes_the_filter(
     status, diff = await get(stack.port, f"/api/diff?period=day&end={end}&user=ralph")
     assert status == 200 and diff["rows"] is None and diff["unfiltered"] == ["rows"]
     # state: the snapshot event a filtered websocket gets
+    for i in range(5):  # filters without a websocket leave nothing behind but the last
+        assert (await get(stack.port, f"/api/state?category=c{i}"))[0] == 200
+    assert stack.web.filtered.filters == {} and stack.web.filtered.cached() == {"category=c4"}
     status, state = await get(stack.port, "/api/state?category=bodhi")
     assert (
         status == 200 and state["type"] == "snapshot" and state["filter"] == {"category": ["bodhi"]}
