@@ -842,6 +842,17 @@ def test_filtered_screen_shows_only_its_categories(
         assert bars == ranked[:14]
         assert page.text_content("#filter-text") == "category: " + ", ".join(chosen)
         assert page.text_content("#filter-note") == "not under this filter: earlier history · rate"
+        size = "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        assert page.evaluate(size) == [1920, 1080]  # the filter box fits the header
+        header = page.evaluate(
+            "[...document.querySelectorAll('.top > *')].filter(e => !e.hidden)"
+            ".map(e => e.getBoundingClientRect().height)"
+        )
+        assert max(header) < page.evaluate("document.querySelector('.top').clientHeight")
+        shot = tmp_path / "screenshot-filtered.png"
+        page.screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        keep(shot, "screenshot-filtered.png")
         # a user rule: the longtail cannot follow; the page says so and shows no number
         page.goto(f"http://127.0.0.1:{w.port}/?not_user=bodhi&category={chosen[0]}")
         page.wait_for_function("wallboard.state.events.snapshot >= 1", timeout=20_000 * T)
