@@ -842,6 +842,20 @@ def test_filtered_screen_shows_only_its_categories(
         assert bars == ranked[:14]
         assert page.text_content("#filter-text") == "category: " + ", ".join(chosen)
         assert page.text_content("#filter-note") == "not under this filter: earlier history · rate"
+        # the views over HTTP: /api/diff and /api/radar get the filter too
+        page.evaluate("wallboard.show('diff')")
+        rows = (
+            "[...document.querySelectorAll('.diff tbody tr[data-topic]')].map(r => r.dataset.topic)"
+        )
+        page.wait_for_function(f"{rows}.length > 0", timeout=20_000 * T)
+        assert all(t.split(".")[3] in chosen for t in page.evaluate(rows))
+        page.evaluate("wallboard.show('radar')")
+        page.wait_for_function(
+            "document.getElementById('radar-note').textContent"
+            ".startsWith('only 2 categories in this window')",
+            timeout=20_000 * T,
+        )
+        page.evaluate("wallboard.show('live')")
         size = "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
         assert page.evaluate(size) == [1920, 1080]  # the filter box fits the header
         header = page.evaluate(
