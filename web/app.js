@@ -21,7 +21,9 @@
  * view=live|longtail|radar|diff, rotate=SECONDS, views=a,b (rotation order),
  * users=a,b and axes=N (radar), top=N (bars), lights=N, rows=N (ticker),
  * stale=SECONDS, tz=IANA name or utc (clock and times; the browser's own zone
- * when absent, and a visible note when the name is unknown).
+ * when absent, and a visible note when the name is unknown).  Filters (datagrepper's names, each repeatable): category,
+ * topic, user, not_category, not_topic, not_user: passed as they are to /ws and
+ * every /api call; the server filters (docs/PROTOCOL.md, "Filters").
  */
 "use strict";
 
@@ -62,6 +64,23 @@
     tz: (q.get("tz") || "").trim().slice(0, 64),
   };
   document.documentElement.dataset.theme = P.theme;
+
+  // ---- filter -------------------------------------------------------------
+
+  // The screen's filter goes to the server unchanged (it validates and applies
+  // it); the page only shows it and says which figures could not follow it.
+  const FILTER_PARAMS = ["category", "topic", "user", "package", "not_category", "not_topic", "not_user"];
+  const FILTER = new URLSearchParams();
+  for (const name of FILTER_PARAMS) for (const v of q.getAll(name)) if (v) FILTER.append(name, v.slice(0, 300));
+  const FILTER_QS = FILTER.toString();
+  function withFilter(url) {
+    return FILTER_QS ? url + (url.includes("?") ? "&" : "?") + FILTER_QS : url;
+  }
+  // what each `unfiltered` name means on the wall
+  const UNFOLLOWED = {
+    messages: "message counts", categories: "message counts", topics: "topics",
+    users: "users & longtail", rate_per_min: "rate", history: "earlier history",
+  };
 
   // ---- helpers ------------------------------------------------------------
 
@@ -203,6 +222,10 @@
     version: null, // the server's, from the first snapshot: another one reloads the page
     reloading: null, // the other version seen, while the reload waits
     events: { snapshot: 0, blink: 0, tick: 0, status: 0 },
+    filter: null, // the server's `filter` object of a filtered screen
+    unfiltered: [], // the snapshot event's figures that cannot follow the filter
+    partialBlinks: 0, // blinks whose omitted messages could not be matched
+    filterError: "", // the server refused the URL's filter (its 400 message)
   };
   const nowS = () => Date.now() / 1000 + S.offset;
   const visible = () => !document.hidden;
@@ -394,7 +417,7 @@
     const snap = S.windows[win()] || {};
     const cats = snap.categories || {};
     for (const [cat, l] of lights) {
-      if (l.el.isConnected) l.count.textContent = fmtInt(cats[cat] || 0) + " in " + fmtWindow(win());
+      if (l.el.isConnected) l.count.textContent = fmtInt(snap.categories === null ? null : cats[cat] || 0) + " in " + fmtWindow(win());
     }
     levelLights();
   }
@@ -635,7 +658,8 @@
     const tail = snap && snap.tail ? snap.tail[1] : 0;
     c.data.datasets[1].data = n ? [{ x: 0, y: head }, { x: n, y: tail }] : [];
     c.options.scales.x.max = n || 1;
-    $("dist-sub").textContent = n ? `all ${fmtInt(n)} users by messages, and the seed's straight line` : "no users in this window";
+    $("dist-sub").textContent = snap && snap.ranks === null ? "users cannot follow this filter"
+      : n ? `all ${fmtInt(n)} users by messages, and the seed's straight line` : "no users in this window";
     updateChart(c, S.view === "longtail");
   }
 
@@ -652,7 +676,7 @@
     const params = new URLSearchParams({ window: win() });
     if (P.users.length) params.set("users", P.users.join(","));
     try {
-      S.radar = await getJSON("api/radar?" + params);
+      S.radar = await getJSON(withFilter("api/radar?" + params));
       S.fetchedAt.radar = Date.now();
       $("radar-note").textContent = "";
     } catch (e) {
@@ -671,7 +695,8 @@
     // a radar needs three axes: with fewer categories (or nobody) it would be a
     // line or a bare scale, so the chart is hidden and the note says why
     const counted = users.some(([, shares]) => (shares || []).some((v) => Number(v) > 0));
-    const note = !users.length ? "no users in this window"
+    const note = data.users === null ? "the radar cannot follow this filter"
+      : !users.length ? "no users in this window"
       : ncat < 3 ? `only ${ncat} ${ncat === 1 ? "category" : "categories"} in this window: a radar needs 3`
       : !counted ? `no messages from ${users.length === 1 ? users[0][0] : "these users"} in this window`
       : "";
@@ -720,7 +745,7 @@
   async function loadDiff() {
     for (const period of ["day", "week"]) {
       try {
-        S.diff[period] = await getJSON("api/diff?period=" + period);
+        S.diff[period] = await getJSON(withFilter("api/diff?period=" + period));
         S.fetchedAt.diff = Date.now();
       } catch (e) {
         S.diff[period] = { error: e.message, rows: [] };
@@ -739,6 +764,7 @@
     const data = S.diff[period];
     const rows = (data && data.rows) || [];
     const n = 8;
+    if (data && data.rows === null) data.error = "cannot follow this filter";
     for (const [sign, suffix] of [[1, "up"], [-1, "down"]]) {
       const tbody = $(`diff-${period}-${suffix}`).tBodies[0];
       const chosen = diffRows(rows, sign, n);
@@ -782,7 +808,10 @@
     const what = down();
     let state, text;
     const age = S.lastMessageAt ? nowS() - S.lastMessageAt : null;
-    if (!S.connected) {
+    if (S.filterError) {
+      state = "down";
+      text = "bad filter";
+    } else if (!S.connected) {
       state = S.reconnectAt ? "reconnecting" : "connecting";
       const wait = S.reconnectAt ? Math.max(0, Math.ceil((S.reconnectAt - Date.now()) / 1000)) : 0;
       const why = S.closedBy || "reconnecting";
@@ -827,6 +856,8 @@
     S.health = ev.health || null;
     if (Number.isFinite(ev.time)) S.offset = ev.time - Date.now() / 1000;
     checkVersion(ev.version);
+    S.filter = ev.filter || null;
+    S.unfiltered = Array.isArray(ev.unfiltered) ? ev.unfiltered : [];
     renderAll(false);
   }
 
@@ -850,6 +881,7 @@
 
   function onBlink(ev) {
     const counts = ev.counts || {};
+    if (ev.partial) S.partialBlinks += 1;
     for (const [cat, n] of Object.entries(counts)) {
       if (!(cat in S.flashes) && Object.keys(S.flashes).length >= FLASH_KEYS_MAX) continue;
       S.flashes[cat] = (S.flashes[cat] || 0) + Number(n);
@@ -883,7 +915,8 @@
   function onStatus(ev) {
     S.health = ev.health || S.health;
     if (S.health && Number.isFinite(S.health.time)) S.offset = S.health.time - Date.now() / 1000;
-    const last = S.health && S.health.bus && S.health.bus.last_message_at;
+    // a filtered screen's last message is its own (blinks), not the bus's
+    const last = !S.filter && S.health && S.health.bus && S.health.bus.last_message_at;
     if (last && (!S.lastMessageAt || last > S.lastMessageAt)) S.lastMessageAt = last;
   }
 
@@ -906,8 +939,32 @@
     renderHistory();
     renderDist();
     if (S.radar && S.view === "radar") renderRadar();
+    renderFilter();
     renderStatus();
   }
+
+  /** The filter box: the screen's filter as text, and what cannot follow it
+   *  (the window's `unfiltered` figures and the event's), never a number. */
+  function renderFilter() {
+    const box = $("filter");
+    box.hidden = !FILTER_QS;
+    if (!FILTER_QS) return;
+    const given = S.filter || {};
+    const parts = Object.keys(given).length ? Object.entries(given).map(([k, vs]) => k.replace("_", " ") + ": " + vs.join(", "))
+      : [...FILTER.entries()].map(([k, v]) => k.replace("_", " ") + ": " + v);
+    $("filter-text").textContent = parts.join(" · ");
+    if (S.filterError) {
+      $("filter-note").textContent = "refused: " + S.filterError;
+      return;
+    }
+    const snap = S.windows[win()] || {};
+    const names = [...(snap.unfiltered || []), ...S.unfiltered];
+    const words = [...new Set(names.map((n) => UNFOLLOWED[n] || (USER_FIELDS.includes(n) ? UNFOLLOWED.users : "")).filter(Boolean))];
+    let note = words.length ? "not under this filter: " + words.join(" · ") : "";
+    if (S.partialBlinks) note += (note ? " · " : "") + "bursts: lights count the messages shown";
+    $("filter-note").textContent = note;
+  }
+  const USER_FIELDS = ["users", "top_users", "longtail", "longtail_normalized", "gini", "head", "tail", "ranks"];
 
   // ---- websocket ------------------------------------------------------------
 
@@ -918,7 +975,8 @@
 
   function connect() {
     reconnectTimer = null;
-    const url = new URL("ws", location.href); // beside the page: /wallboard/ -> /wallboard/ws
+    // beside the page (/wallboard/ -> /wallboard/ws), with the page's filter
+    const url = new URL(withFilter("ws"), location.href);
     url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
     let sock;
     try {
@@ -1049,6 +1107,25 @@
     });
     setInterval(everySecond, 1000);
     setInterval(rotateTick, 250);
+    if (FILTER_QS) checkFilter();
+    else connect();
+  }
+
+  /** A filtered screen asks the API once whether the server takes its filter: a
+   *  refused one (400) would fail every websocket without saying why. */
+  async function checkFilter() {
+    try {
+      const r = await fetch(withFilter("api/state"), { cache: "no-store" });
+      if (r.status === 400) {
+        const body = await r.json().catch(() => ({}));
+        S.filterError = String((body && body.error) || "HTTP 400").slice(0, 300);
+        renderFilter();
+        renderStatus();
+        return;
+      }
+    } catch (e) {
+      // the server is not reachable: the websocket's backoff takes it from here
+    }
     connect();
   }
 

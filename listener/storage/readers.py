@@ -3,6 +3,7 @@ bucket instead of all five, the key layout :mod:`listener.storage.store` documen
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -136,3 +137,69 @@ async def diff(
     if limit is not None:
         rows = rows[:limit]
     return {"period_s": int(period_s), "end": float(end), "by": by, "rows": rows}
+
+
+async def read_kinds(
+    store: Any,
+    bucket_s: int,
+    starts: Sequence[int],
+    kinds: Sequence[str],
+    chunk: int = 8,
+    user: str | None = None,
+) -> Counts:
+    """Sum some counter hashes of several buckets (the others are not read).
+
+    Args:
+        store: a :class:`listener.storage.store.Store`.
+        bucket_s: bucket size, seconds; starts: bucket starts, UNIX seconds.
+        kinds: hash suffixes among ``"t"``, ``"c"``, ``"uc"`` (the store's key layout).
+        chunk: buckets per pipeline; the event loop runs between two.
+        user: with ``"uc"`` and ``"c"`` in ``kinds``, read only this user's fields
+            of the user x category hashes (``HMGET`` of the user with each category
+            of the bucket's ``"c"`` hash) instead of every user's.
+
+    Returns:
+        A :class:`Counts` with ``topics``, ``categories``, ``usercat`` and
+        ``users`` (derived from ``usercat``) filled from the kinds read;
+        ``messages`` is left 0.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed.
+    """
+    counts = Counts()
+    fields = {"t": counts.topics, "c": counts.categories}
+    one = user is not None and "uc" in kinds and "c" in kinds
+    whole = [k for k in kinds if not (one and k == "uc")]
+    for i in range(0, len(starts), chunk):
+        part = starts[i : i + chunk]
+        async with store.r.pipeline(transaction=False) as pipe:
+            for start in part:
+                for kind in whole:
+                    pipe.hgetall(f"{store.key('b', bucket_s, start)}:{kind}")
+            replies = await pipe.execute()
+        names: list[list[str]] = []
+        for n, (reply, kind) in enumerate(zip(replies, whole * len(part), strict=True)):
+            if kind == "uc":
+                for key, value in reply.items():
+                    name, _, category = key.decode().partition(UC_SEP)
+                    counts.usercat[(name, category)] += int(value)
+                    counts.users[name] += int(value)
+                continue
+            target = fields[kind]
+            for key, value in reply.items():
+                target[key.decode()] += int(value)
+            if kind == "c" and n % len(whole) == whole.index("c"):
+                names.append([k.decode() for k in reply])
+        if one and user is not None:
+            async with store.r.pipeline(transaction=False) as pipe:
+                for start, cats in zip(part, names, strict=True):
+                    key = f"{store.key('b', bucket_s, start)}:uc"
+                    pipe.hmget(key, [user + UC_SEP + c for c in cats] or [user + UC_SEP])
+                replies = await pipe.execute()
+            for cats, values in zip(names, replies, strict=True):
+                for category, value in zip(cats, values, strict=False):
+                    if value is not None:
+                        counts.usercat[(user, category)] += int(value)
+                        counts.users[user] += int(value)
+        await asyncio.sleep(0)  # a 7 d window is 168 buckets: let the broadcasts run
+    return counts

@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, unquote
 import orjson
 
 from listener.core.errors import ConfigError
+from listener.core.filters import Filter, FilterError
+from listener.core.filters import parse_filter as parse_filter_query
 from listener.core.linkstate import LINK_STATES
 from listener.core.users import MAX_USERNAME_LEN
 
@@ -250,6 +252,19 @@ def parse_period(query: Mapping[str, Sequence[str]]) -> int:
     if raw not in DIFF_PERIODS_S:
         raise ApiError(f"period must be one of {', '.join(DIFF_PERIODS_S)}")
     return DIFF_PERIODS_S[raw]
+
+
+def parse_filter(query: Mapping[str, Sequence[str]]) -> Filter:
+    """The screen filter of a query (``category``, ``topic``, ``user``, ``package``,
+    ``not_category``, ``not_topic``, ``not_user``; :mod:`listener.core.filters`).
+
+    Raises:
+        ApiError: a value refused (400), the parameter named.
+    """
+    try:
+        return parse_filter_query(query)
+    except FilterError as exc:
+        raise ApiError(str(exc)) from exc
 
 
 def json_body(obj: Any) -> bytes:

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Close code for a client cut off for a backlog (RFC 6455 registry: Try Again Later).
 CLOSE_TOO_SLOW = 1013
+#: Most distinct filters (views) served by one web process: each costs a read of
+#: its windows every tick (docs/PROTOCOL.md, "Filters").
+MAX_VIEWS = 32
 #: Seconds given to a cut-off client's closing handshake before the TCP connection
 #: is aborted (its write buffer may be full, so the close frame may never leave).
 CUT_TIMEOUT_S = 2.0
@@ -52,6 +55,8 @@ class Client:
         cut: True once the client was cut off (nothing more is queued).
         sending: the sender task is inside ``websocket.send`` (waiting for the
             write buffer to drain).
+        view: the key of the client's filter (``listener.core.filters.Filter.key``;
+            "" for none): a broadcast to a view reaches only its clients.
     """
 
     websocket: Any
@@ -62,6 +67,7 @@ class Client:
     cut: bool = False
     sending: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    view: str = ""
 
 
 @dataclass
@@ -106,9 +112,14 @@ class Hub:
         """Clients currently connected from ``address``."""
         return sum(1 for c in self.clients if c.address == address)
 
-    def add(self, websocket: Any, address: str) -> Client:
-        """Register a client (events broadcast from now on are queued for it)."""
-        client = Client(websocket, address)
+    def views(self) -> set[str]:
+        """The filter keys of the connected clients ("" excluded)."""
+        return {c.view for c in self.clients if c.view}
+
+    def add(self, websocket: Any, address: str, view: str = "") -> Client:
+        """Register a client (events broadcast from now on are queued for it);
+        ``view``: its filter's key ("" for none)."""
+        client = Client(websocket, address, view=view)
         self.clients.add(client)
         self.stats.connections += 1
         return client
@@ -136,8 +147,11 @@ class Hub:
         client.wakeup.set()
         return True
 
-    def broadcast(self, data: bytes) -> int:
+    def broadcast(self, data: bytes, view: str | None = None) -> int:
         """Queue ``data`` (one encoded event) for every client; never waits.
+
+        ``view``: only the clients of that filter key ("" the unfiltered ones);
+        None: every client.
 
         Returns:
             The number of clients it was queued for.
@@ -147,7 +161,7 @@ class Hub:
         direct = []
         limit = self.direct_max_bytes
         for client in list(self.clients):
-            if client.cut:
+            if client.cut or (view is not None and client.view != view):
                 continue
             if not client.queue and not client.sending and client.websocket.state is OPEN:
                 transport = client.websocket.transport

@@ -19,13 +19,14 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from listener.core import filters
 from listener.core.config import Config
 from listener.core.snapshot import build_snapshot
 from listener.runtime.metrics import exposition
 from listener.storage import readers
 from listener.storage.store import Store
 from listener.webserver import api as webapi
-from listener.webserver.hub import Hub
+from listener.webserver.hub import MAX_VIEWS, Hub
 from listener.webserver.proxies import connection_client, parse_networks
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ class Routes:
         health: the ``/healthz`` object.
         rejected: the process's counter of refused websockets, by reason (this
             counts ``per_address``).
+        filtered_state: the encoded ``snapshot`` event of a filter
+            (``/api/state?category=...``); None: filters on ``/api/state`` get a 400.
 
     Attributes:
         http_status: answers sent, by status code.
@@ -63,6 +66,7 @@ class Routes:
         snapshot_bytes: Callable[[], Awaitable[bytes]],
         health: Callable[[], Awaitable[dict[str, Any]]],
         rejected: Counter[str],
+        filtered_state: Callable[[filters.Filter], Awaitable[bytes]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -73,6 +77,7 @@ class Routes:
         self.snapshot_bytes = snapshot_bytes
         self.health = health
         self.rejected = rejected
+        self.filtered_state = filtered_state
         self.http_status: Counter[int] = Counter()
         #: ``cfg.trusted_proxies``, parsed (validated by ``Config``)
         self.trusted = parse_networks(cfg.trusted_proxies)
@@ -104,7 +109,7 @@ class Routes:
             if self.hub.per_address(address) >= self.cfg.max_clients_per_ip:
                 self.rejected["per_address"] += 1
                 return self._json_error("too many connections from this address", 429)
-            return None
+            return self._check_ws_filter(query)
         asset = self.assets.get(path)
         if asset is not None:
             extra = {"Content-Security-Policy": webapi.CSP} if path in ("/", "/index.html") else {}
@@ -132,6 +137,19 @@ class Routes:
                 return self._json_error("Redis unavailable", 503)
             raise
 
+    def _check_ws_filter(self, query: dict[str, list[str]]) -> Response | None:
+        """A websocket's filter: 400 when refused, 429 past :data:`MAX_VIEWS` distinct
+        filters in this process, else None (the upgrade goes on)."""
+        try:
+            flt = webapi.parse_filter(query)
+        except webapi.ApiError as exc:
+            return self._json_error(str(exc), exc.status)
+        views = self.hub.views()
+        if not flt.empty and flt.key not in views and len(views) >= MAX_VIEWS:
+            self.rejected["filters"] += 1
+            return self._json_error(f"at most {MAX_VIEWS} distinct filters per web process", 429)
+        return None
+
     def _respond(self, status: int, body: bytes, ctype: str, **headers: str) -> Response:
         self.http_status[status] += 1
         h = Headers()
@@ -155,15 +173,25 @@ class Routes:
         now = self.clock()
         window_s = webapi.parse_window(query, self.cfg.windows_s[0], self.cfg.retention_s)
         end = webapi.parse_end(query, now)
+        flt = webapi.parse_filter(query)
         try:
             counts = await self.store.read_window(window_s, end)
         except ValueError as exc:
             raise webapi.ApiError(str(exc)) from exc
+        if not flt.empty:
+            return self._json(
+                filters.filtered_snapshot(window_s, end, counts, flt, self.cfg.top_users)
+            )
         meta = await self.store.meta()
         last = float(meta["last_message_at"]) if meta.get("last_message_at") else None
         return self._json(build_snapshot(window_s, end, counts, last, self.cfg.top_users))
 
     async def _api_state(self, query: dict[str, list[str]]) -> Response:
+        flt = webapi.parse_filter(query)
+        if not flt.empty:
+            if self.filtered_state is None:
+                raise webapi.ApiError("filters are not served here")
+            return self._respond(200, await self.filtered_state(flt), "application/json")
         return self._respond(200, await self.snapshot_bytes(), "application/json")
 
     async def _api_radar(self, query: dict[str, list[str]]) -> Response:
@@ -172,6 +200,9 @@ class Routes:
         end = webapi.parse_end(query, now)
         users = webapi.parse_users(query)
         top = webapi.parse_top(query, 5, webapi.MAX_RADAR_USERS)
+        flt = webapi.parse_filter(query)
+        if not flt.empty:
+            return await self._filtered_radar(window_s, end, flt, users, top)
         try:
             result = await readers.radar(self.store, window_s, end, users or None, top)
         except ValueError as exc:
@@ -182,6 +213,9 @@ class Routes:
         period_s = webapi.parse_period(query)
         by = webapi.parse_by(query)
         end = webapi.parse_end(query, self.clock())
+        flt = webapi.parse_filter(query)
+        if not flt.empty:
+            return await self._filtered_diff(period_s, end, by, flt)
         try:
             result = await readers.diff(self.store, period_s, end, by)
         except ValueError as exc:
@@ -192,6 +226,29 @@ class Routes:
         """This process serves: answered by its event loop, without Redis, the
         listener or the bus (docs/PROTOCOL.md, ``/livez``)."""
         return self._json({"ok": True, "time": self.clock(), "clients": len(self.hub.clients)})
+
+    async def _filtered_radar(
+        self, window_s: int, end: float, flt: filters.Filter, users: list[str], top: int
+    ) -> Response:
+        """``/api/radar`` of the messages a filter matches
+        (:func:`listener.core.filters.filtered_radar`)."""
+        try:
+            counts = await readers.read_radar_counts(self.store, window_s, end)
+        except ValueError as exc:
+            raise webapi.ApiError(str(exc)) from exc
+        return self._json(filters.filtered_radar(counts, window_s, end, flt, users or None, top))
+
+    async def _filtered_diff(
+        self, period_s: int, end: float, by: str, flt: filters.Filter
+    ) -> Response:
+        """``/api/diff`` of the messages a filter matches: read by topic, the
+        matching topics kept, regrouped by category when ``by`` is ``category``."""
+        try:
+            result = await readers.diff(self.store, period_s, end, "topic")
+        except ValueError as exc:
+            raise webapi.ApiError(str(exc)) from exc
+        out = filters.filtered_diff(result, flt)
+        return self._json(filters.diff_by_category(out) if by == "category" else out)
 
     async def _api_health(self, query: dict[str, list[str]]) -> Response:
         health = await self.health()

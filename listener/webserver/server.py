@@ -56,6 +56,7 @@ from listener.runtime.systemd import Notifier, reload_settings
 from listener.storage.connect import open_store_unless_stopped
 from listener.storage.store import Store
 from listener.webserver import api as webapi
+from listener.webserver.filtered import FilteredViews
 from listener.webserver.hub import Hub
 from listener.webserver.proxies import connection_client
 from listener.webserver.routes import Routes
@@ -129,6 +130,8 @@ class WebServer:
         self.bad_events = 0
         #: websockets refused, by reason (the routes count ``per_address`` too)
         self.rejected: Counter[str] = Counter()
+        #: the filtered screens' events (docs/PROTOCOL.md, "Filters")
+        self.filtered = FilteredViews(cfg, store, self.hub, self.health, clock)
         self.routes = Routes(
             cfg,
             store,
@@ -139,6 +142,7 @@ class WebServer:
             self.snapshot_bytes,
             self.health,
             self.rejected,
+            self.filtered.snapshot_bytes,
         )
         self.registry.register(WebCollector(self))
         self.server: Any = None
@@ -215,6 +219,7 @@ class WebServer:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.filtered.close()
         await self.hub.close_tasks()
 
     # -- events -------------------------------------------------------------
@@ -273,14 +278,19 @@ class WebServer:
             True when broadcast; anything else is counted (``bad_events``) and dropped.
         """
         try:
-            kind = orjson.loads(data).get("type")
+            event = orjson.loads(data)
+            kind = event.get("type")
         except (orjson.JSONDecodeError, AttributeError):
             kind = None
         if kind not in ("blink", "tick"):
             self.bad_events += 1
             log.warning("dropped a pub/sub message that is not an event (%d bytes)", len(data))
             return False
-        self.hub.broadcast(data)
+        # filtered clients get their own events (FilteredViews), not the listener's
+        views = bool(self.filtered.filters)
+        self.hub.broadcast(data, "" if views else None)
+        if views:
+            self.filtered.on_event(event)
         return True
 
     async def _subscribe_loop(self) -> None:
@@ -342,7 +352,8 @@ class WebServer:
                 log.warning("cannot build a fresh snapshot (%s: %s)", type(exc).__name__, exc)
                 await asyncio.sleep(0.2 * 2**i)
                 continue
-            self.hub.broadcast(data)
+            self.hub.broadcast(data, "")
+            await self.filtered.push_snapshots()
             return
 
     async def _status_loop(self) -> None:
@@ -380,14 +391,25 @@ class WebServer:
             self.rejected["per_address"] += 1
             await websocket.close(1008, "too many connections from this address")
             return
+        target = websocket.request.path if websocket.request is not None else "/ws"
         try:
-            snap = await self.snapshot_bytes()
+            flt = webapi.parse_filter(webapi.split_target(target)[1])
+        except webapi.ApiError as exc:  # process_request refused it first
+            await websocket.close(1008, str(exc)[:100])
+            return
+        try:
+            if flt.empty:
+                snap = await self.snapshot_bytes()
+            else:
+                snap = await self.filtered.snapshot_bytes(flt)
         except Exception as exc:
             self.rejected["redis"] += 1
             log.warning("no snapshot for a new websocket: %s", exc)
             await websocket.close(1013, "Redis unavailable, retry later")
             return
-        client = self.hub.add(websocket, address)
+        client = self.hub.add(websocket, address, flt.key)
+        if not flt.empty:  # after add: a view without a client is forgotten
+            self.filtered.register(flt)
         self.hub.enqueue(client, snap)
         log.debug("websocket from %s (%d open)", address, len(self.hub.clients))
         pump = asyncio.create_task(self.hub.pump(client))
@@ -423,6 +445,12 @@ class WebCollector(Collector):
             ("web_clients_cut", "Websockets closed for a backlog (slow)", hub.stats.cut),
             ("web_resubscribes", "Redis pub/sub subscriptions re-established", w.resubscribes),
             ("web_bad_events", "Pub/sub messages that were not events", w.bad_events),
+            ("web_filter_ticks", "Filtered ticks sent (one per filter)", w.filtered.ticks),
+            (
+                "web_filter_read_seconds",
+                "Seconds spent reading and filtering windows for filtered screens",
+                w.filtered.reads_s,
+            ),
         ):
             c = CounterMetricFamily(f"fedmsg_wallboard_{name}", doc)
             c.add_metric([], value)
@@ -447,6 +475,7 @@ class WebCollector(Collector):
             ("web_queued_bytes_max", "Largest per-websocket queue, bytes", largest),
             ("web_pubsub_up", "1 when the Redis events subscription is live", int(w.pubsub_ok)),
             ("web_redis_up", "1 when the last Redis check worked", int(w.redis_ok)),
+            ("web_filters", "Distinct screen filters served", len(w.filtered.filters)),
         ):
             g = GaugeMetricFamily(f"fedmsg_wallboard_{name}", doc)
             g.add_metric([], value)

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -772,3 +773,119 @@ def test_radar_with_fewer_than_three_categories_says_so(
         page.context.close()
         for name in list(w.procs):
             w.stop(name)
+
+
+def test_filtered_screen_shows_only_its_categories(
+    wall: tuple[Wall, Any], browser: Any, examples: list[Any], tmp_path: Path
+) -> None:
+    """``?category=a&category=b``: the server sends the screen only its messages; the
+    lights, ticker, bars and longtail equal the filtered ``/api/snapshot``."""
+    w, _ = wall
+    _, api = get_json(w.port, "/api/snapshot?window=3600")
+    chosen = sorted(c for c in ("bodhi", "pagure", "compose") if c in api["categories"])[:2]
+    assert len(chosen) == 2, api["categories"]
+    query = "&".join(f"category={c}" for c in chosen)
+    page = new_page(browser)
+    try:
+        page.goto(f"http://127.0.0.1:{w.port}/?{query}")
+        page.wait_for_function("wallboard.state.events.snapshot >= 1", timeout=20_000 * T)
+        fresh = fresh_jsonl(examples, tmp_path / "fresh.jsonl", 200)
+        proc = run_cli(
+            "replay",
+            str(fresh),
+            "--endpoint",
+            w.bus,
+            "--rebase-time",
+            "--rate",
+            "400",
+            "--wait-timeout",
+            "30",
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        found: dict[str, Any] = {}
+
+        def same() -> bool:
+            _, got = get_json(w.port, f"/api/snapshot?window=3600&{query}")
+            found["api"] = got
+            shown = page.evaluate("(wallboard.state.windows['3600'] || {}).messages")
+            return bool(got) and shown == got["messages"]
+
+        wait_for(same, 30, 0.3, "the filtered page to match the filtered /api/snapshot")
+        want = found["api"]
+        assert set(want["categories"]) == set(chosen) and want["unfiltered"] == ["last_message_at"]
+        state = page.evaluate("wallboard.state.windows['3600']")
+        for key in ("categories", "topics_total", "top_users", "head", "tail", "ranks", "users"):
+            assert state[key] == want[key], key
+        ranked = sorted(want["topics"].items(), key=lambda kv: (-kv[1], kv[0]))
+        assert list(state["topics"].items()) == ranked[:50]  # the events' top_topics
+        assert state["longtail"] == pytest.approx(want["longtail"], rel=1e-12)
+        assert page.text_content(".lt-mini .v[data-window='3600']") == f"{want['longtail']:.2f}"
+        # lights: only the filter's categories, each with the filtered count
+        lights = page.evaluate(
+            "[...document.querySelectorAll('#lights .light')]"
+            ".map(e => [e.dataset.category, e.querySelector('.count').textContent])"
+        )
+        assert lights == [[c, f"{want['categories'][c]:,} in 1 h"] for c in chosen]
+        # every blink the screen got was its own: one flash per fresh message of its categories
+        flashes = page.evaluate("Object.assign({}, wallboard.state.flashes)")
+        sent = [json.loads(line) for line in fresh.read_text().splitlines()]
+        mine = [b["topic"].split(".")[3] for b in sent]
+        assert flashes == {c: mine.count(c) for c in chosen}
+        # the ticker: the newest of its messages only
+        rows = page.evaluate(
+            "[...document.querySelectorAll('#ticker li')].filter(li => li.dataset.msgId)"
+            ".map(li => li.querySelector('.cat').textContent)"
+        )
+        assert rows and set(rows) <= set(chosen)
+        bars = [tuple(x) for x in page.evaluate("wallboard.bars()")]
+        assert bars == ranked[:14]
+        assert page.text_content("#filter-text") == "category: " + ", ".join(chosen)
+        assert page.text_content("#filter-note") == "not under this filter: earlier history · rate"
+        # the views over HTTP: /api/diff and /api/radar get the filter too
+        page.evaluate("wallboard.show('diff')")
+        rows = (
+            "[...document.querySelectorAll('.diff tbody tr[data-topic]')].map(r => r.dataset.topic)"
+        )
+        page.wait_for_function(f"{rows}.length > 0", timeout=20_000 * T)
+        assert all(t.split(".")[3] in chosen for t in page.evaluate(rows))
+        page.evaluate("wallboard.show('radar')")
+        page.wait_for_function(
+            "document.getElementById('radar-note').textContent"
+            ".startsWith('only 2 categories in this window')",
+            timeout=20_000 * T,
+        )
+        page.evaluate("wallboard.show('live')")
+        size = "[document.documentElement.scrollWidth, document.documentElement.scrollHeight]"
+        assert page.evaluate(size) == [1920, 1080]  # the filter box fits the header
+        header = page.evaluate(
+            "[...document.querySelectorAll('.top > *')].filter(e => !e.hidden)"
+            ".map(e => e.getBoundingClientRect().height)"
+        )
+        assert max(header) < page.evaluate("document.querySelector('.top').clientHeight")
+        shot = tmp_path / "screenshot-filtered.png"
+        page.screenshot(path=str(shot))
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        keep(shot, "screenshot-filtered.png")
+        # a user rule: the longtail cannot follow; the page says so and shows no number
+        page.goto(f"http://127.0.0.1:{w.port}/?not_user=bodhi&category={chosen[0]}")
+        page.wait_for_function("wallboard.state.events.snapshot >= 1", timeout=20_000 * T)
+        assert page.text_content(".lt-mini .v[data-window='3600']") == "–"
+        assert "users & longtail" in page.text_content("#filter-note")
+        _, api = get_json(w.port, f"/api/snapshot?window=3600&not_user=bodhi&category={chosen[0]}")
+        assert api["longtail"] is None and "longtail" in api["unfiltered"]
+        assert page.evaluate("wallboard.state.windows['3600'].messages") == api["messages"]
+        # a hostile filter: refused by the server (400), shown as text, no websocket
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(f"http://127.0.0.1:{w.port}/?user={urllib.parse.quote(HOSTILE)}")
+        page.wait_for_function(
+            "document.getElementById('filter-note').textContent.startsWith('refused: user:')",
+            timeout=20_000 * T,
+        )
+        assert page.text_content("#filter-text") == "user: " + HOSTILE
+        assert page.text_content("#status-text") == "bad filter"
+        assert page.evaluate("document.querySelectorAll('#filter img').length") == 0
+        assert page.evaluate("wallboard.state.events.snapshot") == 0 and dialogs == []
+    finally:
+        page.context.close()

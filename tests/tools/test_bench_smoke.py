@@ -9,14 +9,19 @@ timing.  The report renders from the results.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bench import filters as fbench
 from bench import ingest, report
 from bench.procs import Publisher, RedisServer, free_port
+from listener.core.envelope import category_of
+from listener.tools.examples import builtin_examples
 from tests.helpers.common import run_cli
 
 pytestmark = pytest.mark.slow
@@ -172,3 +177,27 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
     assert "| 200 | 2,000 | 1,800 | 2.5 h of ticks | 1,010 | 40 | 6.00 MiB |" in text
     assert "(900 → 1,800 ticks, 1,000 blinks): JS heap +0.0 KiB per 1,000 ticks" in text
     assert "the samples spread over 1024 KiB), DOM nodes -10, event listeners +0." in text
+
+
+def test_filters_bench_reads_the_filtered_week(tmp_path: Path) -> None:
+    """``bench/filters.py`` at a tiny size: its views' 7 d figures are the week it wrote."""
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        res = asyncio.run(fbench.measure(redis, per_hour=120, n_users=30, repeat=1))
+    finally:
+        redis.stop()
+        redis.client.close()
+    rng = random.Random(20)
+    topics = sorted({e.body["topic"] for e in builtin_examples()})
+    hours = [fbench.hour_counts(rng, topics, 30, 120) for _ in range(6)]
+    week = [row for i in range(168) for row in hours[i % 6]]  # the 7 d window's 168 hours
+    rows = {r["filter"]: r for r in res["rows"]}
+    assert rows["not_category=buildsys"]["messages_7d"] == sum(
+        1 for t, _ in week if category_of(t) != "buildsys"
+    )
+    assert rows["user=u1"]["messages_7d"] == sum(1 for _, users in week if "u1" in users)
+    assert rows["topic=org.fedoraproject.prod.bodhi.*"]["messages_7d"] == sum(
+        1 for t, _ in week if t.startswith("org.fedoraproject.prod.bodhi.")
+    )
+    assert "longtail" in rows["user=u1"]["unfiltered"]
+    assert rows["not_category=buildsys"]["unfiltered"] == ["last_message_at"]
