@@ -183,7 +183,9 @@ class Config:
         log_level: DEBUG, INFO, WARNING or ERROR (empty: INFO); ``--log-level`` and
             ``$FEDMSG_WALLBOARD_LOG_LEVEL`` override it.  Re-read on SIGHUP.
         bus: which input ``listen`` runs: ``zmq`` (fedmsg endpoints), ``amqp``
-            (fedora-messaging broker) or ``both`` (de-duplicated by msg_id).
+            (fedora-messaging broker), ``both`` (de-duplicated by msg_id) or
+            ``fedora`` (AMQP, Fedora's public broker with the shipped public
+            client certificate: empty ``amqp_*`` URL and files default to it).
         amqp_url: AMQP broker URL; empty: fedora-messaging's own config file's
             (``$FEDORA_MESSAGING_CONF``, ``/etc/fedora-messaging/config.toml``),
             else ``amqp://`` on localhost (see docs/AMQP.md).
@@ -284,8 +286,8 @@ class Config:
             problem = http_url_problem(self.datagrepper_url)
             if problem:
                 problems.append(f"datagrepper_url {self.datagrepper_url!r}: {problem}")
-        if self.bus not in ("zmq", "amqp", "both"):
-            problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
+        if self.bus not in ("zmq", "amqp", "both", "fedora"):
+            problems.append(f"bus must be zmq, amqp, both or fedora, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             problems.append(
                 f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL"

@@ -37,7 +37,7 @@ from listener.daemon.consumer import Consumer
 from listener.daemon.inputs import Inputs
 from listener.daemon.memory import hold_heap, tune_gc
 from listener.daemon.metrics import serve_metrics
-from listener.inputs.amqp import AmqpInput
+from listener.inputs.amqp import AmqpInput, AmqpSettings
 from listener.inputs.signatures import check_signature_setup
 from listener.inputs.zmq import Bus
 from listener.runtime.systemd import Notifier, reload_settings
@@ -261,7 +261,11 @@ async def _start(
         else load_fedmsg_config(cfg.fedmsg_config or None)
     )
     validator = check_signature_setup(fcfg)
-    endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus != "amqp" else []
+    endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus in ("zmq", "both") else []
+    # the AMQP settings are checked before Redis is opened: bad ones exit 78 at once
+    amqp_settings = AmqpSettings.from_config(cfg) if cfg.bus != "zmq" else None
+    if amqp_settings is not None:
+        amqp_settings.parameters()
     fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
     extractor = UserExtractor(fcfg, fas_cache=fas_cache)
     opened = await open_store_unless_stopped(cfg, stop)
@@ -282,10 +286,14 @@ async def _start(
     consumer = Consumer(cfg, intake, store)
     bus = (
         Bus(cfg, endpoints, cfg.topic_prefix, intake, consumer.flush_wanted.set)
-        if cfg.bus != "amqp"
+        if cfg.bus in ("zmq", "both")
         else None
     )
-    amqp = AmqpInput(cfg, intake, consumer) if cfg.bus != "zmq" else None
+    amqp = (
+        AmqpInput(cfg, intake, consumer, settings=amqp_settings)
+        if amqp_settings is not None
+        else None
+    )
     inputs = Inputs(bus, amqp)
     metrics_server = None
     if cfg.metrics_port:

@@ -180,7 +180,7 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
     [
         ('endpoints = ["garbage"]\n', "bad ZeroMQ endpoint 'garbage': expected transport://"),
         ('endpoints = [""]\n', "bad ZeroMQ endpoint '': expected transport://"),
-        ('bus = "amqp"\namqp_url = "garbage"\n', "bad amqp_url 'garbage'"),
+        ('bus = "amqp"\namqp_url = "garbage"\n', "amqp_url: 'garbage' is not an amqp://"),
         ('redis_url = "http://x"\n', "bad Redis URL 'http://x'"),
         ('redis_url = "localhost:6379"\n', "bad Redis URL 'localhost:6379'"),
         # redis-py reads database 0 in silence, or waits 10 s for socket path ''
