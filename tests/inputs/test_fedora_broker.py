@@ -433,3 +433,60 @@ def test_check_config_warns_30_days_before_a_certificate_expires(
     assert res.returncode == EXIT_CONFIG
     assert f"[tls] certfile of {tmp_path / 'f.toml'}: the certificate" in res.stderr
     assert "expired on" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_listen_fedora_is_one_command_from_the_shipped_files(redis_url: str) -> None:
+    """``listen --fedora``: no other setting, nothing to fetch; it starts on Fedora's
+    public broker (unreachable from here: it retries, never exits 78) and stops
+    with 0 on SIGTERM."""
+    proc = Listen(["--fedora", "--redis-url", redis_url, "--key-prefix", "fedora"])
+    try:
+        wait_for(
+            lambda: "AMQP session to" in proc.output or "AMQP connected" in proc.output,
+            60,
+            0.2,
+            "a first connection attempt",
+        )
+        assert proc.proc.poll() is None, proc.output
+    finally:
+        code = proc.stop()
+    out = proc.output
+    assert code == 0, out
+    assert "listener ready: AMQP rabbitmq.fedoraproject.org/%2Fpublic_pubsub" in out
+    assert "amqps://fedora:***@rabbitmq.fedoraproject.org/%2Fpublic_pubsub" in out
+    assert "configuration error" not in out and "Traceback" not in out
+
+
+async def test_a_refused_login_is_named_and_retried_not_fatal(
+    fedora_broker: FedoraBroker, redis_url: str, tmp_path: Path, caplog: Any
+) -> None:
+    """A certificate the CA signed for a user the broker does not know (``CN=nobody``):
+    the login is refused (SASL EXTERNAL); logged as an error naming ``amqp_url``,
+    and retried (a booting broker refuses logins for a moment too)."""
+    ca = (fedora_broker.tls / "ca.pem", fedora_broker.tls / "ca.key")
+    cert, key = issue(tmp_path, ca, "nobody")
+    settings = AmqpSettings(
+        url=fedora_broker.url.replace("fedora:", "nobody:"),
+        ca_cert=str(ca[0]),
+        certfile=str(cert),
+        keyfile=str(key),
+    )
+    inp, store = _input(Config(bus="amqp"), settings, redis_url)
+    task = asyncio.create_task(inp.run())
+    try:
+        deadline = time.monotonic() + 30 * TIMEOUT_FACTOR
+        while inp.stats.reconnects < 2:
+            assert time.monotonic() < deadline and not task.done(), caplog.text
+            await asyncio.sleep(0.1)
+        assert inp.stats.connects == 0
+        assert (
+            f"amqp_url: the broker localhost:{fedora_broker.port} refused the login of "
+            f"amqps://nobody:***@localhost:{fedora_broker.port}/%2Fpublic_pubsub (Login was "
+            "refused using authentication mechanism EXTERNAL." in caplog.text
+        )
+    finally:
+        inp.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await inp.close()
+        await store.close()

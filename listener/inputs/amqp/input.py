@@ -33,7 +33,13 @@ from listener.core.envelope import Rejected
 from listener.core.errors import ConfigError
 from listener.core.intake import Intake, Writer
 from listener.inputs.amqp.schemas import SchemaUsers
-from listener.inputs.amqp.settings import AmqpSettings, Backoff, diagnose, redact
+from listener.inputs.amqp.settings import (
+    AmqpSettings,
+    Backoff,
+    diagnose,
+    login_problem,
+    redact,
+)
 from listener.inputs.amqp.wire import Decoded, header_users, pick_users, to_fedmsg
 
 log = logging.getLogger(__name__)
@@ -423,7 +429,11 @@ class AmqpInput:
                 problem = diagnose(self.settings, str(exc))
                 if problem is not None and not self._stopping:
                     raise ConfigError(problem) from None
-                log.warning("AMQP session to %s failed: %s", redact(self.settings.url), exc)
+                login = login_problem(self.settings, str(exc))
+                if login is not None:
+                    log.error("%s; retrying", login)
+                else:
+                    log.warning("AMQP session to %s failed: %s", redact(self.settings.url), exc)
             if self._stopping:
                 break
             if time.monotonic() - started > 30:

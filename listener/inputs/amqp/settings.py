@@ -316,9 +316,10 @@ def diagnose(settings: AmqpSettings, failure: str) -> str | None:
             ...)"``).
 
     Recognised: the broker's certificate does not verify (``amqp_ca_cert``); the
-    broker refuses the client certificate by a TLS alert (``amqp_certfile``); the
-    login refused (``amqp_url``'s user, vhost or certificate); ``ACCESS_REFUSED``
-    on a queue (``amqp_queue``) or on a binding (``amqp_bindings``).
+    broker refuses the client certificate by a TLS alert (``amqp_certfile``);
+    ``ACCESS_REFUSED`` on a queue (``amqp_queue``) or on a binding
+    (``amqp_bindings``).  A refused login or vhost is :func:`login_problem`'s: a
+    booting broker refuses them for a moment, so it is retried.
     """
     host = urllib.parse.urlsplit(settings.url).netloc.rsplit("@", 1)[-1]
     match = re.search(r"certificate verify failed: ([^(')\]]+)", failure)
@@ -350,11 +351,21 @@ def diagnose(settings: AmqpSettings, failure: str) -> str | None:
             return f"amqp_queue {queue!r}: the broker refused it: {detail}"
         if failure.startswith("queue.bind"):
             return f"amqp_bindings {list(settings.bindings)}: the broker refused them: {detail}"
-        return f"{settings.name('url')}: the broker {host} refused the login: {detail}"
-    if "ProbableAuthenticationError" in failure or "AuthenticationError" in failure:
+    return None
+
+
+def login_problem(settings: AmqpSettings, failure: str) -> str | None:
+    """One line naming ``amqp_url`` when the broker refused the login or the vhost
+    (wrong user, password or certificate CN, no permission on the vhost), else
+    None.  Not a :func:`diagnose` error: a broker that is booting refuses logins
+    and vhosts for a moment, so the input logs this and retries."""
+    host = urllib.parse.urlsplit(settings.url).netloc.rsplit("@", 1)[-1]
+    if "ACCESS_REFUSED" in failure or "AuthenticationError" in failure:
+        refused = re.search(r"ACCESS_REFUSED - ([^\"'\\]+)", failure)
+        why = refused.group(1).strip() if refused else "user, password or client certificate"
         return (
             f"{settings.name('url')}: the broker {host} refused the login of "
-            f"{redact(settings.url)} (user, password or client certificate)"
+            f"{redact(settings.url)} ({why})"
         )
     if "ProbableAccessDeniedError" in failure or "NOT_ALLOWED" in failure:
         return (
