@@ -96,8 +96,9 @@ def _listen_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--bus",
-        choices=("zmq", "amqp", "both", "fedora"),
-        help="input: fedmsg ZeroMQ, AMQP, both, or fedora (Fedora's public AMQP broker)",
+        choices=("auto", "zmq", "amqp", "both", "fedora"),
+        help="input: fedmsg ZeroMQ, AMQP, both, fedora (Fedora's public AMQP broker), or "
+        "auto (the default: zmq when a ZeroMQ endpoint is configured, else fedora)",
     )
     p.add_argument("--amqp-url", help="AMQP broker URL (docs/AMQP.md)")
     p.add_argument(

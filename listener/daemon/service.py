@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from listener.core.config import Config
+from listener.core.config import Config, effective_bus
 from listener.core.endpoints import resolve_endpoints
 from listener.core.errors import EXIT_INTERRUPTED, TransientError
 from listener.core.intake import Intake
@@ -261,6 +262,11 @@ async def _start(
         else load_fedmsg_config(cfg.fedmsg_config or None)
     )
     validator = check_signature_setup(fcfg)
+    if cfg.bus == "auto":
+        bus_name = effective_bus("auto", bool(resolve_endpoints(cfg.endpoints, fcfg)))
+        if bus_name == "fedora":
+            log.info('bus = "auto" and no ZeroMQ endpoint: Fedora\'s public AMQP broker')
+        cfg = dataclasses.replace(cfg, bus=bus_name)
     endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus in ("zmq", "both") else []
     # the AMQP settings are checked before Redis is opened: bad ones exit 78 at once
     amqp_settings = AmqpSettings.from_config(cfg) if cfg.bus != "zmq" else None

@@ -14,10 +14,12 @@ prints ``amqp`` (URL without password, vhost, files, queue, bindings), and warns
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from typing import Any
 
+from listener.core.config import effective_bus
 from listener.core.endpoints import resolve_endpoints
 from listener.core.errors import EXIT_OK, ConfigError
 from listener.core.users import UserExtractor, load_fedmsg_config
@@ -48,6 +50,9 @@ def _run_check(args: argparse.Namespace) -> int:
     cfg = load_config(args, bus=getattr(args, "bus", None))
     fcfg = load_fedmsg_config(cfg.fedmsg_config or None)
     check_signature_setup(fcfg)
+    if cfg.bus == "auto":  # as listen resolves it
+        has_endpoints = bool(resolve_endpoints(cfg.endpoints, fcfg))
+        cfg = dataclasses.replace(cfg, bus=effective_bus("auto", has_endpoints))
     endpoints: list[str] = []
     if cfg.bus in ("zmq", "both"):  # what ``listen`` would refuse (listener.inputs.zmq.Bus)
         endpoints = resolve_endpoints(cfg.endpoints, fcfg)
@@ -89,7 +94,7 @@ def _run_check(args: argparse.Namespace) -> int:
         "redis": cfg.redis_url or f"embedded in {cfg.state_dir}",
         "validate_signatures": bool(fcfg.get("validate_signatures")),
     }
-    if amqp is not None:
+    if amqp is not None:  # (a ZeroMQ-only report keeps its shape)
         report.update(bus=cfg.bus, amqp=amqp, warnings=warnings)
     print(json.dumps(report, indent=2))
     return EXIT_OK

@@ -50,7 +50,7 @@ from listener.inputs.amqp.wire import (
 )
 
 #: Values of the ``bus`` setting / ``--bus``.
-BUS_CHOICES = ("zmq", "amqp", "both", "fedora")
+BUS_CHOICES = ("auto", "zmq", "amqp", "both", "fedora")
 
 __all__ = [
     "BUS_CHOICES",
