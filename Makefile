@@ -27,7 +27,7 @@ sysdeps:
 	[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing="$$missing rabbitmq-server"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v man >/dev/null || missing="$$missing man-db"; \
-	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing="$$missing fonts-dejavu-core"; \
 	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
@@ -45,7 +45,7 @@ $(STAMP): setup.py pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt 'setuptools<81' wheel
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,fedora]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -54,21 +54,13 @@ install: $(STAMP)
 run: $(STAMP)
 	@$(BIN)/python -m listener.tools.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --bus $(DEMO_BUS) --rate $(DEMO_RATE)
 
-## The same demo on AMQP: a local RabbitMQ (Debian's, started if not running),
-## messages published with fedora-messaging, the listener on `--bus amqp`.
-AMQP_URL ?= amqp://guest:guest@localhost:5672/%2F
-## Only the local default broker (localhost:5672) is started here; any other
-## AMQP_URL must answer already.
+## The same demo on today's Fedora bus: a RabbitMQ shaped like Fedora's public broker
+## (TLS, client certificates, vhost /public_pubsub; started and stopped by the demo,
+## data in $(DEMO_DIR)/broker) fed with today's-bus corpus as native fedora-messaging
+## messages, the listener reading it through a fedora.toml of Fedora's shape.
+AMQP_CORPUS ?= $(CURDIR)/../shared/corpus/amqp/today_bus.jsonl
 run-amqp: $(STAMP)
-	@set -- $$($(BIN)/python -c "from urllib.parse import urlsplit as u; x = u('$(AMQP_URL)'); \
-	  print(x.hostname or 'localhost', x.port or 5672)"); host=$$1; port=$$2; \
-	  (exec 3<>/dev/tcp/$$host/$$port) 2>/dev/null && exit 0; \
-	  case "$$host:$$port" in localhost:5672|127.0.0.1:5672|::1:5672) ;; \
-	    *) echo "no AMQP broker answers at $$host:$$port (AMQP_URL); start it first" >&2; exit 1;; esac; \
-	  echo "starting rabbitmq-server"; rabbitmq-server -detached; \
-	  for i in $$(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null && exit 0; sleep 1; done; \
-	  echo "rabbitmq-server did not answer on 127.0.0.1:5672 within 60 s" >&2; exit 1
-	@$(BIN)/python -m listener.tools.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --rate $(DEMO_RATE) --amqp --amqp-url '$(AMQP_URL)'
+	@$(BIN)/python -m listener.tools.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --rate $(DEMO_RATE) --fedora-broker --native '$(AMQP_CORPUS)'
 
 ## The test suite (real Redis, real ZeroMQ, real websockets, real chromium), with
 ## branch coverage of the package, the processes the tests start included; the

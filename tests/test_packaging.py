@@ -79,6 +79,9 @@ def test_the_wheel_installs_and_serves_the_page_from_a_new_environment(
     with zipfile.ZipFile(wheel) as z:
         names = z.namelist()
     assert "listener/storage/flush.lua" in names
+    # Fedora's public client certificate, key and CA: listen --fedora needs nothing else
+    for shipped in ("cacert.pem", "fedora-cert.pem", "fedora-key.pem", "fedora.toml", "README.md"):
+        assert f"listener/fedora/{shipped}" in names, shipped
     data = "fedmsg_wallboard-0.1.0.data/data/share/"
     for shipped in (
         "fedmsg-wallboard/web/index.html",

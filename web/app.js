@@ -138,10 +138,14 @@
     }
     return out.length > 44 ? out.slice(0, 43) + "\u2026" : out;
   }
+  /** The listener's rule (listener/core/envelope.py category_of, docs/AMQP.md). */
   function categoryOf(topic) {
     const parts = String(topic).split(".");
-    const i = topic.includes("VirtualTopic") ? 2 : 3;
-    return parts.length > i ? parts[i] : "Unclassified";
+    if (String(topic).includes("VirtualTopic")) return parts[2] || "Unclassified";
+    for (let i = 1; i < Math.min(4, parts.length - 1); i++) {
+      if (["prod", "stg", "stage", "dev"].includes(parts[i])) return parts[i + 1] || "Unclassified";
+    }
+    return "Unclassified";
   }
 
   // Colours: hand-picked for the busiest Fedora services, golden-angle hues otherwise

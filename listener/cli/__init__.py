@@ -95,9 +95,20 @@ def _listen_parser(sub: Any) -> None:
         help="backfill the gap since the last counted message from this datagrepper at start",
     )
     p.add_argument(
-        "--bus", choices=("zmq", "amqp", "both"), help="input: fedmsg ZeroMQ, AMQP, or both"
+        "--bus",
+        choices=("auto", "zmq", "amqp", "both", "fedora"),
+        help="input: fedmsg ZeroMQ, AMQP, both, fedora (Fedora's public AMQP broker), or "
+        "auto (the default: zmq when a ZeroMQ endpoint is configured, else fedora)",
     )
     p.add_argument("--amqp-url", help="AMQP broker URL (docs/AMQP.md)")
+    p.add_argument(
+        "--fedora",
+        dest="bus",
+        action="store_const",
+        const="fedora",
+        help="watch Fedora's bus today: its public AMQP broker with the public client "
+        "certificate shipped in the package (the same as --bus fedora)",
+    )
     p.set_defaults(func=_run_listen)
 
 

@@ -195,7 +195,11 @@ class Config:
         log_level: DEBUG, INFO, WARNING or ERROR (empty: INFO); ``--log-level`` and
             ``$FEDMSG_WALLBOARD_LOG_LEVEL`` override it.  Re-read on SIGHUP.
         bus: which input ``listen`` runs: ``zmq`` (fedmsg endpoints), ``amqp``
-            (fedora-messaging broker) or ``both`` (de-duplicated by msg_id).
+            (fedora-messaging broker), ``both`` (de-duplicated by msg_id),
+            ``fedora`` (AMQP, Fedora's public broker with the shipped public
+            client certificate: empty ``amqp_*`` URL and files default to it), or
+            ``auto``: ``zmq`` when a ZeroMQ endpoint is configured, else
+            ``fedora`` (:func:`effective_bus`).
         amqp_url: AMQP broker URL; empty: fedora-messaging's own config file's
             (``$FEDORA_MESSAGING_CONF``, ``/etc/fedora-messaging/config.toml``),
             else ``amqp://`` on localhost (see docs/AMQP.md).
@@ -256,7 +260,7 @@ class Config:
     redis_timeout_s: float = 5.0
     fas_cache: str = ""
     log_level: str = ""
-    bus: str = "zmq"
+    bus: str = "auto"
     amqp_url: str = ""
     amqp_bindings: tuple[str, ...] = ("#",)
     amqp_queue: str = ""
@@ -304,8 +308,8 @@ class Config:
             problem = network_problem(proxy)
             if problem:
                 problems.append(f"trusted_proxies {proxy!r}: {problem}")
-        if self.bus not in ("zmq", "amqp", "both"):
-            problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
+        if self.bus not in BUSES:
+            problems.append(f"bus must be {', '.join(BUSES[:-1])} or {BUSES[-1]}, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             problems.append(
                 f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL"
@@ -360,6 +364,19 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 #: The system-wide settings file, where a package installs it and ops look for it.
+#: Values of ``bus``.
+BUSES = ("auto", "zmq", "amqp", "both", "fedora")
+
+
+def effective_bus(bus: str, has_endpoints: bool) -> str:
+    """The bus ``listen`` runs: ``bus`` itself, except ``auto``: ``zmq`` when a
+    ZeroMQ endpoint is configured (``endpoints``, ``--endpoint`` or fedmsg.d),
+    else ``fedora`` (Fedora retired its ZeroMQ bus; its bus today is AMQP)."""
+    if bus != "auto":
+        return bus
+    return "zmq" if has_endpoints else "fedora"
+
+
 SYSTEM_CONFIG = Path("/etc/fedmsg-wallboard/wallboard.toml")
 #: The variable naming a settings file (second after ``--config``).
 CONFIG_VARIABLE = "FEDMSG_WALLBOARD_CONFIG"

@@ -220,17 +220,45 @@ def encode_frames(body: dict[str, Any]) -> list[bytes]:
     return [body["topic"].encode("utf-8"), orjson.dumps(body)]
 
 
+#: Environment tokens of a topic ``<reverse domain>.<environment>.<service>.<event>``
+#: (fedmsg's ``environment``: Fedora ``prod``/``stg``/``dev``, CentOS CI ``stage``).
+ENVIRONMENTS = frozenset({"prod", "stg", "stage", "dev"})
+
+
 @functools.lru_cache(maxsize=4096)
 def category_of(topic: str) -> str:
-    """The topic's category (service token), exactly as datanommer/datagrepper set it.
+    """The topic's category: the service that published it (one rule, docs/AMQP.md).
 
-    datanommer's ``Message.get_category``: ``topic.split(".")[3]`` (``[2]`` for
-    ``VirtualTopic`` topics), ``"Unclassified"`` when the topic has too few parts.
-    ``org.fedoraproject.prod.buildsys.tag`` -> ``buildsys``.  Cached per topic (a
-    bus has a few hundred topics).
+    1. A ``VirtualTopic`` topic (CI messages relayed from ActiveMQ): its third
+       token, as datanommer's ``Message.get_category``
+       (``/topic/VirtualTopic.eng.ci.koji-build.test.complete`` -> ``ci``).
+    2. Otherwise the token after the first environment token (:data:`ENVIRONMENTS`)
+       among the second to fourth tokens: ``org.fedoraproject.prod.buildsys.tag``
+       -> ``buildsys``, ``io.pagure.prod.pagure.issue.new`` -> ``pagure``,
+       ``org.release-monitoring.prod.anitya.project.version.update.v2`` ->
+       ``anitya``, ``org.centos.stage.ci.pipeline.image.running`` -> ``ci``.  Where
+       the environment is the third token (every topic of Fedora's bus, old and
+       today's) this is datanommer's ``topic.split(".")[3]``, so the categories
+       match datagrepper's.
+    3. Otherwise (no environment token, nothing after it, or an empty token)
+       ``"Unclassified"``: a fragment of the event (``complete``, ``update``) is
+       never taken for a service.
+
+    Cached per topic (a bus has a few hundred topics).
     """
-    index = 2 if "VirtualTopic" in topic else 3
+    index = category_index(topic)
+    if index is None:
+        return "Unclassified"
+    return topic.split(".")[index] or "Unclassified"
+
+
+def category_index(topic: str) -> int | None:
+    """The position of the category's token in ``topic.split(".")``, or None when
+    the topic has none (:func:`category_of`'s rule)."""
     parts = topic.split(".")
-    if len(parts) > index:
-        return parts[index]
-    return "Unclassified"
+    if "VirtualTopic" in topic:
+        return 2 if len(parts) > 2 else None
+    for i in range(1, min(4, len(parts) - 1)):
+        if parts[i] in ENVIRONMENTS:
+            return i + 1
+    return None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -43,6 +43,17 @@ log = logging.getLogger(__name__)
 
 _new_tuple = tuple.__new__  # a named tuple without its Python-level __new__
 timestamp_of = operator.attrgetter("timestamp")
+#: Longest ``summary`` in a blink, characters (as fedmsg.meta's subtitles).
+SUMMARY_MAX = 200
+#: Most ``packages`` listed for one message in a blink.
+MAX_PACKAGES_SHOWN = 10
+
+
+def clip_summary(text: str, limit: int = SUMMARY_MAX) -> str:
+    """``text`` on one line (runs of white space made one space), at most ``limit``
+    characters (the last one an ellipsis when cut)."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
 
 @dataclass
@@ -132,7 +143,15 @@ class Intake:
         #: otherwise: freeing a decoded tree long after it was built (cache misses)
         #: costs more than freeing it at once
         self._blinks: deque[
-            tuple[str, str, float, tuple[str, ...], str, bytes | dict[str, Any]]
+            tuple[
+                str,
+                str,
+                float,
+                tuple[str, ...],
+                str,
+                bytes | dict[str, Any],
+                Callable[[], Mapping[str, Any]] | None,
+            ]
         ] = deque(maxlen=cfg.blink_batch_max)
         self._blink_counts: Counter[str] = Counter()
         self._blink_total = 0
@@ -174,6 +193,7 @@ class Intake:
         users: Iterable[str] | None = None,
         blink: bool = True,
         validate: bool = True,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
     ) -> bool:
         """Handle one decoded fedmsg body (JSONL, datagrepper, AMQP); True if accepted.
 
@@ -183,12 +203,13 @@ class Intake:
             blink: False for backfill (counted, not shown as live).
             validate: False where the signature check does not apply (AMQP, whose
                 broker authenticates publishers; datagrepper, trusted over HTTPS).
+            describe: see :meth:`accept`.
         """
         env = envelope_from_dict(body)
         if isinstance(env, Rejected):
             self.reject(env)
             return False
-        return self.accept(env, now, users, blink, None, validate)
+        return self.accept(env, now, users, blink, None, validate, describe)
 
     def reject(self, rej: Rejected, logged: bool = True) -> None:
         """Count a message that arrived but cannot be counted (``rej.reason``).
@@ -226,6 +247,7 @@ class Intake:
         blink: bool = True,
         wire: bytes | None = None,
         validate: bool = True,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
     ) -> bool:
         """Count one decoded message; True if accepted (not a duplicate, valid,
         inside the longest window).
@@ -237,10 +259,15 @@ class Intake:
             blink: shown on the page as live (False for backfill).
             wire: the body's JSON bytes when at hand (decoded again only if shown).
             validate: apply the signature check (when one is set).
+            describe: for a message shown in a ``blink``, called then (only then):
+                ``{"summary": str | None, "agent": str | None, "packages": [str]}``
+                from the message's schema (AMQP); a None or empty summary falls
+                back to fedmsg.meta's subtitle.  It must not raise (if it does,
+                fedmsg.meta's summary is shown and ``processor_errors`` counts it).
         """
         self.stats.received += 1
         try:
-            return self._accept(env, now, users, blink, wire, validate)
+            return self._accept(env, now, users, blink, wire, validate, describe)
         except Exception as exc:  # never let one message stop the listener
             self.stats.rejected["internal_error"] += 1
             log.exception("internal error on msg_id=%s: %s", env.msg_id, exc)
@@ -254,6 +281,7 @@ class Intake:
         blink: bool,
         wire: bytes | None,
         validate: bool,
+        describe: Callable[[], Mapping[str, Any]] | None = None,
     ) -> bool:
         # the per-message path: attributes read once, rare cases in methods of their own
         if now is None:
@@ -309,7 +337,15 @@ class Intake:
             self._blink_counts[category] += 1
             self._blink_total += 1
             self._blinks.append(
-                (topic, msg_id, shown_ts, ulist, category, env.body if wire is None else wire)
+                (
+                    topic,
+                    msg_id,
+                    shown_ts,
+                    ulist,
+                    category,
+                    env.body if wire is None else wire,
+                    describe,
+                )
             )
         return True
 
@@ -376,22 +412,34 @@ class Intake:
         if not self._blink_total:
             return None
         msgs = []
-        for topic, msg_id, ts, users, category, body in self._blinks:
+        for topic, msg_id, ts, users, category, body, describe in self._blinks:
             if isinstance(body, bytes):
                 try:
                     body = orjson.loads(body)
                 except orjson.JSONDecodeError:  # it was decoded once: never expected
                     body = {"topic": topic}
-            msgs.append(
-                {
-                    "topic": topic,
-                    "category": category,
-                    "users": list(users),
-                    "summary": self.extractor.subtitle(body),
-                    "ts": ts,
-                    "msg_id": msg_id,
-                }
-            )
+            info: Mapping[str, Any] = {}
+            if describe is not None:
+                try:
+                    info = describe()
+                except Exception:  # a schema's property on an odd body
+                    self.stats.processor_errors += 1
+            summary = info.get("summary")
+            shown = {
+                "topic": topic,
+                "category": category,
+                "users": list(users),
+                "summary": clip_summary(summary)
+                if isinstance(summary, str) and summary.strip()
+                else self.extractor.subtitle(body),
+                "ts": ts,
+                "msg_id": msg_id,
+            }
+            if info.get("agent"):
+                shown["agent"] = str(info["agent"])
+            if info.get("packages"):
+                shown["packages"] = [str(p) for p in info["packages"]][:MAX_PACKAGES_SHOWN]
+            msgs.append(shown)
         omitted = self._blink_total - len(msgs)
         self.stats.blink_dropped += omitted
         event = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from listener.core.config import Config
+from listener.core.config import Config, effective_bus
 from listener.core.endpoints import resolve_endpoints
 from listener.core.errors import EXIT_INTERRUPTED, TransientError
 from listener.core.intake import Intake
@@ -37,7 +38,7 @@ from listener.daemon.consumer import Consumer
 from listener.daemon.inputs import Inputs
 from listener.daemon.memory import hold_heap, tune_gc
 from listener.daemon.metrics import serve_metrics
-from listener.inputs.amqp import AmqpInput
+from listener.inputs.amqp import AmqpInput, AmqpSettings
 from listener.inputs.signatures import check_signature_setup
 from listener.inputs.zmq import Bus
 from listener.runtime.systemd import Notifier, reload_settings
@@ -261,7 +262,16 @@ async def _start(
         else load_fedmsg_config(cfg.fedmsg_config or None)
     )
     validator = check_signature_setup(fcfg)
-    endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus != "amqp" else []
+    if cfg.bus == "auto":
+        bus_name = effective_bus("auto", bool(resolve_endpoints(cfg.endpoints, fcfg)))
+        if bus_name == "fedora":
+            log.info('bus = "auto" and no ZeroMQ endpoint: Fedora\'s public AMQP broker')
+        cfg = dataclasses.replace(cfg, bus=bus_name)
+    endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus in ("zmq", "both") else []
+    # the AMQP settings are checked before Redis is opened: bad ones exit 78 at once
+    amqp_settings = AmqpSettings.from_config(cfg) if cfg.bus != "zmq" else None
+    if amqp_settings is not None:
+        amqp_settings.parameters()
     fas_cache = UserExtractor.load_fas_cache(cfg.fas_cache) if cfg.fas_cache else None
     extractor = UserExtractor(fcfg, fas_cache=fas_cache)
     opened = await open_store_unless_stopped(cfg, stop)
@@ -282,10 +292,14 @@ async def _start(
     consumer = Consumer(cfg, intake, store)
     bus = (
         Bus(cfg, endpoints, cfg.topic_prefix, intake, consumer.flush_wanted.set)
-        if cfg.bus != "amqp"
+        if cfg.bus in ("zmq", "both")
         else None
     )
-    amqp = AmqpInput(cfg, intake, consumer) if cfg.bus != "zmq" else None
+    amqp = (
+        AmqpInput(cfg, intake, consumer, settings=amqp_settings)
+        if amqp_settings is not None
+        else None
+    )
     inputs = Inputs(bus, amqp)
     metrics_server = None
     if cfg.metrics_port:

@@ -173,7 +173,10 @@ class Bus:
         on_backlog: Callable[[], None],
     ) -> None:
         if not endpoints:
-            raise ConfigError("no ZeroMQ endpoint: set endpoints in fedmsg.d/ or --endpoint")
+            raise ConfigError(
+                "no ZeroMQ endpoint: set endpoints in fedmsg.d/ or --endpoint "
+                "(Fedora's bus is AMQP today: listen --fedora)"
+            )
         self.cfg = cfg
         self.ctx = zmq.asyncio.Context()
         for e in endpoints:

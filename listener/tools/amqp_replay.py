@@ -1,22 +1,40 @@
-"""Publishing fedmsg messages with fedora-messaging (``amqp-replay``, tests, demo).
+"""Publishing messages with fedora-messaging (``amqp-replay``, tests, demo).
 
-Messages are *bridged* as fedmsg-migration-tools' ``zmq_to_amqp`` bridge
-published them: the whole fedmsg envelope as the body, the AMQP message id set to
-its ``msg_id``, the routing key its topic.
+Two shapes:
+
+* *bridged* fedmsg messages, as fedmsg-migration-tools' ``zmq_to_amqp`` bridge
+  published them: the whole fedmsg envelope as the body, the AMQP message id set
+  to its ``msg_id``, the routing key its topic;
+* *native* messages of today's bus (``--native FILE``): records of the
+  today's-bus corpus (JSONL ``{"topic", "body", "headers", "id", "sent_at",
+  "schema"}``, ``shared/corpus/amqp/README.md``) published as their publisher
+  did: the body alone, the recorded AMQP headers (``fedora_messaging_user_*``,
+  ``fedora_messaging_rpm_*``...), ``fedora_messaging_schema`` (the record's
+  ``schema`` when the header is missing and the name is a registered schema),
+  ``sent-at`` set to the send time (:func:`native_message`).
+
+:func:`bridge_native` wraps a native record as fedmsg-migration-tools'
+``amqp_to_zmq`` bridge put it on the ZeroMQ bus.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
+import orjson
+
 from listener.core.envelope import MAX_TOPIC_BYTES, topic_too_long
+from listener.core.errors import InputError
 from listener.inputs.amqp.settings import redact
 from listener.runtime.options import positive_int
 from listener.tools.examples import builtin_examples, load_file, unwrap_record
@@ -32,7 +50,9 @@ def configure_publisher(amqp_url: str) -> None:
     """Point fedora-messaging's publish API at ``amqp_url`` (once per process).
 
     fedora-messaging keeps one global config and one Twisted publisher service per
-    process; its TLS settings come from its own config file.
+    process; its TLS settings (``[tls]``: client certificate, SASL EXTERNAL) come
+    from its own config file (``$FEDORA_MESSAGING_CONF``).  ``""``: that file's
+    ``amqp_url``.
 
     Raises:
         ValueError: the publisher already points at another URL.
@@ -48,7 +68,8 @@ def configure_publisher(amqp_url: str) -> None:
             raise ValueError(f"fedora-messaging already publishes to {redact(_publisher_url)}")
         if not fm_config.conf.loaded:
             fm_config.conf.load_config()
-        fm_config.conf["amqp_url"] = amqp_url
+        if amqp_url:
+            fm_config.conf["amqp_url"] = amqp_url
         _publisher_url = amqp_url
 
 
@@ -137,6 +158,177 @@ def publish_replay(
     return sent
 
 
+# -- native messages of today's bus ------------------------------------------------
+
+#: Namespace of the message ids made for corpus records without one (uuid5).
+NATIVE_ID_NAMESPACE = uuid.UUID("6f0e4a38-95a5-4a0f-9b3c-4f1f7f3d1a18")
+
+
+def load_native(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a today's-bus JSONL file (``{"topic", "body", "headers",
+    "id", ...}`` a line; ``shared/corpus/amqp/README.md``).
+
+    Raises:
+        listener.core.errors.InputError: unreadable file, a line that is not a
+            JSON object with a ``topic`` string and a ``body``, or no record.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(f"{path}:{n}: not JSON: {exc}") from exc
+        if not (isinstance(rec, dict) and isinstance(rec.get("topic"), str) and "body" in rec):
+            raise InputError(f"{path}:{n}: not a today's-bus record (topic, body, headers)")
+        records.append(rec)
+    if not records:
+        raise InputError(f"{path}: no record")
+    return records
+
+
+def native_id(rec: Mapping[str, Any], index: int, run_id: str = "") -> str:
+    """The AMQP message id of a record: its ``id``, else a uuid5 of its place and
+    topic (stable: a second replay is de-duplicated); ``run_id`` makes it new."""
+    mid = rec.get("id")
+    if not isinstance(mid, str) or not mid:
+        mid = str(uuid.uuid5(NATIVE_ID_NAMESPACE, f"{index}:{rec['topic']}"))
+    return f"{mid}-{run_id}" if run_id else mid
+
+
+def schema_names() -> dict[str, str]:
+    """``{name or "module:Class": registered schema name}`` of the installed
+    schema packages (entry points ``fedora.messages``)."""
+    names = {}
+    for ep in entry_points(group="fedora.messages"):
+        names[ep.name] = ep.name
+        names.setdefault(ep.value, ep.name)
+        # the corpus may name a class by its package and class only
+        module, _, cls = ep.value.partition(":")
+        names.setdefault(f"{module.split('.')[0]}:{cls}", ep.name)
+    return names
+
+
+def native_headers(
+    rec: Mapping[str, Any], sent_at: datetime.datetime, schemas: Mapping[str, str]
+) -> dict[str, Any]:
+    """The AMQP headers a record is published with: its recorded ones, its
+    ``schema`` as ``fedora_messaging_schema`` when missing and registered (a
+    fedora-messaging publisher always sends it; ``schemas`` from
+    :func:`schema_names`, a ``module:Class`` name is mapped to its registered name),
+    ``sent-at`` = ``sent_at`` (ISO 8601, seconds), and ``fedora_messaging_severity``
+    20 (INFO) if missing."""
+    headers = dict(rec.get("headers") or {})
+    schema = rec.get("schema")
+    if "fedora_messaging_schema" not in headers and isinstance(schema, str):
+        name = schemas.get(schema) or schemas.get(schema.split(" ", 1)[0])
+        if name:
+            headers["fedora_messaging_schema"] = name
+    headers["sent-at"] = sent_at.replace(microsecond=0).isoformat()
+    headers.setdefault("fedora_messaging_severity", 20)
+    return headers
+
+
+def native_message(
+    rec: Mapping[str, Any],
+    index: int,
+    sent_at: datetime.datetime,
+    schemas: Mapping[str, str],
+    run_id: str = "",
+) -> Any:
+    """A fedora-messaging ``Message`` publishing a today's-bus record as its
+    publisher did (module docstring); persistent, JSON, UTF-8."""
+    # imported here: fedora_messaging and pika are slow to import; only what uses them pays
+    import pika
+    from fedora_messaging.message import Message
+
+    props = pika.BasicProperties(
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_mode=2,
+        headers=native_headers(rec, sent_at, schemas),
+        message_id=native_id(rec, index, run_id),
+    )
+    return Message(body=rec["body"], topic=rec["topic"], properties=props)
+
+
+def bridge_native(rec: Mapping[str, Any], index: int, sent_at: float) -> dict[str, Any]:
+    """A today's-bus record as fedmsg-migration-tools' ``amqp_to_zmq`` bridge put it
+    on the ZeroMQ bus: ``{"topic", "msg": body, "msg_id": "<year>-<AMQP id>",
+    "timestamp": sent_at, "i": 0, "username": None}`` (``sent_at`` UNIX s)."""
+    year = datetime.datetime.fromtimestamp(sent_at, datetime.UTC).year
+    return {
+        "topic": rec["topic"],
+        "msg": rec["body"],
+        "msg_id": f"{year}-{native_id(rec, index)}",
+        "timestamp": sent_at,
+        "i": 0,
+        "username": None,
+    }
+
+
+def publish_native(
+    amqp_url: str,
+    records: list[dict[str, Any]],
+    rate: float | None = None,
+    loop: bool = False,
+    count: int | None = None,
+    stop: threading.Event | None = None,
+    timeout_s: float = 30.0,
+    run_id: str = "",
+) -> int:
+    """Publish today's-bus records as native messages (:func:`native_message`)
+    with fedora-messaging's publish API, each confirmed by the broker.
+
+    Args: as :func:`publish_replay`; passes after the first of a ``loop`` get
+    fresh ids (suffix ``r<N>``).  ``amqp_url`` ``""``: fedora-messaging's config's.
+
+    Returns:
+        Messages published (records whose topic is not a routing key are skipped).
+
+    Raises:
+        fedora_messaging.exceptions.PublishException: refused or not confirmed.
+    """
+    # imported here: fedora_messaging is slow to import; only what uses it pays
+    from fedora_messaging import api
+
+    configure_publisher(amqp_url)
+    schemas = schema_names()
+    items = [(i, r) for i, r in enumerate(records) if not topic_too_long(r["topic"])]
+    if len(items) < len(records):
+        log.warning(
+            "skipped %d record(s) whose topic is not a routing key", len(records) - len(items)
+        )
+    sent, rnd = 0, 0
+    gap = 1.0 / rate if rate else 0.0
+    next_at = time.time()
+    while items:
+        for index, rec in items:
+            if (count is not None and sent >= count) or (stop is not None and stop.is_set()):
+                return sent
+            delay = next_at - time.time()
+            if delay > 0:
+                if stop is None:
+                    time.sleep(delay)
+                elif stop.wait(delay):
+                    return sent
+            next_at = max(next_at + gap, time.time() - 1.0)
+            suffix = "-".join(x for x in (run_id, f"r{rnd}" if rnd else "") if x)
+            now = datetime.datetime.now(datetime.UTC)
+            msg = native_message(rec, index, now, schemas, suffix)
+            api.publish(msg, timeout=int(max(1, timeout_s)))
+            sent += 1
+        rnd += 1
+        if not loop or (count is not None and sent >= count):
+            break
+    return sent
+
+
 def iter_bodies(path: str | None) -> Iterator[dict[str, Any]]:
     """Bodies of a JSONL/datagrepper file, or fedmsg_meta's shipped examples."""
     if path:
@@ -160,10 +352,10 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--amqp-url",
-        default=os.environ.get(
-            "FEDMSG_WALLBOARD_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F"
-        ),
-        help="broker URL (default amqp://guest:guest@127.0.0.1:5672/%%2F)",
+        default=None,
+        help="broker URL (default: $FEDMSG_WALLBOARD_AMQP_URL, else the amqp_url of "
+        "$FEDORA_MESSAGING_CONF with its [tls] client certificate, else "
+        "amqp://guest:guest@127.0.0.1:5672/%%2F)",
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
@@ -177,6 +369,12 @@ def add_parser(sub: Any) -> None:
         "--builtin-examples",
         action="store_true",
         help="the 553 distinct real messages shipped with fedmsg_meta (the default)",
+    )
+    src.add_argument(
+        "--native",
+        metavar="FILE",
+        help="today's bus: JSONL records {topic, body, headers, id, schema} published "
+        "as native fedora-messaging messages (shared/corpus/amqp/today_bus.jsonl)",
     )
     p.add_argument("--rate", type=float, default=0.0, help="messages per second (0: max)")
     p.add_argument("--loop", action="store_true", help="replay forever with fresh msg_ids")
@@ -196,23 +394,36 @@ def run_replay(args: argparse.Namespace) -> int:
     # imported here: fedora_messaging is slow to import; only what uses it pays
     from fedora_messaging.exceptions import ConnectionException, PublishException
 
+    url = args.amqp_url or os.environ.get("FEDMSG_WALLBOARD_AMQP_URL", "")
+    if not url and not os.environ.get("FEDORA_MESSAGING_CONF"):
+        url = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    run_id = uuid.uuid4().hex[:8] if args.new_ids else ""
     try:
-        bodies = list(iter_bodies(args.file or args.path))
+        if args.native:
+            records = load_native(args.native)
+        else:
+            bodies = list(iter_bodies(args.file or args.path))
     except Exception as exc:
         log.error("cannot read messages: %s", exc)
         return 2
+    shown = redact(url) if url else "$FEDORA_MESSAGING_CONF's amqp_url"
     try:
-        n = publish_replay(
-            args.amqp_url,
-            bodies,
-            args.rate,
-            args.loop,
-            args.count,
-            timeout_s=args.timeout,
-            run_id=uuid.uuid4().hex[:8] if args.new_ids else "",
-        )
+        if args.native:
+            n = publish_native(
+                url, records, args.rate, args.loop, args.count, None, args.timeout, run_id
+            )
+        else:
+            n = publish_replay(
+                url,
+                bodies,
+                args.rate,
+                args.loop,
+                args.count,
+                timeout_s=args.timeout,
+                run_id=run_id,
+            )
     except (ConnectionException, PublishException) as exc:
-        log.error("publishing to %s failed: %s", redact(args.amqp_url), exc)
+        log.error("publishing to %s failed: %s", shown, exc)
         return 69
-    log.info("published %d messages to %s", n, redact(args.amqp_url))
+    log.info("published %d messages to %s", n, shown)
     return 0

@@ -7,10 +7,17 @@ rebased to now (msg_ids fresh for each run and each pass), and the web server.  
 look; Ctrl-C (or SIGTERM) stops every child in reverse order and exits 0.
 
 ``--amqp`` uses a local RabbitMQ at ``--amqp-url`` instead of ZeroMQ (needs
-the AMQP input, see docs/AMQP.md).  A replay that exits with 69 (its bus or
-broker unreachable, e.g. a RabbitMQ restart longer than its 30 s confirm timeout)
-is started again after :data:`REPLAY_RESTART_S`; any other child exiting stops
-the demo.
+the AMQP input, see docs/AMQP.md).  ``--fedora-broker`` (``make run-amqp``)
+starts a RabbitMQ shaped like Fedora's public broker
+(:class:`listener.tools.fedora_broker.FedoraBroker`: TLS, client certificates,
+``/public_pubsub``; its data in ``--dir``/broker) and replays ``--native FILE``,
+today's bus (``shared/corpus/amqp/today_bus.jsonl``), as native fedora-messaging
+messages: the listener reads it through a ``fedora.toml`` of Fedora's shape
+(``$FEDORA_MESSAGING_CONF``), the publisher with a certificate of its own.
+
+A replay that exits with 69 (its bus or broker unreachable, e.g. a RabbitMQ
+restart longer than its 30 s confirm timeout) is started again after
+:data:`REPLAY_RESTART_S`; any other child exiting stops the demo.
 """
 
 from __future__ import annotations
@@ -27,25 +34,29 @@ import time
 from pathlib import Path
 
 from listener.core.config import default_state_dir
-from listener.core.errors import EXIT_TEMPFAIL
+from listener.core.errors import EXIT_CONFIG, EXIT_TEMPFAIL
 from listener.storage.embedded import (
     open_embedded,
     point_to_demo,
     stop_embedded,
     unpoint_demo,
 )
+from listener.tools.fedora_broker import BrokerError, FedoraBroker
 
 #: Wait before a replay that exited with 69 (bus unreachable) is started again, s.
 REPLAY_RESTART_S = 5.0
 
 
-def _spawn(name: str, args: list[str], log_dir: Path) -> subprocess.Popen[bytes]:
+def _spawn(
+    name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the child
     return subprocess.Popen(
         [sys.executable, "-m", "listener", *args],
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -91,7 +102,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=25.0, help="replay rate, msgs/s")
     ap.add_argument("--amqp", action="store_true", help="use a local RabbitMQ instead of ZeroMQ")
     ap.add_argument("--amqp-url", default="amqp://guest:guest@localhost:5672/%2F")
+    ap.add_argument(
+        "--fedora-broker",
+        action="store_true",
+        help="start a RabbitMQ shaped like Fedora's public broker and use it (AMQP)",
+    )
+    ap.add_argument(
+        "--native",
+        metavar="FILE",
+        help="with --fedora-broker: today's-bus records replayed as native messages",
+    )
     args = ap.parse_args(argv)
+    if args.fedora_broker:
+        args.amqp = True
+        if not args.native or not Path(args.native).is_file():
+            print(
+                f"--fedora-broker needs --native FILE, today's-bus records "
+                f"(shared/corpus/amqp/today_bus.jsonl); not found: {args.native}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
 
     base = Path(args.dir).resolve()
     logs = base / "logs"
@@ -127,13 +157,34 @@ def main(argv: list[str] | None = None) -> int:
 
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     code = 0
+    broker: FedoraBroker | None = None
+    listen_env: dict[str, str] = {}
+    replay_env: dict[str, str] = {}
     try:
         listen = ["listen", "--redis-url", url, "--endpoint", args.bus]
-        if args.amqp:
+        if args.fedora_broker:
+            broker = FedoraBroker(base / "broker", name="wallboard-demo-fedora")
+            print("starting a RabbitMQ shaped like Fedora's public broker ...", flush=True)
+            broker.start()
+            print(f"Fedora-shaped broker: {broker.url}", flush=True)
+            listen = ["listen", "--redis-url", url, "--bus", "amqp"]
+            listen_env = {"FEDORA_MESSAGING_CONF": str(broker.listener_conf())}
+            replay_env = {"FEDORA_MESSAGING_CONF": str(broker.publisher_conf())}
+        elif args.amqp:
             listen = ["listen", "--redis-url", url, "--bus", "amqp", "--amqp-url", args.amqp_url]
-        children.append(("listener", _spawn("listener", listen, logs)))
+        children.append(("listener", _spawn("listener", listen, logs, listen_env)))
         time.sleep(2.0)
-        if args.amqp:
+        if args.fedora_broker:
+            replay = [
+                "amqp-replay",
+                "--native",
+                str(Path(args.native).resolve()),
+                "--rate",
+                str(args.rate),
+                "--loop",
+                "--new-ids",
+            ]
+        elif args.amqp:
             replay = [
                 "amqp-replay",
                 "--builtin-examples",
@@ -158,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--wait-subscribers",
                 "1",
             ]
-        children.append(("replay", _spawn("replay", replay, logs)))
+        children.append(("replay", _spawn("replay", replay, logs, replay_env)))
         replay_restarts = 0
         web = ["web", "--redis-url", url, "--host", args.host, "--port", str(args.port)]
         children.append(("web", _spawn("web", web, logs)))
@@ -204,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
                     while not stopping and time.monotonic() < deadline:
                         time.sleep(0.2)
                     if not stopping:
-                        children[k] = ("replay", _spawn("replay", replay, logs))
+                        children[k] = ("replay", _spawn("replay", replay, logs, replay_env))
                     continue
                 print(f"{name} exited with {proc.returncode}; see {logs / (name + '.log')}")
                 stopping = True
                 code = 1
             time.sleep(0.5)
     except BrokenPipeError:  # its output was a pipe that closed (| head): stop
+        code = 1
+    except BrokerError as exc:  # rabbitmq-server or openssl missing, or no boot
+        print(f"the Fedora-shaped broker did not start: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:  # whatever ends the demo, its children and its Redis stop with it
         for _name, proc in reversed(children):
@@ -221,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if broker is not None:
+            broker.close()
         with contextlib.suppress(OSError):
             unpoint_demo(default_state_dir())
         stop_embedded(handle)

@@ -70,7 +70,7 @@ import zmq
 import zmq.asyncio
 
 from listener.core.endpoints import check_endpoint
-from listener.core.envelope import Rejected, category_of, decode_frames
+from listener.core.envelope import Rejected, category_index, category_of, decode_frames
 from listener.core.users import UserExtractor, clean_usernames, load_fedmsg_config
 from listener.inputs.datagrepper import DatagrepperClient
 from listener.runtime.options import (
@@ -133,15 +133,15 @@ def clean_part(text: str) -> str:
 def topic_path(topic: str, category: str) -> str:
     """Gource file path of a topic: ``category/object/.../verb``.
 
-    The parts after the category's position in the topic (index 3, or 2 for AMQP
-    ``VirtualTopic`` topics, as :func:`listener.core.envelope.category_of`); a topic
+    The parts after the category's position in the topic
+    (:func:`listener.core.envelope.category_index`); a topic
     too short for a category (``Unclassified``) keeps all its parts.  Empty parts
     are dropped; a topic with nothing left gives ``category/category``.
     """
     cat = clean_part(category) or "Unclassified"
     parts = topic.split(".")
-    index = 2 if "VirtualTopic" in topic else 3
-    rest = parts[index + 1 :] if len(parts) > index else parts
+    index = category_index(topic)
+    rest = parts[index + 1 :] if index is not None else parts
     cleaned = [p for p in (clean_part(x) for x in rest) if p]
     return "/".join([cat, *(cleaned or [cat])])
 

@@ -157,3 +157,34 @@ def test_take_batch_hands_over_the_oldest_first(extractor: Any, limit: int) -> N
     batch = intake.take_batch(limit)
     assert [r.msg_id for r in batch] == [f"m-{i}" for i in range(min(limit, 3))]
     assert len(intake.pending) == 3 - len(batch)
+
+
+def test_a_schemas_description_is_shown_in_the_blink_and_never_breaks_it(
+    extractor: Any,
+) -> None:
+    """``describe`` (the AMQP input's schema view): its summary (on one line, at
+    most 200 characters), agent and packages are shown; called only for shown
+    messages; one that raises or gives no summary leaves fedmsg.meta's text."""
+    calls = []
+
+    def good() -> dict[str, Any]:
+        calls.append(1)
+        return {"summary": "  a\nlong " + "x" * 300, "agent": "alice", "packages": ["p"] * 20}
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("update")
+
+    intake = make(extractor)
+    assert intake.handle_body(body(1), NOW, describe=good)
+    assert intake.handle_body(body(2), NOW, describe=broken)
+    assert intake.handle_body(body(3), NOW, describe=lambda: {"summary": None})
+    errors = intake.stats.processor_errors
+    event = intake.take_blink()
+    assert event is not None
+    first, second, third = event["msgs"]
+    assert first["summary"].startswith("a long xxx") and len(first["summary"]) == 200
+    assert first["summary"].endswith("\u2026")
+    assert first["agent"] == "alice" and first["packages"] == ["p"] * 10
+    assert second["summary"] == extractor.subtitle(body(2)) and "agent" not in second
+    assert third["summary"] == extractor.subtitle(body(3)) and "packages" not in third
+    assert intake.stats.processor_errors == errors + 1 and calls == [1]

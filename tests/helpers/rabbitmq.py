@@ -13,6 +13,9 @@ The broker keeps its data across :meth:`RabbitMQ.restart`, so durable queues and
 persistent messages survive it, as on a real server.  ``guest``/``guest`` may log
 in from 127.0.0.1 (RabbitMQ's default ``loopback_users``).
 
+``fedora_broker`` is a second node, shaped like Fedora's public broker (TLS only,
+client certificates; :mod:`listener.tools.fedora_broker`), also one per session.
+
 The root ``tests/conftest.py`` registers the fixtures
 (``pytest_plugins = ["tests.helpers.rabbitmq"]``).
 Without ``rabbitmq-server`` installed the fixture skips, except under CI
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from listener.tools.fedora_broker import FedoraBroker
 from tests.helpers.common import TIMEOUT_FACTOR, free_port
 
 #: Debian's server script (the ``/usr/sbin`` wrapper would ``su`` to ``rabbitmq``).
@@ -226,3 +230,21 @@ def amqp_url(rabbitmq: RabbitMQ) -> str:
     if rabbitmq.proc is None or rabbitmq.proc.poll() is not None:
         rabbitmq.start()
     return rabbitmq.url
+
+
+@pytest.fixture(scope="session")
+def fedora_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FedoraBroker]:
+    """One RabbitMQ shaped like Fedora's public broker for the session
+    (:class:`listener.tools.fedora_broker.FedoraBroker`: TLS only, a throwaway CA,
+    SASL EXTERNAL, vhost ``/public_pubsub``, ``fedora`` limited to UUID queues,
+    ``publisher`` limited to publishing on ``amq.topic``)."""
+    if not (os.path.exists(SERVER) and shutil.which("epmd") and shutil.which("openssl")):
+        if os.environ.get("CI"):
+            pytest.fail("rabbitmq-server or openssl is not installed (make sysdeps)")
+        pytest.skip("rabbitmq-server or openssl is not installed")
+    broker = FedoraBroker(tmp_path_factory.mktemp("fedora-broker"), name="wallboard-fedora-test")
+    try:
+        broker.start(BOOT_TIMEOUT_S * TIMEOUT_FACTOR)
+        yield broker
+    finally:
+        broker.close()

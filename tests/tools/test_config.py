@@ -158,7 +158,7 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
     # retry for ever: listen exits 78 on both, so check-config must too
     env = {k: v for k, v in os.environ.items() if k != "FEDMSG_CONFIG"}
     env["PYTHONPATH"] = str(ROOT)  # run from a folder without fedmsg.d/
-    cfg = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/0"\n')
+    cfg = write(tmp_path, 'bus = "zmq"\nredis_url = "redis://127.0.0.1:6379/0"\n')
     r = subprocess.run(
         [sys.executable, "-m", "listener", "check-config", "--config", str(cfg)],
         capture_output=True,
@@ -169,6 +169,21 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
     )
     assert r.returncode == EXIT_CONFIG, r.stderr
     assert "no ZeroMQ endpoint" in r.stderr and r.stdout == ""
+    assert "(Fedora's bus is AMQP today: listen --fedora)" in r.stderr
+    # the default bus ("auto"): with no ZeroMQ endpoint anywhere, today's Fedora bus
+    auto = write(tmp_path, 'redis_url = "redis://127.0.0.1:6379/0"\n', "auto.toml")
+    r = subprocess.run(
+        [sys.executable, "-m", "listener", "check-config", "--config", str(auto)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["bus"] == "fedora" and out["endpoints"] == []
+    assert out["amqp"]["url"] == "amqps://fedora:***@rabbitmq.fedoraproject.org/%2Fpublic_pubsub"
     bad = write(tmp_path, 'endpoints = ["tcp://127.0.0.1:99999"]\n', "bad.toml")
     r = run_cli("check-config", "--config", str(bad), timeout=60)
     assert r.returncode == EXIT_CONFIG, r.stderr
@@ -180,7 +195,7 @@ def test_check_config_refuses_what_listen_refuses(tmp_path: Path) -> None:
     [
         ('endpoints = ["garbage"]\n', "bad ZeroMQ endpoint 'garbage': expected transport://"),
         ('endpoints = [""]\n', "bad ZeroMQ endpoint '': expected transport://"),
-        ('bus = "amqp"\namqp_url = "garbage"\n', "bad amqp_url 'garbage'"),
+        ('bus = "amqp"\namqp_url = "garbage"\n', "amqp_url: 'garbage' is not an amqp://"),
         ('redis_url = "http://x"\n', "bad Redis URL 'http://x'"),
         ('redis_url = "localhost:6379"\n', "bad Redis URL 'localhost:6379'"),
         # redis-py reads database 0 in silence, or waits 10 s for socket path ''

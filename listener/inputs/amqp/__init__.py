@@ -29,7 +29,15 @@ from listener.inputs.amqp.input import (
     SessionClosed,
 )
 from listener.inputs.amqp.schemas import SchemaUsers
-from listener.inputs.amqp.settings import PREFETCH_COUNT, AmqpSettings, Backoff, redact
+from listener.inputs.amqp.settings import (
+    FEDORA_URL,
+    FEDORA_VHOST,
+    PREFETCH_COUNT,
+    AmqpSettings,
+    Backoff,
+    fedora_files,
+    redact,
+)
 from listener.inputs.amqp.wire import (
     Decoded,
     fallback_msg_id,
@@ -42,12 +50,14 @@ from listener.inputs.amqp.wire import (
 )
 
 #: Values of the ``bus`` setting / ``--bus``.
-BUS_CHOICES = ("zmq", "amqp", "both")
+BUS_CHOICES = ("auto", "zmq", "amqp", "both", "fedora")
 
 __all__ = [
     "BUS_CHOICES",
     "DEAD_AFTER_S",
     "EXCHANGE",
+    "FEDORA_URL",
+    "FEDORA_VHOST",
     "PREFETCH_COUNT",
     "QUIET_AFTER_S",
     "AmqpInput",
@@ -58,6 +68,7 @@ __all__ = [
     "SchemaUsers",
     "SessionClosed",
     "fallback_msg_id",
+    "fedora_files",
     "header_users",
     "is_envelope",
     "pick_users",

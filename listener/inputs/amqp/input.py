@@ -30,9 +30,16 @@ from typing import Any
 
 from listener.core.config import Config
 from listener.core.envelope import Rejected
+from listener.core.errors import ConfigError
 from listener.core.intake import Intake, Writer
 from listener.inputs.amqp.schemas import SchemaUsers
-from listener.inputs.amqp.settings import AmqpSettings, Backoff, redact
+from listener.inputs.amqp.settings import (
+    AmqpSettings,
+    Backoff,
+    diagnose,
+    login_problem,
+    redact,
+)
 from listener.inputs.amqp.wire import Decoded, header_users, pick_users, to_fedmsg
 
 log = logging.getLogger(__name__)
@@ -126,6 +133,8 @@ class AmqpInput:
         self._overflow_mark = 0
         self._stopping = False
         self._closed: asyncio.Future[Any] | None = None
+        #: why the broker closed the current session's channel ("" while open)
+        self._channel_closed_by = ""
         #: UNIX s: when the current session opened, when the last one was lost (or
         #: the input was made), when the last message arrived (None: never)
         self._connected_at = 0.0
@@ -187,8 +196,12 @@ class AmqpInput:
             if header_users(headers) is not None
             else "schema"
         )
+        describer = getattr(self.schema_users, "describe", None)
+        describe = describer(decoded, headers) if callable(describer) else None
         # signatures belong to the ZeroMQ bus (module docstring)
-        ok = self.intake.handle_body(decoded.body, now=now, users=users, validate=False)
+        ok = self.intake.handle_body(
+            decoded.body, now=now, users=users, validate=False, describe=describe
+        )
         if ok:
             self.stats.accepted += 1
             self.stats.users_from[source] += 1
@@ -269,7 +282,9 @@ class AmqpInput:
             return fut.result()
         fut.cancel()
         reason = self._closed.result() if self._closed.done() else f"timeout after {OP_TIMEOUT_S} s"
-        raise SessionClosed(f"{what}: {reason}")
+        # the broker's reason for closing the channel (ACCESS_REFUSED on a queue...)
+        # says more than the connection's "Normal shutdown" that follows it
+        raise SessionClosed(f"{what}: {self._channel_closed_by or reason}")
 
     def _bind(self, channel: Any, key: str, callback: Callable[..., None]) -> None:
         channel.queue_bind(
@@ -285,6 +300,7 @@ class AmqpInput:
         opened: asyncio.Future[Any] = loop.create_future()
         closed: asyncio.Future[Any] = loop.create_future()
         self._closed = closed
+        self._channel_closed_by = ""
 
         def on_open(conn: Any) -> None:
             if not opened.done():
@@ -315,6 +331,7 @@ class AmqpInput:
 
             def on_channel_close(ch: Any, exc: BaseException) -> None:
                 (log.info if self._stopping else log.warning)("AMQP channel closed: %r", exc)
+                self._channel_closed_by = repr(exc)
                 if conn.is_open:
                     conn.close()
                 elif not closed.done():
@@ -394,7 +411,14 @@ class AmqpInput:
 
     async def run(self) -> None:
         """Consume until :meth:`stop`, reconnecting with backoff.  Never raises for a
-        bad message or a lost connection."""
+        bad message or a lost connection.
+
+        Raises:
+            listener.core.errors.ConfigError: a failure that retrying cannot fix
+                (:func:`listener.inputs.amqp.settings.diagnose`: the broker's
+                certificate does not verify against the CA, the broker refuses the
+                client certificate, the login, the queue name or a binding).
+        """
         while not self._stopping:
             started = time.monotonic()
             try:
@@ -402,7 +426,14 @@ class AmqpInput:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("AMQP session to %s failed: %s", redact(self.settings.url), exc)
+                problem = diagnose(self.settings, str(exc))
+                if problem is not None and not self._stopping:
+                    raise ConfigError(problem) from None
+                login = login_problem(self.settings, str(exc))
+                if login is not None:
+                    log.error("%s; retrying", login)
+                else:
+                    log.warning("AMQP session to %s failed: %s", redact(self.settings.url), exc)
             if self._stopping:
                 break
             if time.monotonic() - started > 30:
