@@ -76,6 +76,15 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
     ("top_topics", 1, True),
     ("max_clients_per_ip", 1, True),
     ("client_queue_max", 1, True),
+    ("alert_silence_p", 0, False),
+    ("alert_burst_p", 0, False),
+    ("alert_burst_factor", 1, True),
+    ("alert_min_count", 1, True),
+    ("alert_min_gap_s", 0, True),
+    ("alert_burst_window_s", 60, True),
+    ("alert_burst_min", 1, True),
+    ("alert_warmup_s", 0, True),
+    ("alert_topics", 0, True),
 )
 
 
@@ -196,6 +205,10 @@ class Config:
             by the longest window, no blinks, de-duplicated by msg_id).  Empty: off.
         amqp_ca_cert / amqp_certfile / amqp_keyfile: TLS files for ``amqps://``
             (empty: fedora-messaging's ``[tls]`` when ``amqp_url`` is empty).
+        alert_silence_p / alert_burst_p / alert_burst_factor / alert_min_count /
+            alert_min_gap_s / alert_burst_window_s / alert_burst_min /
+            alert_warmup_s / alert_topics: the silence and burst rule
+            (:class:`listener.core.silence.Rule`, docs/SILENCE.md).
     """
 
     redis_url: str = ""
@@ -249,6 +262,15 @@ class Config:
     amqp_certfile: str = ""
     amqp_keyfile: str = ""
     datagrepper_url: str = ""
+    alert_silence_p: float = 0.001
+    alert_burst_p: float = 0.001
+    alert_burst_factor: float = 3.0
+    alert_min_count: int = 50
+    alert_min_gap_s: float = 300.0
+    alert_burst_window_s: int = 600
+    alert_burst_min: int = 20
+    alert_warmup_s: float = 21600.0
+    alert_topics: int = 10
 
     def __post_init__(self) -> None:
         problems = []
@@ -284,6 +306,9 @@ class Config:
             problem = http_url_problem(self.datagrepper_url)
             if problem:
                 problems.append(f"datagrepper_url {self.datagrepper_url!r}: {problem}")
+        for name in ("alert_silence_p", "alert_burst_p"):
+            if not getattr(self, name) < 1:
+                problems.append(f"{name} must be < 1 (a probability)")
         if self.bus not in ("zmq", "amqp", "both"):
             problems.append(f"bus must be zmq, amqp or both, not {self.bus!r}")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

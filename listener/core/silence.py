@@ -40,6 +40,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from listener.core.config import Config
+
 HOUR_S = 3600
 #: Hours in the weekly profile.
 WEEK_H = 168
@@ -272,16 +274,15 @@ class Detector:
             complete = range(0, n)
         else:
             complete = range(first_data + 1, n)
-        # last seen: the end of the newest hour holding the subject (never later than now)
-        for i in range(len(categories)):
-            end = min(now, first_hour + (i + 1) * HOUR_S)
-            for kind, hours in (("category", categories), ("topic", topics)):
-                if i >= len(hours):
-                    continue
-                for name, c in hours[i].items():
-                    s = self.seen_.get((kind, name))
-                    if c > 0 and s is not None and (s.last is None or s.last < end):
-                        s.last = end
+        # last seen, for subjects not seen live: the end of the newest hour holding
+        # them (the latest their last message can have been; never later than now)
+        hist_last: dict[tuple[str, str], float] = {}
+        for kind, hours in (("category", categories), ("topic", topics)):
+            for i, counts in enumerate(hours):
+                end = min(now, first_hour + (i + 1) * HOUR_S)
+                for name, c in counts.items():
+                    if c > 0:
+                        hist_last[(kind, name)] = end
         self.baselines = {}
         if len(complete) == WEEK_H:
             self.mode = "week"
@@ -307,8 +308,8 @@ class Detector:
                     b = trailing_baseline(series, HOUR_S)
                 self.baselines[(kind, name)] = b
                 s = self.seen_.setdefault((kind, name), _Seen())
-                if s.last is None:  # in the history, never since: from the history's end
-                    s.last = min(now, first_hour + len(categories) * HOUR_S)
+                if s.last is None:
+                    s.last = hist_last.get((kind, name), now)
 
     # -- verdicts -------------------------------------------------------------
 
@@ -342,7 +343,8 @@ class Detector:
             bus_ok: False while no bus link is up: silences are not judged then.
 
         Returns:
-            ``{"mode", "time", "judged" (subjects judged), "alerts": [{"kind",
+            ``{"mode", "time", "judged" (subjects judged), "window_s" (the burst
+            test's window, s), "alerts": [{"kind",
             "name", "state" ("silent" | "bursting"), "last_seen" (UNIX s or None),
             "gap_s", "usual_per_h" (the rate the test used, messages/h, this hour),
             "expected" (usual messages in the gap or the burst window), "p" (the
@@ -363,7 +365,13 @@ class Detector:
         states: dict[tuple[str, str], str] = {}
         if mode in ("warming_up", "bus_down"):
             self.states = states
-            return {"mode": mode, "time": now, "judged": 0, "alerts": alerts}
+            return {
+                "mode": mode,
+                "time": now,
+                "judged": 0,
+                "window_s": r.burst_window_s,
+                "alerts": alerts,
+            }
         threshold = -math.log(r.p_silent)
         win_start = now - r.burst_window_s
         for key, b in baselines.items():
@@ -409,7 +417,13 @@ class Detector:
         alerts.sort(key=lambda a: (STATES.index(a["state"]), a["p"], a["kind"], a["name"]))
         self.states = states
         judged = sum(1 for v in states.values() if v != "rare")
-        return {"mode": mode, "time": now, "judged": judged, "alerts": alerts}
+        return {
+            "mode": mode,
+            "time": now,
+            "judged": judged,
+            "window_s": r.burst_window_s,
+            "alerts": alerts,
+        }
 
     def _forget_minutes(self, now: float) -> None:
         """Drop per-minute counts older than an hour (the burst window and the
@@ -427,3 +441,18 @@ def _names(hours: Iterable[Mapping[str, int]]) -> list[str]:
     for h in hours:
         total.update(h)
     return [n for n, _ in sorted(total.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def rule_of(cfg: Config) -> Rule:
+    """The rule of the ``alert_*`` settings."""
+    return Rule(
+        p_silent=cfg.alert_silence_p,
+        p_burst=cfg.alert_burst_p,
+        burst_factor=cfg.alert_burst_factor,
+        min_count=cfg.alert_min_count,
+        min_gap_s=cfg.alert_min_gap_s,
+        burst_window_s=cfg.alert_burst_window_s,
+        min_burst=cfg.alert_burst_min,
+        warmup_s=cfg.alert_warmup_s,
+        topics=cfg.alert_topics,
+    )

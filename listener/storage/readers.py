@@ -136,3 +136,36 @@ async def diff(
     if limit is not None:
         rows = rows[:limit]
     return {"period_s": int(period_s), "end": float(end), "by": by, "rows": rows}
+
+
+async def read_hourly_fields(
+    store: Any, bucket_s: int, starts: Sequence[int], kinds: Sequence[str]
+) -> dict[str, list[dict[str, int]]]:
+    """One counter hash per bucket and kind, bucket by bucket (not summed): what the
+    silence detector's baselines are made of (:mod:`listener.core.silence`).
+
+    Args:
+        store: a :class:`listener.storage.store.Store`.
+        bucket_s: bucket size, seconds; starts: bucket starts, UNIX seconds.
+        kinds: hashes read, as :func:`read_field_sums` names them (``"c"``, ``"t"``).
+
+    Returns:
+        ``{kind: [{field: messages}, ...]}``, one dict per start, in order (a missing
+        bucket is empty).
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed.
+    """
+    out: dict[str, list[dict[str, int]]] = {k: [] for k in kinds}
+    for i in range(0, len(starts), PIPELINE_BUCKETS):
+        chunk = starts[i : i + PIPELINE_BUCKETS]
+        async with store.r.pipeline(transaction=False) as pipe:
+            for start in chunk:
+                for kind in kinds:
+                    pipe.hgetall(f"{store.key('b', bucket_s, start)}:{kind}")
+            replies = await pipe.execute()
+        for j in range(len(chunk)):
+            for n, kind in enumerate(kinds):
+                reply = replies[j * len(kinds) + n]
+                out[kind].append({f.decode(): int(v) for f, v in reply.items()})
+    return out

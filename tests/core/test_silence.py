@@ -204,6 +204,7 @@ def test_nothing_is_judged_while_warming_up_or_with_the_bus_down() -> None:
         "mode": "bus_down",
         "time": T0 + 700,
         "judged": 0,
+        "window_s": 600,
         "alerts": [],
     }
 
