@@ -816,6 +816,8 @@
     if (last && (!S.lastMessageAt || last > S.lastMessageAt)) S.lastMessageAt = last;
   }
 
+  const eventHooks = []; // other scripts of the page (ops.js), via wallboard.onEvent
+
   function handle(ev) {
     if (!ev || typeof ev !== "object") return;
     if (ev.type in S.events) S.events[ev.type] += 1;
@@ -823,6 +825,7 @@
     else if (ev.type === "blink") onBlink(ev);
     else if (ev.type === "tick") onTick(ev);
     else if (ev.type === "status") onStatus(ev);
+    for (const f of eventHooks) f(ev);
   }
 
   function renderAll(animate) {
@@ -978,6 +981,7 @@
     lights,
     bars: () => S.bars.map(([t, n]) => [t, n]),
     show: showView,
+    onEvent: (f) => { eventHooks.push(f); },
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
