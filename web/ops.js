@@ -161,8 +161,8 @@
     const rejTotal = rej.reduce((s, kv) => s + kv[1], 0);
     const rows = [
       row("bus", "bus", String((x.bus && x.bus.state) || "–") + (links.length ? " · " + okLinks + "/" + links.length + " links up" : ""), !x.ok),
-      row("gaps", "gaps", String(x.gaps || 0), x.gaps > 0),
-      row("dropped", "dropped", String(x.dropped || 0) + " (buffer full; HWM drops show as gaps)", x.dropped > 0),
+      row("gaps", "gaps (HWM drops too)", String(x.gaps || 0), x.gaps > 0),
+      row("dropped", "dropped", String(x.dropped || 0), x.dropped > 0),
       row("signatures", "signature failures", String(x.signature_failures || 0), x.signature_failures > 0),
       row("rejected", "rejected", rejTotal ? rejTotal + " · " + rej.slice(0, 3).map(([r, n]) => r + " " + n).join(", ") : "0", false),
       row("duplicates", "duplicates", String(x.duplicates || 0), false),

@@ -263,7 +263,7 @@ class Config:
     amqp_keyfile: str = ""
     datagrepper_url: str = ""
     alert_silence_p: float = 0.001
-    alert_burst_p: float = 0.001
+    alert_burst_p: float = 1e-6
     alert_burst_factor: float = 3.0
     alert_min_count: int = 50
     alert_min_gap_s: float = 300.0

@@ -14,11 +14,12 @@ sends its messages together) whose rate follows the hour of the week.
   of the complete hours Redis holds, once they span ``warmup_s``, else the
   messages seen since the detector started, once it has run ``warmup_s``; before
   that, nothing is judged (``warming_up``).
-* **Clusters.**  The dispersion ``D >= 1`` (variance over mean of the hourly counts,
-  around the hour-of-day means in the weekly mode, Pearson's statistic with its
-  168/144 degrees-of-freedom correction) estimates the messages per cluster from
-  above (for a compound Poisson process ``D = E[S^2] / E[S] >= E[S]``): the
-  cluster rate is taken as ``rate / D``, conservative for both tests.
+* **Clusters.**  The dispersion ``D >= 1`` (variance over mean of the hourly counts
+  around a day x hour-of-day model in the weekly mode, around their mean in the
+  trailing one; estimated from the median Pearson term, so that a storm or an
+  outage hour in the history does not inflate it) estimates the messages per
+  cluster from above (for a compound Poisson process ``D = E[S^2] / E[S] >= E[S]``):
+  the cluster rate is taken as ``rate / D``, conservative for both tests.
 * **Silent** when no message came for ``gap >= min_gap_s`` and
   ``P(no cluster in the gap) = exp(-E / D) < p_silent``, ``E`` the usual
   messages expected in the gap (``low`` integrated hour by hour).  With the
@@ -49,6 +50,8 @@ WEEK_H = 168
 KINDS = ("category", "topic")
 #: Verdicts, in the order alerts are listed.
 STATES = ("silent", "bursting", "ok", "rare")
+#: Degrees of freedom of the weekly dispersion: 168 cells less 7 + 24 - 1 fitted.
+DOF_WEEK = WEEK_H - (7 + 24 - 1)
 #: Most categories followed (a bus with more is mislabelled: the rest are ignored).
 MAX_CATEGORIES = 1000
 
@@ -70,7 +73,7 @@ class Rule:
     """
 
     p_silent: float = 0.001
-    p_burst: float = 0.001
+    p_burst: float = 1e-6
     burst_factor: float = 3.0
     min_count: int = 50
     min_gap_s: float = 300.0
@@ -140,12 +143,21 @@ def poisson_sf(k: float, mu: float) -> float:
         i += 1
 
 
+#: The median of a chi-square variable with one degree of freedom.
+CHI2_1_MEDIAN = 0.45494
+
+
 def _dispersion(counts: Sequence[float], means: Sequence[float], dof_factor: float) -> float:
-    exp_sum = sum(means)
-    if exp_sum <= 0:
+    """The dispersion ``D >= 1``: the median of the cells' Pearson terms
+    ``(c - m)^2 / m`` over the median of a chi-square(1) (so that an hour of storm
+    or of outage in the history does not inflate it, as the mean would), times
+    ``cells / dof``."""
+    terms = sorted((c - m) ** 2 / m for c, m in zip(counts, means, strict=True) if m > 0)
+    if not terms:
         return 1.0
-    pearson = sum((c - m) ** 2 for c, m in zip(counts, means, strict=True)) / exp_sum
-    return max(1.0, pearson * dof_factor)
+    n = len(terms)
+    median = terms[n // 2] if n % 2 else (terms[n // 2 - 1] + terms[n // 2]) / 2
+    return max(1.0, median / CHI2_1_MEDIAN * dof_factor)
 
 
 def week_baseline(first_hour: int, counts: Sequence[int]) -> Baseline:
@@ -163,13 +175,17 @@ def week_baseline(first_hour: int, counts: Sequence[int]) -> Baseline:
     day_mean = {d: sum(v) / len(v) for d, v in by_day.items()}
     low = [0.0] * WEEK_H
     high = [0.0] * WEEK_H
-    means = []
     for i, c in enumerate(counts):
         m = day_mean[(first_hour // HOUR_S + i) % 24]
         w = (first_hour // HOUR_S + i) % WEEK_H
         low[w], high[w] = min(c, m), max(c, m)
-        means.append(m)
-    return Baseline(low, high, sum(counts), _dispersion(counts, means, WEEK_H / (WEEK_H - 24)))
+    # dispersion around a day x hour-of-day model (7 x 24 table, expected
+    # row total x column total / total: a quiet weekend is not clustering)
+    total = sum(counts)
+    rows = [sum(counts[k * 24 : k * 24 + 24]) for k in range(7)]
+    cols = [sum(counts[d::24]) for d in range(24)]
+    means = [rows[i // 24] * cols[i % 24] / total if total else 0.0 for i in range(WEEK_H)]
+    return Baseline(low, high, total, _dispersion(counts, means, WEEK_H / DOF_WEEK))
 
 
 def trailing_baseline(counts: Sequence[float], period_s: float) -> Baseline:
@@ -182,8 +198,7 @@ def trailing_baseline(counts: Sequence[float], period_s: float) -> Baseline:
     mean = total / n if n else 0.0
     disp = 1.0
     if n > 1 and mean > 0:
-        var = sum((c - mean) ** 2 for c in counts) / (n - 1)
-        disp = max(1.0, var / mean)
+        disp = _dispersion(counts, [mean] * n, n / (n - 1))
     return Baseline([rate_h] * WEEK_H, [rate_h] * WEEK_H, int(total), disp)
 
 
@@ -295,7 +310,11 @@ class Detector:
         for i in complete:
             if i < len(topics):
                 topic_totals.update(topics[i])
+        before = self.topics
         self.topics = {t for t, _ in topic_totals.most_common(self.rule.topics)}
+        for t in self.topics - before:  # not followed until now: its live times are stale
+            s = self.seen_.setdefault(("topic", t), _Seen())
+            s.last, s.minutes = hist_last.get(("topic", t), now), Counter()
         for kind, hours, names in (
             ("category", categories, _names(categories[i] for i in complete)),
             ("topic", topics, sorted(self.topics)),
@@ -373,7 +392,8 @@ class Detector:
                 "alerts": alerts,
             }
         threshold = -math.log(r.p_silent)
-        win_start = now - r.burst_window_s
+        # the burst window: the whole minutes overlapping the last burst_window_s
+        win_start = math.floor((now - r.burst_window_s) / 60) * 60
         for key, b in baselines.items():
             if b.count < r.min_count:
                 states[key] = "rare"
@@ -392,7 +412,7 @@ class Detector:
                     "p": math.exp(-e / b.dispersion),
                 }
             else:
-                k = sum(n for m, n in s.minutes.items() if m + 60 > win_start)
+                k = sum(n for m, n in s.minutes.items() if m >= win_start)
                 mu = expected(b.high, win_start, now)
                 if k >= r.min_burst and k >= r.burst_factor * mu:
                     p = poisson_sf(k / b.dispersion, mu / b.dispersion)
@@ -401,7 +421,7 @@ class Detector:
                         row = {"usual_per_h": b.high[hour_of_week(now)], "expected": mu, "p": p}
             states[key] = state
             if state != "ok":
-                recent = sum(n for m, n in s.minutes.items() if m + 60 > win_start)
+                recent = sum(n for m, n in s.minutes.items() if m >= win_start)
                 alerts.append(
                     {
                         "kind": key[0],

@@ -220,16 +220,23 @@ class Consumer:
                     self.silence.seen("topic", c.topics, at)
 
     async def _alert_history(self, now: float) -> None:
-        """Once an hour (and after a Redis reset): the hourly category and topic
-        counts of the 168 complete hours before this one and of this one, to the
-        detector (2 x 169 ``HGETALL``, pipelined).  Without 3600 s buckets the
-        detector runs on what it saw since start."""
+        """Once an hour (and after a Redis reset): the hourly category counts of
+        the 168 complete hours before this one and of this one, and those of the
+        busiest topics of the longest window (its running totals: ``4 x
+        alert_topics`` candidates, the detector keeps ``alert_topics``), to the
+        detector (169 ``HGETALL`` and 169 ``HMGET``, pipelined; docs/SILENCE.md has
+        the cost).  Without 3600 s buckets the detector runs on what it saw since
+        start."""
         hour = int(now // HOUR_S) * HOUR_S
         if hour == self._alert_hour or HOUR_S not in self.store.buckets_s:
             return
         first = hour - WEEK_H * HOUR_S
         starts = list(range(first, hour + 1, HOUR_S))
-        got = await read_hourly_fields(self.store, HOUR_S, starts, ("c", "t"))
+        longest = self.windows[max(self.windows)].totals.topics
+        candidates = [t for t, _ in longest.most_common(4 * self.cfg.alert_topics)]
+        got = await read_hourly_fields(
+            self.store, HOUR_S, starts, ("c", "t"), only={"t": candidates}
+        )
         self.silence.history(first, got["c"], got["t"], now)
         self._alert_hour = hour
 
