@@ -291,7 +291,8 @@ def main() -> None:
         f"burst test: p < {args.p_burst:g}, >= {args.burst_factor:g} x usual, "
         f">= {args.burst_min} messages\n\n"
         "| alert_silence_p | seed | followed (ever judged) | false silences | false bursts "
-        "| storms flagged | bodhi's 3 h outage flagged after | history / evaluate (median) |"
+        "| burst flags during the 2 storms | bodhi's 3 h outage flagged after "
+        "| history / evaluate (median) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for p in (float(x) for x in args.p.split(",")):

@@ -312,6 +312,8 @@ class Detector:
                 topic_totals.update(topics[i])
         before = self.topics
         self.topics = {t for t, _ in topic_totals.most_common(self.rule.topics)}
+        for t in before - self.topics:  # no longer followed: forgotten
+            self.seen_.pop(("topic", t), None)
         for t in self.topics - before:  # not followed until now: its live times are stale
             s = self.seen_.setdefault(("topic", t), _Seen())
             s.last, s.minutes = hist_last.get(("topic", t), now), Counter()

@@ -7,14 +7,17 @@ import random
 
 import pytest
 
+from listener.core.config import Config
 from listener.core.silence import (
     HOUR_S,
+    MAX_CATEGORIES,
     WEEK_H,
     Detector,
     Rule,
     expected,
     hour_of_week,
     poisson_sf,
+    rule_of,
     trailing_baseline,
     week_baseline,
 )
@@ -246,3 +249,23 @@ def test_busiest_topics_are_judged_too() -> None:
         ("category", "silent"),
         ("topic", "silent"),
     }
+    # the busiest topic changes: the old one is forgotten, the new one starts from
+    # its history's last hour, not from a stale time
+    swapped = [dict(zip(h.keys(), reversed(list(h.values())), strict=True)) for h in topics]
+    d.history(T0 + HOUR_S, cats[1:] + cats[:1], swapped[1:] + swapped[:1], now + HOUR_S)
+    assert d.topics == {"org.fedoraproject.prod.buildsys.rpm.sign"}
+    assert ("topic", "org.fedoraproject.prod.buildsys.tag") not in d.seen_
+    assert d.seen_[("topic", "org.fedoraproject.prod.buildsys.rpm.sign")].last == now + HOUR_S
+
+
+def test_rule_of_the_settings_and_the_poisson_tail_below_the_mean() -> None:
+    rule = rule_of(Config(alert_silence_p=0.01, alert_topics=3, alert_burst_window_s=300))
+    assert (rule.p_silent, rule.topics, rule.burst_window_s) == (0.01, 3, 300)
+    assert poisson_sf(3, 10.0) == pytest.approx(1 - math.exp(-10) * (1 + 10 + 50))
+
+
+def test_categories_beyond_the_cap_are_counted_not_followed() -> None:
+    d = detector(Rule(topics=0))
+    for k in range(MAX_CATEGORIES + 5):
+        d.seen("category", {f"c{k}": 1}, T0)
+    assert d.ignored == 5 and len(d.seen_) == MAX_CATEGORIES
