@@ -3,6 +3,7 @@
     python -m bench.silence_week                 # the default rule, seeds 1-3
     python -m bench.silence_week --seeds 1 --p 0.01,0.001,0.0001
     python -m bench.silence_week --redis-cost    # the listener's hourly history read
+    python -m bench.silence_week --seen-cost     # what each flush adds
 
 Two weeks of bus traffic are generated, minute by minute: the categories and topics
 of real Fedora messages (the benchmark workload's templates, :mod:`bench.workload`:
@@ -272,6 +273,22 @@ async def _flush(url: str) -> None:
         await store.close()
 
 
+def seen_cost(flushes: int = 20000) -> None:
+    """Print what a flush adds: :meth:`Detector.seen` for a batch of 30 categories and
+    210 topics (12 of them followed)."""
+    d = Detector(Rule(), 0.0)
+    d.topics = {f"org.fedoraproject.prod.c{k}.t{j}" for k in range(3) for j in range(4)}
+    cats = Counter({f"c{k}": 5 for k in range(30)})
+    topics = Counter({f"org.fedoraproject.prod.c{k}.t{j}": 2 for k in range(30) for j in range(7)})
+    t = time.perf_counter()
+    for i in range(flushes):
+        at = 1000.0 + i * 0.2
+        d.seen("category", cats, at)
+        d.seen("topic", topics, at)
+    per = (time.perf_counter() - t) / flushes
+    print(f"a flush of 30 categories and 210 topics: {per * 1e6:.1f} µs in the detector")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
@@ -282,7 +299,11 @@ def main() -> None:
     ap.add_argument(
         "--redis-cost", action="store_true", help="measure the hourly history read instead"
     )
+    ap.add_argument("--seen-cost", action="store_true", help="measure a flush's cost instead")
     args = ap.parse_args()
+    if args.seen_cost:
+        seen_cost()
+        return
     if args.redis_cost:
         redis_cost()
         return
