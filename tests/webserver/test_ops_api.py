@@ -18,6 +18,7 @@ import pytest
 import redis
 import zmq
 
+from listener.webserver import api as webapi
 from tests.helpers.common import ROOT, free_port, wait_for
 from tests.helpers.listener_proc import start_listener, stop_listener
 from tests.helpers.rigs import FAST_LINK, Sender, write_config
@@ -135,3 +136,34 @@ def test_alerts_route_answers_the_listener_report(stack: Stack) -> None:
     # a new namespace: no history, the listener just started (alert_warmup_s = 6 h)
     assert a["mode"] == "warming_up" and a["alerts"] == [] and a["judged"] == 0
     assert a["window_s"] == 600
+
+
+# -- pure parts ------------------------------------------------------------------
+
+
+def test_alerts_of_a_stale_or_missing_tick_is_unknown() -> None:
+    report = {"mode": "week", "time": 100.0, "judged": 3, "window_s": 600, "alerts": []}
+    tick = {"type": "tick", "end": 100.0, "windows": {}, "alerts": report}
+    assert webapi.alerts_of(tick, 104.0, 5.0) == {**report, "fresh": True}
+    assert webapi.alerts_of(tick, 200.0, 5.0)["mode"] == "unknown"  # the listener stopped
+    assert webapi.alerts_of(None, 200.0, 5.0)["fresh"] is False
+    assert webapi.alerts_of({**tick, "alerts": "junk"}, 104.0, 5.0)["alerts"] == []
+
+
+def test_integrity_of_a_meta_without_a_listener_or_with_junk() -> None:
+    health = webapi.health(None, 100.0, 5.0, True, True, 0)
+    empty = webapi.integrity(None, health, False)
+    assert empty["gaps"] == 0 and empty["backfill"]["state"] == "never"
+    assert empty["confidence"] is None and empty["bus"]["links"] == []
+    junk = {"listener_integrity_json": "{not json", "listener_links_json": "[1, 2]"}
+    assert webapi.integrity(junk, health, False)["rejected"] == {}
+    signed = {
+        "listener_integrity_json": json.dumps(
+            {"totals": {"gaps": 2}, "rejected": {"bad_signature": 3, "unsigned": 1, "bad_json": 4}}
+        ),
+        "backfill_last": json.dumps({"status": "done"}),
+        "backfill_done_at": "123.5",
+    }
+    x = webapi.integrity(signed, health, False)
+    assert x["signature_failures"] == 4 and x["gaps"] == 2
+    assert x["backfill"] == {"state": "done", "at": 123.5, "last": {"status": "done"}}
