@@ -924,6 +924,8 @@
     if (last && (!S.lastMessageAt || last > S.lastMessageAt)) S.lastMessageAt = last;
   }
 
+  const eventHooks = []; // other scripts of the page (ops.js), via wallboard.onEvent
+
   function handle(ev) {
     if (!ev || typeof ev !== "object") return;
     if (ev.type in S.events) S.events[ev.type] += 1;
@@ -931,6 +933,7 @@
     else if (ev.type === "blink") onBlink(ev);
     else if (ev.type === "tick") onTick(ev);
     else if (ev.type === "status") onStatus(ev);
+    for (const f of eventHooks) f(ev);
   }
 
   function renderAll(animate) {
@@ -1142,6 +1145,7 @@
     show: showView,
     colorFor,
     tz: TZ,
+    onEvent: (f) => { eventHooks.push(f); },
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -77,6 +77,15 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
     ("top_topics", 1, True),
     ("max_clients_per_ip", 1, True),
     ("client_queue_max", 1, True),
+    ("alert_silence_p", 0, False),
+    ("alert_burst_p", 0, False),
+    ("alert_burst_factor", 1, True),
+    ("alert_min_count", 1, True),
+    ("alert_min_gap_s", 0, True),
+    ("alert_burst_window_s", 60, True),
+    ("alert_burst_min", 1, True),
+    ("alert_warmup_s", 0, True),
+    ("alert_topics", 0, True),
 )
 
 
@@ -215,6 +224,10 @@ class Config:
         trusted_proxies: load balancers whose ``X-Forwarded-For`` a web process
             believes: IP addresses or CIDR networks (``10.0.0.0/8``, ``::1``);
             empty: none (the TCP peer is the client).
+        alert_silence_p / alert_burst_p / alert_burst_factor / alert_min_count /
+            alert_min_gap_s / alert_burst_window_s / alert_burst_min /
+            alert_warmup_s / alert_topics: the silence and burst rule
+            (:class:`listener.core.silence.Rule`, docs/SILENCE.md).
     """
 
     redis_url: str = ""
@@ -269,6 +282,15 @@ class Config:
     amqp_keyfile: str = ""
     datagrepper_url: str = ""
     trusted_proxies: tuple[str, ...] = ()
+    alert_silence_p: float = 0.001
+    alert_burst_p: float = 1e-6
+    alert_burst_factor: float = 3.0
+    alert_min_count: int = 50
+    alert_min_gap_s: float = 300.0
+    alert_burst_window_s: int = 600
+    alert_burst_min: int = 20
+    alert_warmup_s: float = 21600.0
+    alert_topics: int = 10
 
     def __post_init__(self) -> None:
         problems = []
@@ -310,6 +332,9 @@ class Config:
                 problems.append(f"trusted_proxies {proxy!r}: {problem}")
         if self.bus not in BUSES:
             problems.append(f"bus must be {', '.join(BUSES[:-1])} or {BUSES[-1]}, not {self.bus!r}")
+        for name in ("alert_silence_p", "alert_burst_p"):
+            if not getattr(self, name) < 1:
+                problems.append(f"{name} must be < 1 (a probability)")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             problems.append(
                 f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL"

@@ -21,9 +21,11 @@ from typing import Any
 from listener.core.config import Config
 from listener.core.counting import Counted, aggregate
 from listener.core.intake import Intake, timestamp_of
+from listener.core.silence import HOUR_S, WEEK_H, Detector, rule_of
 from listener.core.snapshot import live_snapshot
 from listener.core.windows import SlidingWindow, choose_bucket
 from listener.daemon.memory import trim_heap
+from listener.storage.readers import read_hourly_fields
 from listener.storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,17 @@ class Consumer:
         #: pending.  A burst reaches Redis in batches of ``flush_batch_max`` one
         #: after the other, and its end up to ``flush_interval_s`` sooner.
         self.flush_wanted = asyncio.Event()
+        #: the silence and burst detector (listener.core.silence), fed by each flush's
+        #: new counts, its weekly history re-read once an hour; :attr:`alerts` is its
+        #: latest report (the tick's ``alerts``)
+        self.silence = Detector(rule_of(cfg), clock())
+        self.alerts: dict[str, Any] = {
+            "mode": "warming_up",
+            "time": None,
+            "judged": 0,
+            "alerts": [],
+        }
+        self._alert_hour: int | None = None  # the hour whose history the detector has
 
     def unwritten(self) -> bool:
         """Whether anything accepted is not yet in Redis."""
@@ -167,6 +180,7 @@ class Consumer:
             for key, c in aggregate(dups, sizes).items():
                 if key in per_bucket:  # else a bucket left out as expired
                     per_bucket[key].merge(c, -1)
+            self._feed_silence(per_bucket, now)
             if new:
                 if dups:
                     newest = max(
@@ -191,6 +205,41 @@ class Consumer:
                 self.flush_wanted.set()
             return new
 
+    def _feed_silence(self, per_bucket: dict[tuple[int, int], Any], now: float) -> None:
+        """Hand the new counts of the finest window buckets to the silence detector,
+        as arrived at the end of their bucket or now, whichever is first (live
+        traffic: now): per distinct category and topic, not per message."""
+        if not per_bucket:
+            return
+        finest = min(b for b, _ in per_bucket)
+        for (b, start), c in per_bucket.items():
+            if b == finest:
+                at = min(now, start + b)
+                self.silence.seen("category", c.categories, at)
+                if self.silence.topics:
+                    self.silence.seen("topic", c.topics, at)
+
+    async def _alert_history(self, now: float) -> None:
+        """Once an hour (and after a Redis reset): the hourly category counts of
+        the 168 complete hours before this one and of this one, and those of the
+        busiest topics of the longest window (its running totals: ``4 x
+        alert_topics`` candidates, the detector keeps ``alert_topics``), to the
+        detector (169 ``HGETALL`` and 169 ``HMGET``, pipelined; docs/SILENCE.md has
+        the cost).  Without 3600 s buckets the detector runs on what it saw since
+        start."""
+        hour = int(now // HOUR_S) * HOUR_S
+        if hour == self._alert_hour or HOUR_S not in self.store.buckets_s:
+            return
+        first = hour - WEEK_H * HOUR_S
+        starts = list(range(first, hour + 1, HOUR_S))
+        longest = self.windows[max(self.windows)].totals.topics
+        candidates = [t for t, _ in longest.most_common(4 * self.cfg.alert_topics)]
+        got = await read_hourly_fields(
+            self.store, HOUR_S, starts, ("c", "t"), only={"t": candidates}
+        )
+        self.silence.history(first, got["c"], got["t"], now)
+        self._alert_hour = hour
+
     def _trim_after_burst(self, flushed: int) -> None:
         """Return a burst's memory to the system once it has gone through
         (:data:`TRIM_EVERY_MSGS`, :data:`TRIM_QUIET_MSGS`)."""
@@ -203,14 +252,19 @@ class Consumer:
             self.stats.heap_trims += 1
             trim_heap()
 
-    async def step(self, now: float | None = None) -> dict[str, Any]:
+    async def step(self, now: float | None = None, bus_state: str = "ok") -> dict[str, Any]:
         """Advance every window, recompute its metrics, record history, publish a tick.
+
+        ``bus_state``: the inputs' state (:data:`listener.core.linkstate.LINK_STATES`);
+        silences are not judged while it is ``dead`` or ``connecting``.
 
         Returns the ``tick`` event: ``{"type": "tick", "end", "windows": {window_s:
         snapshot}, "rate_per_min", "last_message_at", "warming_up": {window_s:
-        bool}, "stats": {...}}``.
+        bool}, "stats": {...}, "alerts": {...}}`` (``alerts``:
+        :meth:`listener.core.silence.Detector.evaluate`'s report).
         """
         now = self.clock() if now is None else now
+        await self._alert_history(now)
         async with self._lock:
             epoch, created, done_at = await self.store.check_epoch(now)
             reload = False
@@ -226,6 +280,7 @@ class Consumer:
                 self._backfill_done_at = done_at
                 reload = True
             if reload:
+                self._alert_hour = None  # the detector's history too, at the next step
                 for w, win in self.windows.items():
                     win.reset(await self.store.read_window(w, now, usercat=False), now)
             snaps: dict[str, Any] = {}
@@ -247,6 +302,7 @@ class Consumer:
                 snap["warming_up"] = warm
                 snaps[str(w)] = snap
                 warming[str(w)] = warm
+            self.alerts = self.silence.evaluate(now, bus_state not in ("dead", "connecting"))
         points = {
             int(w): [
                 now,
@@ -267,6 +323,7 @@ class Consumer:
             "last_received_at": self.last_received_at,
             "warming_up": warming,
             "pending": len(self.intake.pending),
+            "alerts": self.alerts,
         }
         # history points, the stored tick and its publication: one round trip
         await self.store.record_tick(points, self.cfg.history_len, tick)

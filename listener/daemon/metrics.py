@@ -147,6 +147,39 @@ class ConsumerCollector(Collector):
             wu.add_metric([str(window_s)], len(totals.users))
         yield wm
         yield wu
+        yield from self._alert_families()
+
+    def _alert_families(self) -> Iterator[Any]:
+        """The silence detector's verdicts (:mod:`listener.core.silence`): one gauge
+        per judged category (and busy topic) for silent and for bursting, and
+        whether it judges at all (not warming up, bus up)."""
+        detector = self.consumer.silence
+        states = dict(detector.states)  # replaced whole by each step: one read
+        silent = GaugeMetricFamily(
+            "fedmsg_wallboard_silent",
+            "1 when a category (or busy topic) is silent beyond its usual rate",
+            labels=["kind", "name"],
+        )
+        bursting = GaugeMetricFamily(
+            "fedmsg_wallboard_bursting",
+            "1 when a category (or busy topic) is far above its usual rate",
+            labels=["kind", "name"],
+        )
+        for (kind, name), state in sorted(states.items()):
+            if state == "rare":
+                continue
+            silent.add_metric([kind, name], 1.0 if state == "silent" else 0.0)
+            bursting.add_metric([kind, name], 1.0 if state == "bursting" else 0.0)
+        yield silent
+        yield bursting
+        mode = str(self.consumer.alerts.get("mode"))
+        g = GaugeMetricFamily(
+            "fedmsg_wallboard_alerts_judging",
+            "1 when the silence detector judges (not warming up, bus link up)",
+            labels=["mode"],
+        )
+        g.add_metric([mode], 0.0 if mode in ("warming_up", "bus_down") else 1.0)
+        yield g
 
 
 def registry_for(consumer: Consumer, inputs: Inputs) -> CollectorRegistry:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -24,13 +25,14 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from listener.core.config import Config, effective_bus
 from listener.core.endpoints import resolve_endpoints
 from listener.core.errors import EXIT_INTERRUPTED, TransientError
 from listener.core.intake import Intake
+from listener.core.integrity import Ledger
 from listener.core.lograte import milestone_level
 from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.daemon.backfill import backfill_after_gap
@@ -193,6 +195,7 @@ class Listener:
         claim.  intake, consumer: the message path.  bus, amqp: the inputs (None
         when not configured); inputs: both as one.  endpoints: the ZeroMQ
         endpoints.  metrics_server: the monitoring port's server, or None.
+        ledger: the last hour's counters, for the integrity panel.
     """
 
     cfg: Config
@@ -206,6 +209,7 @@ class Listener:
     inputs: Inputs
     endpoints: list[str]
     metrics_server: Any = None
+    ledger: Ledger = field(default_factory=Ledger)
 
 
 def _signal_handlers(
@@ -356,7 +360,35 @@ async def _heartbeat(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> 
         health.update(lst.amqp.health_fields(now))
     health["listener_bus_state"] = lst.inputs.state(now)
     health["listener_redis_ok"] = int(consumer.redis_ok)
+    health.update(_integrity_fields(lst, now))
     await store.set_health(health)
+
+
+def _integrity_fields(lst: Listener, now: float) -> dict[str, Any]:
+    """The integrity panel's fields of ``P:meta`` (``/api/integrity``): the
+    counters since start and the last hour's line
+    (:class:`listener.core.integrity.Ledger`), as JSON."""
+    s = lst.consumer.stats
+    rejected = dict(s.rejected)
+    counters = {
+        "counted": s.counted,
+        "gaps": lst.inputs.gaps,
+        "dropped": s.pending_overflow,
+        "duplicates": s.duplicates,
+        "rejected": sum(rejected.values()),
+    }
+    lst.ledger.sample(now, counters)
+    return {
+        "listener_integrity_json": json.dumps(
+            {
+                "totals": counters,
+                "rejected": rejected,
+                "blink_dropped": s.blink_dropped,
+                "reconnects": lst.inputs.reconnects,
+                "hour": lst.ledger.over_window(now, counters),
+            }
+        )
+    }
 
 
 def _tasks(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
@@ -366,12 +398,15 @@ def _tasks(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> list[async
     async def heartbeat() -> None:
         await _heartbeat(lst, notifier, stop)
 
+    async def step() -> None:
+        await consumer.step(bus_state=lst.inputs.state(time.time()))
+
     tasks = [
         asyncio.create_task(
             _every(cfg.flush_interval_s, consumer.flush, "flush", wake=consumer.flush_wanted),
             name="flush",
         ),
-        asyncio.create_task(_every(cfg.step_s, consumer.step, "step"), name="step"),
+        asyncio.create_task(_every(cfg.step_s, step, "step"), name="step"),
         asyncio.create_task(
             _every(cfg.blink_interval_s, consumer.publish_blink, "blink"), name="blink"
         ),

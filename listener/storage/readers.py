@@ -203,3 +203,50 @@ async def read_kinds(
                         counts.users[user] += int(value)
         await asyncio.sleep(0)  # a 7 d window is 168 buckets: let the broadcasts run
     return counts
+
+
+async def read_hourly_fields(
+    store: Any,
+    bucket_s: int,
+    starts: Sequence[int],
+    kinds: Sequence[str],
+    only: dict[str, Sequence[str]] | None = None,
+) -> dict[str, list[dict[str, int]]]:
+    """One counter hash per bucket and kind, bucket by bucket (not summed): what the
+    silence detector's baselines are made of (:mod:`listener.core.silence`).
+
+    Args:
+        store: a :class:`listener.storage.store.Store`.
+        bucket_s: bucket size, seconds; starts: bucket starts, UNIX seconds.
+        kinds: hashes read, as :func:`read_field_sums` names them (``"c"``, ``"t"``).
+        only: per kind, the only fields read (``HMGET``; a bus has thousands of
+            topics an hour, and parsing them all took seconds): the others whole.
+
+    Returns:
+        ``{kind: [{field: messages}, ...]}``, one dict per start, in order (a missing
+        bucket is empty).
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed.
+    """
+    out: dict[str, list[dict[str, int]]] = {k: [] for k in kinds}
+    for i in range(0, len(starts), PIPELINE_BUCKETS):
+        chunk = starts[i : i + PIPELINE_BUCKETS]
+        async with store.r.pipeline(transaction=False) as pipe:
+            for start in chunk:
+                for kind in kinds:
+                    key = f"{store.key('b', bucket_s, start)}:{kind}"
+                    if only is not None and kind in only:
+                        pipe.hmget(key, list(only[kind]) or [""])
+                    else:
+                        pipe.hgetall(key)
+            replies = await pipe.execute()
+        for j in range(len(chunk)):
+            for n, kind in enumerate(kinds):
+                reply = replies[j * len(kinds) + n]
+                if isinstance(reply, list):  # HMGET: values in the order asked
+                    names = list(only[kind]) if only else []
+                    out[kind].append({f: int(v) for f, v in zip(names, reply, strict=False) if v})
+                else:
+                    out[kind].append({f.decode(): int(v) for f, v in reply.items()})
+    return out

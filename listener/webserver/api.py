@@ -24,6 +24,7 @@ import orjson
 from listener.core.errors import ConfigError
 from listener.core.filters import Filter, FilterError
 from listener.core.filters import parse_filter as parse_filter_query
+from listener.core.integrity import confidence_text
 from listener.core.linkstate import LINK_STATES
 from listener.core.users import MAX_USERNAME_LEN
 
@@ -33,6 +34,7 @@ STATIC_FILES: Mapping[str, str] = {
     "/": "index.html",
     "/index.html": "index.html",
     "/app.js": "app.js",
+    "/ops.js": "ops.js",
     "/style.css": "style.css",
     "/favicon.svg": "favicon.svg",
     "/vendor/chart.umd.min.js": "vendor/chart.umd.min.js",
@@ -429,3 +431,95 @@ def state_is_fresh(state: Mapping[str, Any] | None, now: float, step_s: float) -
         return now - float(state["end"]) <= max(3 * step_s, 15.0)
     except (KeyError, TypeError, ValueError):
         return False
+
+
+def alerts_of(state: Mapping[str, Any] | None, now: float, step_s: float) -> dict[str, Any]:
+    """The ``/api/alerts`` object: the silence detector's latest report, from the
+    listener's stored tick (:meth:`listener.core.silence.Detector.evaluate`).
+
+    Returns:
+        ``{"mode", "time", "judged", "alerts": [...], "fresh"}``; ``fresh`` is False
+        when the tick is stale (the listener stopped ticking: its verdicts are not
+        now's, ``alerts`` is then empty and ``mode`` ``"unknown"``).
+    """
+    report = (state or {}).get("alerts")
+    if not isinstance(report, dict) or not state_is_fresh(state, now, step_s):
+        return {"mode": "unknown", "time": None, "judged": 0, "alerts": [], "fresh": False}
+    return {**report, "fresh": True}
+
+
+#: Rejection reasons that are signature failures.
+SIGNATURE_REASONS = ("unsigned", "bad_signature")
+
+
+def integrity(
+    meta: Mapping[str, str] | None,
+    health_obj: Mapping[str, Any],
+    backfill_running: bool,
+) -> dict[str, Any]:
+    """The ``/api/integrity`` object: the bus's integrity at a glance, from the
+    listener's ``P:meta`` (``listener_integrity_json``, ``listener_links_json``,
+    ``backfill_last``) and :func:`health`'s object.
+
+    Returns:
+        ``{"ok", "bus": {"state", "links": [{"endpoint", "state", "gaps",
+        "received", "reconnects"}, ...]}, "listener": {...}, "redis": {"ok",
+        "listener_ok"}, "gaps", "dropped", "blink_dropped", "signature_failures",
+        "rejected": {reason: n}, "duplicates", "reconnects", "backfill": {"state"
+        (``running``, the last run's status such as ``done`` or ``incomplete``, or
+        ``never``), "at", "last"}, "hour": {...}, "confidence"}`` (counters since
+        the listener started; ``hour`` and ``confidence``:
+        :mod:`listener.core.integrity`).  Missing fields (no listener yet) are 0 or None.
+    """
+    meta = meta or {}
+
+    def loads(key: str) -> Any:
+        try:
+            return orjson.loads(meta[key]) if meta.get(key) else None
+        except orjson.JSONDecodeError:
+            return None
+
+    data = loads("listener_integrity_json") or {}
+    totals = data.get("totals") or {}
+    rejected = {str(k): int(v) for k, v in (data.get("rejected") or {}).items()}
+    links = [
+        {k: link.get(k) for k in ("endpoint", "state", "gaps", "received", "reconnects")}
+        for link in (loads("listener_links_json") or [])
+        if isinstance(link, dict)
+    ]
+    last = loads("backfill_last")
+    if backfill_running:
+        state = "running"
+    elif isinstance(last, dict):
+        state = str(last.get("status") or "done")
+    else:
+        state = "never"
+    try:
+        done_at: float | None = float(meta["backfill_done_at"])
+    except (KeyError, ValueError):
+        done_at = None
+    hour = data.get("hour")
+    bus = health_obj.get("bus", {})
+    return {
+        "ok": bool(health_obj.get("ok")),
+        "bus": {"state": bus.get("state"), "links": links},
+        "listener": dict(health_obj.get("listener", {})),
+        "redis": {
+            "ok": bool(health_obj.get("redis", {}).get("ok")),
+            "listener_ok": bool(health_obj.get("listener", {}).get("redis_ok")),
+        },
+        "gaps": int(totals.get("gaps", bus.get("gaps") or 0)),
+        "dropped": int(totals.get("dropped", 0)),
+        "blink_dropped": int(data.get("blink_dropped", 0)),
+        "signature_failures": sum(rejected.get(r, 0) for r in SIGNATURE_REASONS),
+        "rejected": rejected,
+        "duplicates": int(totals.get("duplicates", 0)),
+        "reconnects": int(data.get("reconnects", 0)),
+        "backfill": {
+            "state": state,
+            "at": done_at,
+            "last": last if isinstance(last, dict) else None,
+        },
+        "hour": hour,
+        "confidence": confidence_text(hour) if isinstance(hour, dict) else None,
+    }

@@ -121,6 +121,8 @@ class Routes:
             "/api/diff": self._api_diff,
             "/healthz": self._api_health,
             "/livez": self._api_live,
+            "/api/alerts": self._api_alerts,
+            "/api/integrity": self._api_integrity,
         }.get(path)
         if path == "/metrics":
             body, content_type = exposition(self.registry, request.headers.get("Accept"))
@@ -253,3 +255,13 @@ class Routes:
     async def _api_health(self, query: dict[str, list[str]]) -> Response:
         health = await self.health()
         return self._json(health, 200 if health["ok"] else 503)
+
+    async def _api_alerts(self, query: dict[str, list[str]]) -> Response:
+        state = await self.store.state()
+        return self._json(webapi.alerts_of(state, self.clock(), self.cfg.step_s))
+
+    async def _api_integrity(self, query: dict[str, list[str]]) -> Response:
+        health = await self.health()
+        meta = await self.store.meta()
+        running = bool(await self.store.r.exists(self.store.key("backfill_lock")))
+        return self._json(webapi.integrity(meta, health, running))
