@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from listener.core.bidi import strip_bidi, strip_bidi_all, strip_bidi_counts
 from listener.core.config import Config
 from listener.core.counting import Counted
 from listener.core.envelope import (
@@ -365,7 +366,8 @@ class Intake:
 
         ``{"type": "blink", "msgs": [{"topic", "category", "users", "summary",
         "ts", "msg_id"}...], "counts": {category: messages}, "total": n,
-        "omitted": n, "first_ts": s}``: ``msgs`` holds at most ``blink_batch_max``
+        "omitted": n, "first_ts": s}`` (text fields without bidirectional controls,
+        :mod:`listener.core.bidi`): ``msgs`` holds at most ``blink_batch_max``
         of the newest messages; ``counts``/``total`` cover all of them;
         ``first_ts`` is the fedmsg ``timestamp`` (UNIX s) of the first message
         accepted since the previous blink, shown or omitted: the one that waited
@@ -384,10 +386,10 @@ class Intake:
                     body = {"topic": topic}
             msgs.append(
                 {
-                    "topic": topic,
-                    "category": category,
-                    "users": list(users),
-                    "summary": self.extractor.subtitle(body),
+                    "topic": strip_bidi(topic),
+                    "category": strip_bidi(category),
+                    "users": strip_bidi_all(users),
+                    "summary": strip_bidi(self.extractor.subtitle(body)),
                     "ts": ts,
                     "msg_id": msg_id,
                 }
@@ -397,7 +399,7 @@ class Intake:
         event = {
             "type": "blink",
             "msgs": msgs,
-            "counts": dict(self._blink_counts),
+            "counts": strip_bidi_counts(self._blink_counts),
             "total": self._blink_total,
             "omitted": omitted,
             "first_ts": self._blink_first_ts,

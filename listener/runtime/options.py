@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.core import config
+from listener.core.bidi import BIDI_CONTROLS
 from listener.core.config import Config, http_url_problem
 from listener.runtime.systemd import journal_handler, stderr_is_journal
 
@@ -71,16 +72,23 @@ def epoch_seconds(text: str) -> float:
     return value
 
 
-#: C0 and C1 control characters: what a terminal would interpret.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0 and C1 control characters: what a terminal would interpret; and the
+#: bidirectional controls (:mod:`listener.core.bidi`), which reorder what it shows.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f" + "".join(sorted(BIDI_CONTROLS)) + "]")
 
 
 def printable(text: object) -> str:
     """``text`` safe to print to a terminal: control characters (an escape
     sequence, a newline in a topic or username from the bus) are shown as
-    ``\\xNN`` instead of being interpreted.  For the text output of ``snapshot``,
-    ``radar`` and ``diff``; ``--json`` escapes them already."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    ``\\xNN`` (a bidirectional control as ``\\uNNNN``) instead of being
+    interpreted.  For the text output of ``snapshot``, ``radar`` and ``diff``;
+    ``--json`` escapes the C0 ones already."""
+    return _CONTROL.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        str(text),
+    )
 
 
 def http_url(text: str) -> str:
