@@ -22,7 +22,10 @@ key                            type    content
                                        gini, messages, users]``, oldest first
 ``P:state``                    string  the listener's latest ``tick`` event (JSON)
 ``P:recent``                   list    the latest ``blink`` entries (JSON), newest last
-``P:meta``                     hash    ``epoch``, ``last_message_at``, listener health
+``P:meta``                     hash    ``epoch``, ``last_message_at``, listener health,
+                                       ``backfill_status`` (``running``, ``done``,
+                                       ``incomplete``), ``backfill_last`` (JSON),
+                                       ``backfill_resume_from``, ``backfill_*_at``
 ``P:events``                   pubsub  channel of ``blink`` and ``tick`` events
                                (``P:events:dbN`` on database N > 0: channels are server-wide)
 =============================  ======  =============================================

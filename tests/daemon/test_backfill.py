@@ -498,3 +498,16 @@ async def test_an_empty_answer_where_messages_were_counted_warns(
     warned = [r for r in caplog.records if r.levelname == "WARNING" and "no message" in r.msg]
     assert warned and "counted" in warned[0].getMessage()
     await consumer.store.close()
+
+
+def test_cli_refuses_a_range_it_cannot_deduplicate(
+    tmp_path: Any, prefix: str, redis_url: str
+) -> None:
+    conf = tmp_path / "wallboard.toml"
+    conf.write_text("windows_s = [3600, 86400, 604800]\ndedupe_s = 86400\n")
+    common = ("--config", str(conf), "--redis-url", redis_url, "--key-prefix", prefix)
+    with FakeDatagrepper([]) as srv:
+        res = run_cli("backfill", *common, "--datagrepper", srv.url, "--since", "172800")
+        assert srv.requests == []
+    assert res.returncode == 2, res.stderr
+    assert "could be counted twice" in res.stderr and "dedupe_s" in res.stderr
