@@ -21,7 +21,9 @@ overlapping backfills count each message once.
   ``incomplete`` (the lock was lost, datagrepper kept failing, or a range came
   back with fewer messages than datagrepper's ``total``); ``incomplete`` keeps
   ``backfill_resume_from``, where the next start-up backfill starts at the
-  latest.  ``/metrics`` shows it (``fedmsg_wallboard_backfill_status``).
+  latest: a second before the newest message counted, when one
+  worker paged in order and stopped early, else the range's start.  ``/metrics``
+  shows it (``fedmsg_wallboard_backfill_status``).
 * A range that comes back empty although the listener counted messages in it is
   a WARNING.
 * Polite: every request goes through the client's limit (``--rate``,
@@ -62,7 +64,12 @@ from listener.core.intake import Intake
 from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.daemon.consumer import Consumer
 from listener.daemon.memory import tune_gc
-from listener.inputs.datagrepper import DatagrepperClient, DatagrepperUnavailable, progress_wanted
+from listener.inputs.datagrepper import (
+    DatagrepperClient,
+    DatagrepperUnavailable,
+    message_timestamp,
+    progress_wanted,
+)
 from listener.runtime.options import (
     add_common,
     add_datagrepper_options,
@@ -86,6 +93,10 @@ RUNNING, DONE, INCOMPLETE = "running", "done", "incomplete"
 #: A backfill's range must start this long after the oldest msg_id Redis still
 #: remembers, seconds: room for the backfill's own run time.
 DEDUPE_SAFETY_S = 600
+
+#: How far back of the newest message counted an interrupted backfill resumes,
+#: seconds: messages of nearly equal timestamps may come in any order.
+ORDER_SLACK_S = 1.0
 
 _EXTEND_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -435,6 +446,10 @@ async def backfill_gap(
     lost = asyncio.Event()
     heartbeat = asyncio.create_task(lock.heartbeat(lost), name="backfill-lock")
     failure: BaseException | None = None
+    # messages up to ``complete_until`` are counted (one worker, ascending order)
+    in_order = client.workers == 1
+    newest = start
+    complete_until = start
     try:
         batches = 0
         stream = _batches(client, start, until, batch_size, lost)
@@ -447,7 +462,15 @@ async def backfill_gap(
                         result.accepted += 1
                     else:
                         result.rejected += 1
+                    ts = message_timestamp(msg)
+                    if ts is not None:
+                        # one worker pages upwards: everything before the newest
+                        # message flushed is fetched, unless the order ever breaks
+                        in_order = in_order and ts >= newest - ORDER_SLACK_S
+                        newest = max(newest, ts)
                 result.counted += await _flush_all(consumer, flush_attempts, 0.5)
+                if in_order:
+                    complete_until = newest - ORDER_SLACK_S
                 (log.info if batches % 10 == 1 else log.debug)(
                     "backfill: %d messages fetched, %d new so far", result.fetched, result.counted
                 )
@@ -482,9 +505,12 @@ async def backfill_gap(
             client.close()
         result.seconds = time.monotonic() - t0
         if result.status == INCOMPLETE:
-            # everything before ``start`` is as complete as it was; from ``start`` on,
-            # not known: the next start-up backfill starts there at the latest
-            result.resume_from = min(start, resume_before or start)
+            # what came before was counted (a short range: not known where the
+            # missing messages are, from ``start``); the next start-up backfill
+            # starts there at the latest
+            known = start if result.reason == "short" or not in_order else complete_until
+            known = max(start, known)
+            result.resume_from = known if resume_before is None else min(known, resume_before)
         elif resume_before is not None and start > resume_before:
             result.resume_from = resume_before  # an older hole is still open
         if result.status in (DONE, INCOMPLETE):

@@ -431,13 +431,18 @@ async def test_a_lost_lock_is_incomplete_and_resumed(
         assert res.status == "incomplete" and res.reason == "lost_lock"
         assert res.fetched < len(gap_msgs)
         assert meta["backfill_status"] == "incomplete"
-        assert float(meta["backfill_resume_from"]) == res.start == now - 4 * HOUR
+        # the messages of the first page were counted, in order: it resumes after
+        # them (a second before the newest), not from the start
+        first_page = sorted(m["timestamp"] for m in gap_msgs)[:100]
+        assert res.resume_from == pytest.approx(max(first_page[: res.fetched]) - 1.0)
+        assert res.start < res.resume_from < now - HOUR
+        assert float(meta["backfill_resume_from"]) == res.resume_from
         # the next start-up backfill: a recent message counted, yet it starts where
-        # the incomplete one did, and completes
+        # the incomplete one stopped, and completes
         consumer.intake.handle_body(dict(gap_msgs[-1], msg_id="recent", timestamp=now - 1))
         await consumer.flush()
         again = await backfill_after_gap(consumer, srv.url, now, client=fast_client(srv.url))
-    assert again is not None and again.start == res.start and again.status == "done"
+    assert again is not None and again.start == res.resume_from and again.status == "done"
     assert (await consumer.store.read_window(86400, now)).messages == len(gap_msgs) + 1
     meta = await consumer.store.meta()
     assert meta["backfill_status"] == "done" and meta["backfill_resume_from"] == ""
