@@ -435,6 +435,8 @@ class DatagrepperClient:
         self._session_factory = session_factory
         self._sleep = sleep
         self._local = threading.local()
+        self._sessions: list[requests.Session] = []  # every thread's, for close()
+        self._sessions_lock = threading.Lock()
         self.stats = FetchStats()
 
     # -- one request ---------------------------------------------------------
@@ -445,6 +447,8 @@ class DatagrepperClient:
             s = self._session_factory()
             s.headers.setdefault("Accept", "application/json")
             self._local.session = s
+            with self._sessions_lock:
+                self._sessions.append(s)
         return s
 
     def _attempt(self, params: dict[str, Any]) -> RawPage:
@@ -774,7 +778,10 @@ class DatagrepperClient:
             stop.set()
 
     def close(self) -> None:
-        """Close this thread's HTTP session."""
-        s = getattr(self._local, "session", None)
-        if s is not None:
+        """Close the HTTP sessions of every thread that sent a request (the worker
+        threads' too); a later request opens a new one."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
             s.close()
+        self._local = threading.local()
