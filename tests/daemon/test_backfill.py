@@ -442,6 +442,8 @@ async def test_a_lost_lock_is_incomplete_and_resumed(
         consumer.intake.handle_body(dict(gap_msgs[-1], msg_id="recent", timestamp=now - 1))
         await consumer.flush()
         again = await backfill_after_gap(consumer, srv.url, now, client=fast_client(srv.url))
+        arrivals = list(srv.arrivals)
+    assert max_per_second(arrivals) <= RATE
     assert again is not None and again.start == res.resume_from and again.status == "done"
     assert (await consumer.store.read_window(86400, now)).messages == len(gap_msgs) + 1
     meta = await consumer.store.meta()
@@ -457,6 +459,8 @@ async def test_fewer_than_the_total_is_incomplete(
     with FakeDatagrepper(gap_msgs) as srv:
         srv.hide = 3
         res = await backfill_gap(consumer, srv.url, 4 * HOUR, now, client=fast_client(srv.url))
+        arrivals = list(srv.arrivals)
+    assert max_per_second(arrivals) <= RATE
     assert res.status == "incomplete" and res.reason == "short" and res.missing == 3
     assert res.counted == len(gap_msgs) - 3
     assert consumer.store.backfill_status == "incomplete"
