@@ -41,6 +41,14 @@ def default_state_dir() -> str:
     return os.path.join(base, "fedmsg-wallboard")
 
 
+#: The shared limit of every datagrepper client (``backfill``, ``listen``'s start-up
+#: backfill, ``longtail --datagrepper``): requests a second, requests at once; and
+#: the longest time-out of one request, seconds.  datagrepper is a shared public
+#: service that is slow on wide ranges.
+DATAGREPPER_RATE = 2.0
+DATAGREPPER_CONCURRENCY = 2
+DATAGREPPER_MAX_TIMEOUT_S = 30.0
+
 #: ``(field, lowest value, whether the lowest is allowed)`` checked at start-up; a
 #: float field must also be finite (TOML has ``nan`` and ``inf``).  0 is allowed
 #: where it means "off" (``hwm``: unlimited; ``heartbeat_ivl_s``; ``metrics_port``).
@@ -59,7 +67,7 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
     ("heartbeat_timeout_s", 0, True),
     ("max_future_skew_s", 0, True),
     ("retention_s", 1, True),
-    ("dedupe_s", 1, True),
+    ("dedupe_s", 0, True),
     ("dedupe_memory", 0, True),
     ("max_pending", 1, True),
     ("flush_batch_max", 1, True),
@@ -86,6 +94,8 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
     ("alert_burst_min", 1, True),
     ("alert_warmup_s", 0, True),
     ("alert_topics", 0, True),
+    ("datagrepper_rate", 0, False),
+    ("datagrepper_concurrency", 1, True),
 )
 
 
@@ -170,7 +180,10 @@ class Config:
             more are pending (a burst) the next flush follows at once.
         max_pending: messages held while Redis is unreachable; past it the oldest
             are dropped and counted (``pending_overflow``).
-        dedupe_s: how long a msg_id is remembered in Redis for de-duplication.
+        dedupe_s: how long a msg_id is remembered in Redis for de-duplication,
+            seconds after its hour; 0 (default): the longest window + 1 h, so a
+            backfill or replay anywhere in the windows counts nothing twice.  A
+            backfill refuses ranges older than this.
         dedupe_memory: msg_ids remembered in memory (the newest; FIFO).
         history_len: points kept in each window's longtail history.
         max_future_skew_s: timestamps further in the future than this are clamped
@@ -219,6 +232,9 @@ class Config:
             ``https://apps.fedoraproject.org/datagrepper``); when set, ``listen``
             backfills the gap since the newest counted message at start-up (bounded
             by the longest window, no blinks, de-duplicated by msg_id).  Empty: off.
+        datagrepper_rate: most requests a second to datagrepper (every client of
+            one process: backfill, the study), > 0.
+        datagrepper_concurrency: most datagrepper requests in flight at once.
         amqp_ca_cert / amqp_certfile / amqp_keyfile: TLS files for ``amqps://``
             (empty: fedora-messaging's ``[tls]`` when ``amqp_url`` is empty).
         trusted_proxies: load balancers whose ``X-Forwarded-For`` a web process
@@ -243,7 +259,7 @@ class Config:
     flush_interval_s: float = 0.2
     flush_batch_max: int = 20_000
     max_pending: int = 200_000
-    dedupe_s: int = 86400
+    dedupe_s: int = 0
     dedupe_memory: int = 200_000
     history_len: int = 2880
     max_future_skew_s: float = 300.0
@@ -291,6 +307,8 @@ class Config:
     alert_burst_min: int = 20
     alert_warmup_s: float = 21600.0
     alert_topics: int = 10
+    datagrepper_rate: float = DATAGREPPER_RATE
+    datagrepper_concurrency: int = DATAGREPPER_CONCURRENCY
 
     def __post_init__(self) -> None:
         problems = []

@@ -24,9 +24,16 @@ EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
 EXIT_PIPE = 141
 
+#: Done, but what was fetched is known to be incomplete: a backfill that lost its
+#: lock, ran out of retries, or got fewer messages than datagrepper's ``total``
+#: (status ``incomplete`` in Redis; the next start-up backfill resumes it), or a
+#: study whose datagrepper ranges came short.
+EXIT_INCOMPLETE = 3
+
 #: ``--help``'s line about them.
 EXIT_CODES_HELP = (
-    "Exit codes: 0 ok, 1 error, 2 usage or input, 66 no wallboard data there, "
+    "Exit codes: 0 ok, 1 error, 2 usage or input, 3 incomplete (a backfill or study "
+    "fetched less than datagrepper holds), 66 no wallboard data there, "
     "69 Redis or a port unavailable, "
     "75 try again later (a backfill or demo already running), 78 bad config, "
     "130 interrupted, 141 output closed early."

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from listener.core.bidi import strip_bidi, strip_bidi_all, strip_bidi_counts
 from listener.core.config import Config
 from listener.core.counting import Counted
 from listener.core.envelope import (
@@ -401,7 +402,8 @@ class Intake:
 
         ``{"type": "blink", "msgs": [{"topic", "category", "users", "summary",
         "ts", "msg_id"}...], "counts": {category: messages}, "total": n,
-        "omitted": n, "first_ts": s}``: ``msgs`` holds at most ``blink_batch_max``
+        "omitted": n, "first_ts": s}`` (text fields without bidirectional controls,
+        :mod:`listener.core.bidi`): ``msgs`` holds at most ``blink_batch_max``
         of the newest messages; ``counts``/``total`` cover all of them;
         ``first_ts`` is the fedmsg ``timestamp`` (UNIX s) of the first message
         accepted since the previous blink, shown or omitted: the one that waited
@@ -426,26 +428,30 @@ class Intake:
                     self.stats.processor_errors += 1
             summary = info.get("summary")
             shown = {
-                "topic": topic,
-                "category": category,
-                "users": list(users),
-                "summary": clip_summary(summary)
-                if isinstance(summary, str) and summary.strip()
-                else self.extractor.subtitle(body),
+                "topic": strip_bidi(topic),
+                "category": strip_bidi(category),
+                "users": strip_bidi_all(users),
+                "summary": strip_bidi(
+                    clip_summary(summary)
+                    if isinstance(summary, str) and summary.strip()
+                    else self.extractor.subtitle(body)
+                ),
                 "ts": ts,
                 "msg_id": msg_id,
             }
             if info.get("agent"):
-                shown["agent"] = str(info["agent"])
+                shown["agent"] = strip_bidi(str(info["agent"]))
             if info.get("packages"):
-                shown["packages"] = [str(p) for p in info["packages"]][:MAX_PACKAGES_SHOWN]
+                shown["packages"] = strip_bidi_all(
+                    [str(p) for p in info["packages"]][:MAX_PACKAGES_SHOWN]
+                )
             msgs.append(shown)
         omitted = self._blink_total - len(msgs)
         self.stats.blink_dropped += omitted
         event = {
             "type": "blink",
             "msgs": msgs,
-            "counts": dict(self._blink_counts),
+            "counts": strip_bidi_counts(self._blink_counts),
             "total": self._blink_total,
             "omitted": omitted,
             "first_ts": self._blink_first_ts,

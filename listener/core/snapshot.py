@@ -32,6 +32,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from listener.core.bidi import strip_bidi, strip_bidi_counts
 from listener.core.longtail import (
     LongtailStats,
     gini_from_histogram,
@@ -86,8 +87,9 @@ def snapshot_object(
     topics_n: int | None = None,
 ) -> dict[str, Any]:
     """Assemble the snapshot dict from a window's counts, its metrics and top users
-    (shared by :func:`build_snapshot` and :func:`live_snapshot`)."""
-    topics = dict(top_items(dict(counts.topics), topics_n))
+    (shared by :func:`build_snapshot` and :func:`live_snapshot`); every name from
+    the bus goes through :func:`listener.core.bidi.strip_bidi`."""
+    topics = strip_bidi_counts(dict(top_items(dict(counts.topics), topics_n)))
     return {
         "window_s": int(window_s),
         "end": float(end),
@@ -95,13 +97,15 @@ def snapshot_object(
         "users": st.users,
         "topics": topics,
         "topics_total": len(counts.topics),
-        "categories": dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0]))),
-        "top_users": top_users,
+        "categories": strip_bidi_counts(
+            dict(sorted(counts.categories.items(), key=lambda kv: (-kv[1], kv[0])))
+        ),
+        "top_users": [[strip_bidi(name), n] for name, n in top_users],
         "longtail": st.longtail,
         "longtail_normalized": st.longtail_normalized,
         "gini": st.gini,
-        "head": list(st.head) if st.head else None,
-        "tail": list(st.tail) if st.tail else None,
+        "head": [strip_bidi(st.head[0]), st.head[1]] if st.head else None,
+        "tail": [strip_bidi(st.tail[0]), st.tail[1]] if st.tail else None,
         "ranks": [list(p) for p in st.ranks],
         "last_message_at": last_message_at,
     }

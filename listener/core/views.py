@@ -51,6 +51,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from listener.core.bidi import strip_bidi, strip_bidi_all
 from listener.core.windows import Counts, window_buckets
 
 #: Named diff periods, seconds.
@@ -104,7 +105,8 @@ def radar_from_counts(
 
     Returns:
         ``{"window_s", "end", "categories": [category, ...], "users": {name:
-        [share per category, same order]}}``; shares are floats in ``[0, 1]``.
+        [share per category, same order]}}``; shares are floats in ``[0, 1]``;
+        names without bidirectional controls (:mod:`listener.core.bidi`).
 
     Raises:
         ValueError: ``top`` < 0.
@@ -124,8 +126,8 @@ def radar_from_counts(
     return {
         "window_s": int(window_s),
         "end": float(end),
-        "categories": categories,
-        "users": shares,
+        "categories": strip_bidi_all(categories),
+        "users": {strip_bidi(name): row for name, row in shares.items()},
     }
 
 
@@ -144,7 +146,8 @@ def diff_rows(
     Returns:
         One row per name present in either period: ``{key: name, "current",
         "previous", "delta": current - previous, "pct": 100 * delta / previous
-        or None when previous is 0}``, sorted by ``|delta|`` descending, then name.
+        or None when previous is 0}``, sorted by ``|delta|`` descending, then name
+        (shown without bidirectional controls, :mod:`listener.core.bidi`).
     """
     ranked = []
     for name in set(current) | set(previous):
@@ -154,7 +157,7 @@ def diff_rows(
     ranked.sort()
     return [
         {
-            key: name,
+            key: strip_bidi(name),
             "current": cur,
             "previous": prev,
             "delta": cur - prev,

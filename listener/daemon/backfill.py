@@ -10,16 +10,32 @@ backfill over a period the listener already saw changes nothing, and two
 overlapping backfills count each message once.
 
 * Bounded: never further back than the longest window (older buckets are never
-  read).
-* One at a time: a Redis lock ``{prefix}:backfill_lock`` (``SET NX EX``, renewed
-  after every batch, released only by its owner).  A second backfill while one
-  runs returns ``status="busy"`` at once.
+  read), and never further back than the msg_id sets remember (``dedupe_s``,
+  by default the longest window + 1 h): an older range is refused, since it
+  could be counted twice.
+* One at a time: a Redis lock ``{prefix}:backfill_lock`` (``SET NX PX``, renewed
+  by its own heartbeat every third of its life, whatever the batches do,
+  released only by its owner).  A second backfill while one runs returns
+  ``status="busy"`` at once.
+* Loud: ``backfill_status`` in ``P:meta`` is ``running``, then ``done`` or
+  ``incomplete`` (the lock was lost, datagrepper kept failing, or a range came
+  back with fewer messages than datagrepper's ``total``); ``incomplete`` keeps
+  ``backfill_resume_from``, where the next start-up backfill starts at the
+  latest: a second before the newest message counted, when one
+  worker paged in order and stopped early, else the range's start.  ``/metrics``
+  shows it (``fedmsg_wallboard_backfill_status``).
+* A range that comes back empty although the listener counted messages in it is
+  a WARNING.
+* Polite: every request goes through the client's limit (``--rate``,
+  ``--concurrency``; ``datagrepper_rate``, ``datagrepper_concurrency``).
 * In the listener: :func:`backfill_after_gap` with the listener's own consumer
   (its live windows then include the backfilled counts at the next step).
 
-Exit codes of the command: 0 done (or nothing to do), 75 (``EX_TEMPFAIL``)
-another backfill holds the lock (try later), 2 usage error, 69 datagrepper or
-Redis unavailable, 78 bad config; 1 is a crash, as for every command.
+Exit codes of the command: 0 done (or nothing to do), 3 incomplete (the lock
+was lost or a range came back short: run it again), 75 (``EX_TEMPFAIL``)
+another backfill holds the lock (try later), 2 usage error (a range older than
+the de-duplication covers), 69 datagrepper (status ``incomplete``) or Redis
+unavailable, 78 bad config; 1 is a crash, as for every command.
 """
 
 from __future__ import annotations
@@ -37,15 +53,27 @@ from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from listener.core.errors import EXIT_TEMPFAIL, TransientError
+from listener.core.errors import (
+    EXIT_INCOMPLETE,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    PermanentError,
+    TransientError,
+)
 from listener.core.intake import Intake
 from listener.core.users import UserExtractor, load_fedmsg_config
 from listener.daemon.consumer import Consumer
 from listener.daemon.memory import tune_gc
-from listener.inputs.datagrepper import DatagrepperClient, progress_wanted
+from listener.inputs.datagrepper import (
+    DatagrepperClient,
+    DatagrepperUnavailable,
+    message_timestamp,
+    progress_wanted,
+)
 from listener.runtime.options import (
     add_common,
     add_datagrepper_options,
+    datagrepper_limits,
     http_url,
     load_config,
     plain_text,
@@ -58,9 +86,21 @@ log = logging.getLogger(__name__)
 #: Redis key (under the store's prefix) of the one-backfill-at-a-time lock.
 LOCK_NAME = "backfill_lock"
 
+#: ``backfill_status`` of ``P:meta``: a backfill runs, ended complete, ended with
+#: part of its range not known to be counted.
+RUNNING, DONE, INCOMPLETE = "running", "done", "incomplete"
+
+#: A backfill's range must start this long after the oldest msg_id Redis still
+#: remembers, seconds: room for the backfill's own run time.
+DEDUPE_SAFETY_S = 600
+
+#: How far back of the newest message counted an interrupted backfill resumes,
+#: seconds: messages of nearly equal timestamps may come in any order.
+ORDER_SLACK_S = 1.0
+
 _EXTEND_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -73,14 +113,25 @@ return 0
 """
 
 
+class BackfillRefused(PermanentError):
+    """A range older than the msg_id sets remember (``dedupe_s``): backfilling it
+    could count messages twice."""
+
+
 @dataclass
 class BackfillResult:
     """What a backfill did.
 
     Attributes:
         status: ``done``; ``busy`` (another backfill holds the lock: nothing
-            fetched); ``lost_lock`` (the lock expired under us: stopped early).
+            fetched); ``incomplete`` (stopped early or short: see ``reason``).
         start / end: the range fetched, UNIX seconds (both inclusive).
+        reason: why ``incomplete``: ``lost_lock`` (the lock was taken from us:
+            stopped), ``unavailable`` (datagrepper kept failing), ``short``
+            (fewer messages than datagrepper's ``total``); else "".
+        missing: messages datagrepper's ``total`` counts that never came.
+        resume_from: where the next start-up backfill starts at the latest, UNIX
+            seconds (None: nothing known incomplete).
         fetched: messages received from datagrepper (each msg_id once).
         accepted: messages the consumer accepted (valid, not a duplicate it
             remembers, not older than the longest window).
@@ -98,6 +149,9 @@ class BackfillResult:
     status: str
     start: float
     end: float
+    reason: str = ""
+    missing: int = 0
+    resume_from: float | None = None
     fetched: int = 0
     accepted: int = 0
     counted: int = 0
@@ -112,27 +166,52 @@ class BackfillResult:
 
 
 class BackfillLock:
-    """The ``{prefix}:backfill_lock`` key: ``SET NX EX`` with a random owner token.
+    """The ``{prefix}:backfill_lock`` key: ``SET NX PX`` with a random owner token.
 
     Args:
         store: the Redis namespace.
-        ttl_s: lifetime of the lock, seconds (renewed by :meth:`extend`); a crashed
-            backfill frees it after this.
+        ttl_s: lifetime of the lock, seconds (renewed by :meth:`extend`, which
+            :meth:`heartbeat` calls every third of it); a crashed backfill frees
+            it after this.
     """
 
-    def __init__(self, store: Store, ttl_s: int = 300) -> None:
+    def __init__(self, store: Store, ttl_s: float = 300) -> None:
         self.store = store
         self.key = store.key(LOCK_NAME)
-        self.ttl_s = int(ttl_s)
+        self.ttl_s = float(ttl_s)
+        self.ttl_ms = max(1, int(self.ttl_s * 1000))
         self.token = uuid.uuid4().hex
 
     async def acquire(self) -> bool:
         """Take the lock; False when another backfill holds it."""
-        return bool(await self.store.r.set(self.key, self.token, nx=True, ex=self.ttl_s))
+        return bool(await self.store.r.set(self.key, self.token, nx=True, px=self.ttl_ms))
 
     async def extend(self) -> bool:
         """Renew the lock's lifetime; False when it is no longer ours."""
-        return bool(await self.store.r.eval(_EXTEND_LUA, 1, self.key, self.token, self.ttl_s))
+        return bool(await self.store.r.eval(_EXTEND_LUA, 1, self.key, self.token, self.ttl_ms))
+
+    async def heartbeat(self, lost: asyncio.Event) -> None:
+        """Renew the lock every third of its life until cancelled; set ``lost`` and
+        return when it is no longer ours, or when Redis did not renew it for a
+        whole lifetime (it may have expired: another backfill may hold it).  Each
+        renewal also writes ``backfill_heartbeat_at`` (UNIX s) in ``P:meta``."""
+        renewed = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            try:
+                ours = await self.extend()
+            except Exception as exc:  # redis ConnectionError/TimeoutError
+                if time.monotonic() - renewed < self.ttl_s:
+                    log.warning("backfill: could not renew the lock (%s); retrying", exc)
+                    continue
+                ours = False
+            if not ours:
+                log.error("backfill: lost the lock %s; stopping", self.key)
+                lost.set()
+                return
+            renewed = time.monotonic()
+            with contextlib.suppress(Exception):  # a field for the eyes only
+                await self.store.set_health({"backfill_heartbeat_at": time.time()})
 
     async def release(self) -> None:
         """Delete the lock if it is still ours (errors are logged, not raised)."""
@@ -145,10 +224,11 @@ class BackfillLock:
 
 
 async def _batches(
-    client: DatagrepperClient, start: float, end: float, batch_size: int
+    client: DatagrepperClient, start: float, end: float, batch_size: int, lost: asyncio.Event
 ) -> AsyncGenerator[list[dict[str, Any]], None]:
     """Messages of ``[start, end]`` in batches, fetched by a daemon thread (the
-    HTTP client is blocking) and handed over through a bounded queue."""
+    HTTP client is blocking) and handed over through a bounded queue; ends early
+    (without error) once ``lost`` is set."""
     loop = asyncio.get_running_loop()
     q: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=2)
     stop = threading.Event()
@@ -189,9 +269,15 @@ async def _batches(
 
     thread = threading.Thread(target=produce, name="backfill-datagrepper", daemon=True)
     thread.start()
+    lost_wait = asyncio.ensure_future(lost.wait())
     try:
         while True:
-            kind, item = await q.get()
+            get = asyncio.ensure_future(q.get())
+            await asyncio.wait((get, lost_wait), return_when=asyncio.FIRST_COMPLETED)
+            if not get.done():
+                get.cancel()
+                return
+            kind, item = get.result()
             if kind == "batch":
                 yield item
             elif kind == "error":
@@ -200,6 +286,7 @@ async def _batches(
                 return
     finally:
         stop.set()
+        lost_wait.cancel()
 
 
 def _handle(consumer: Consumer, msg: dict[str, Any], validate: bool) -> bool:
@@ -235,6 +322,36 @@ async def _flush_all(consumer: Consumer, attempts: int, backoff_s: float) -> int
     return new
 
 
+def dedupe_horizon(consumer: Consumer, now: float | None = None) -> float:
+    """The oldest timestamp a backfill may start at, UNIX seconds: msg_ids older
+    than ``now - dedupe_s`` (+ :data:`DEDUPE_SAFETY_S`) are no longer remembered."""
+    now = time.time() if now is None else now
+    return now - consumer.store.dedupe_s + DEDUPE_SAFETY_S
+
+
+async def _counted_between(store: Store, start: float, end: float) -> int:
+    """Messages already counted in Redis in buckets lying wholly inside
+    ``[start, end]`` (the coarsest size that has one; 0 when none does)."""
+    for size in sorted(store.buckets_s, reverse=True):
+        first = int(start) - int(start) % size + (size if int(start) % size else 0)
+        starts = list(range(first, int(end) - size + 1, size))
+        if starts:
+            return sum(c.messages for c in await store.read_buckets(size, starts, usercat=False))
+    return 0
+
+
+async def _record(store: Store, fields: dict[str, Any]) -> None:
+    """Write backfill fields to ``P:meta``; a Redis error is logged, not raised (the
+    result is still returned and the exit code still tells)."""
+    try:
+        await store.set_health(fields)
+    except Exception as exc:  # redis ConnectionError/TimeoutError
+        log.error("backfill: could not record %s in Redis: %s", sorted(fields), exc)
+    status = fields.get("backfill_status")
+    if status is not None:
+        store.backfill_status = status
+
+
 async def backfill_gap(
     consumer: Consumer,
     base_url: str,
@@ -243,7 +360,7 @@ async def backfill_gap(
     *,
     client: DatagrepperClient | None = None,
     batch_size: int = 500,
-    lock_ttl_s: int = 300,
+    lock_ttl_s: float = 300,
     validate: bool = False,
     flush_attempts: int = 5,
 ) -> BackfillResult:
@@ -256,18 +373,24 @@ async def backfill_gap(
             longest window.
         until: end of the range, UNIX seconds; default: the consumer's clock (now).
         client: a configured :class:`DatagrepperClient` (default: one for
-            ``base_url`` with a progress bar only on a terminal).
+            ``base_url`` with the consumer's ``datagrepper_rate`` and
+            ``datagrepper_concurrency``, a progress bar only on a terminal).
         batch_size: messages fed to the consumer between flushes.
-        lock_ttl_s: lifetime of the lock, renewed after every batch, seconds.
+        lock_ttl_s: lifetime of the lock, seconds, renewed every third of it by
+            its own heartbeat.
         validate: run the consumer's signature check on backfilled messages
             (default False: datagrepper is trusted).
         flush_attempts: Redis flush attempts per batch before giving up.
 
     Returns:
-        A :class:`BackfillResult` (``status="busy"`` when another backfill runs).
+        A :class:`BackfillResult`: ``busy`` when another backfill runs,
+        ``incomplete`` when the lock was lost or a range came back short of
+        datagrepper's ``total`` (both recorded in ``P:meta``).
 
     Raises:
-        listener.inputs.datagrepper.DatagrepperUnavailable: datagrepper kept failing.
+        BackfillRefused: the range starts before :func:`dedupe_horizon`.
+        listener.inputs.datagrepper.DatagrepperUnavailable: datagrepper kept
+            failing (recorded as ``incomplete``, reason ``unavailable``, first).
         listener.inputs.datagrepper.DatagrepperBadResponse: datagrepper answered 4xx.
         listener.core.errors.TransientError: Redis kept failing.
     """
@@ -278,7 +401,16 @@ async def backfill_gap(
         log.info("backfill: %g s asked, bounded to the longest window (%d s)", since_s, bound)
     since_s = max(0.0, min(float(since_s), float(bound)))
     start = until - since_s
-    result = BackfillResult("done", start, until)
+    horizon = dedupe_horizon(consumer)
+    if start < horizon:
+        raise BackfillRefused(
+            f"backfill: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(start))} UTC is older "
+            f"than the msg_ids Redis remembers ({consumer.store.dedupe_s} s, dedupe_s): "
+            f"its messages could be counted twice. Start at "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(horizon))} UTC or later "
+            f"(--since {max(0, int(until - horizon))} at most), or raise dedupe_s"
+        )
+    result = BackfillResult(DONE, start, until)
     lock = BackfillLock(consumer.store, lock_ttl_s)
     if not await lock.acquire():
         log.warning("backfill: another backfill holds %s; not starting", lock.key)
@@ -286,17 +418,42 @@ async def backfill_gap(
         return result
     own_client = client is None
     if client is None:
-        client = DatagrepperClient(base_url, progress=progress_wanted())
+        client = DatagrepperClient(
+            base_url,
+            rate=consumer.cfg.datagrepper_rate,
+            concurrency=consumer.cfg.datagrepper_concurrency,
+            progress=progress_wanted(),
+        )
     log.info(
-        "backfill: %s .. %s (%.0f s) from %s",
+        "backfill: %s .. %s (%.0f s) from %s, at most %g requests/s",
         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
         time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(until)),
         since_s,
         client.url,
+        client.limiter.rate,
     )
+    store = consumer.store
+    previous = (await store.meta()).get("backfill_resume_from")
+    resume_before = float(previous) if previous else None
+    await _record(
+        store,
+        {
+            "backfill_status": RUNNING,
+            "backfill_started_at": time.time(),
+            "backfill_heartbeat_at": time.time(),
+        },
+    )
+    lost = asyncio.Event()
+    heartbeat = asyncio.create_task(lock.heartbeat(lost), name="backfill-lock")
+    failure: BaseException | None = None
+    # messages up to ``complete_until`` are counted (one worker, ascending order)
+    in_order = client.workers == 1
+    newest = start
+    complete_until = start
     try:
         batches = 0
-        async with contextlib.aclosing(_batches(client, start, until, batch_size)) as stream:
+        stream = _batches(client, start, until, batch_size, lost)
+        async with contextlib.aclosing(stream):
             async for batch in stream:
                 batches += 1
                 result.fetched += len(batch)
@@ -305,32 +462,83 @@ async def backfill_gap(
                         result.accepted += 1
                     else:
                         result.rejected += 1
+                    ts = message_timestamp(msg)
+                    if ts is not None:
+                        # one worker pages upwards: everything before the newest
+                        # message flushed is fetched, unless the order ever breaks
+                        in_order = in_order and ts >= newest - ORDER_SLACK_S
+                        newest = max(newest, ts)
                 result.counted += await _flush_all(consumer, flush_attempts, 0.5)
+                if in_order:
+                    complete_until = newest - ORDER_SLACK_S
                 (log.info if batches % 10 == 1 else log.debug)(
                     "backfill: %d messages fetched, %d new so far", result.fetched, result.counted
                 )
-                if not await lock.extend():
-                    log.error("backfill: lost the lock %s; stopping", lock.key)
-                    result.status = "lost_lock"
+                if lost.is_set():
                     break
+        if lost.is_set():
+            result.status, result.reason = INCOMPLETE, "lost_lock"
+        elif client.stats.short:
+            result.status, result.reason = INCOMPLETE, "short"
+            result.missing = client.stats.short
+        elif result.fetched == 0 and (live := await _counted_between(store, start, until)):
+            log.warning(
+                "backfill: datagrepper has no message in %s .. %s UTC, where this "
+                "wallboard counted %d: is %s the right datagrepper, and up to date?",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(until)),
+                live,
+                client.url,
+            )
+    except DatagrepperUnavailable as exc:
+        result.status, result.reason = INCOMPLETE, "unavailable"
+        failure = exc
+        raise
     finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
         await lock.release()
         result.requests = client.stats.requests
         result.skipped = client.stats.bad
         if own_client:
             client.close()
         result.seconds = time.monotonic() - t0
-    log.info(
-        "backfill %s: %d fetched, %d accepted, %d rejected, %d new, %d skipped "
-        "(not messages) in %.1f s",
-        result.status,
-        result.fetched,
-        result.accepted,
-        result.rejected,
-        result.counted,
-        result.skipped,
-        result.seconds,
-    )
+        if result.status == INCOMPLETE:
+            # what came before was counted (a short range: not known where the
+            # missing messages are, from ``start``); the next start-up backfill
+            # starts there at the latest
+            known = start if result.reason == "short" or not in_order else complete_until
+            known = max(start, known)
+            result.resume_from = known if resume_before is None else min(known, resume_before)
+        elif resume_before is not None and start > resume_before:
+            result.resume_from = resume_before  # an older hole is still open
+        if result.status in (DONE, INCOMPLETE):
+            await _record(
+                store,
+                {
+                    "backfill_status": result.status,
+                    "backfill_last": json.dumps(result.as_dict()),
+                    "backfill_resume_from": ""
+                    if result.resume_from is None
+                    else repr(result.resume_from),
+                },
+            )
+        log.log(
+            logging.ERROR if result.status == INCOMPLETE else logging.INFO,
+            "backfill %s%s: %d fetched, %d accepted, %d rejected, %d new, %d skipped "
+            "(not messages), %d missing in %.1f s%s",
+            result.status,
+            f" ({result.reason})" if result.reason else "",
+            result.fetched,
+            result.accepted,
+            result.rejected,
+            result.counted,
+            result.skipped,
+            result.missing,
+            result.seconds,
+            f"; {failure}" if failure else "",
+        )
     return result
 
 
@@ -347,7 +555,10 @@ async def backfill_after_gap(
 
     The gap is ``now - last_message_at`` (``store.meta()``), plus ``margin_s``
     to cover messages in flight, bounded to the longest window; a Redis that
-    never counted a message gets the whole longest window.
+    never counted a message gets the whole longest window.  An earlier backfill
+    that ended ``incomplete`` left ``backfill_resume_from``: the range then starts
+    there at the latest (whatever the gap).  A range older than the msg_ids
+    remembered (:func:`dedupe_horizon`) is cut there, with a WARNING.
 
     Args:
         consumer: the listener's consumer, after ``warm_up()``.
@@ -364,14 +575,30 @@ async def backfill_after_gap(
     meta = await consumer.store.meta()
     bound = float(consumer.cfg.longest_window_s)
     last = meta.get("last_message_at")
+    resume = meta.get("backfill_resume_from")
     if last:
         gap = now - float(last)
-        if gap < min_gap_s:
+        if gap < min_gap_s and not resume:
             log.info("backfill: gap of %.0f s is under %.0f s; nothing to do", gap, min_gap_s)
             return None
         since = min(bound, gap + margin_s)
     else:
         since = bound
+    if resume:
+        log.warning(
+            "backfill: the last backfill was incomplete from %s UTC; resuming there",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(resume))),
+        )
+        since = min(bound, max(since, now - float(resume)))
+    horizon = dedupe_horizon(consumer)
+    if now - since < horizon:
+        log.warning(
+            "backfill: not before %s UTC: older msg_ids are no longer remembered "
+            "(dedupe_s = %d s), their messages could be counted twice",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(horizon)),
+            consumer.store.dedupe_s,
+        )
+        since = max(0.0, now - horizon - 60)  # a minute for the clock to move on
     return await backfill_gap(consumer, base_url, since, now, **kwargs)
 
 
@@ -422,10 +649,13 @@ async def _run(args: argparse.Namespace) -> BackfillResult | None:
         consumer = Consumer(cfg, Intake(cfg, extractor, time.time), store)
         await consumer.warm_up()
         tune_gc()  # start-up done: every page goes through the per-message path
+        rate, concurrency = datagrepper_limits(args, cfg)
         client = DatagrepperClient(
             args.datagrepper,
             timeout_s=args.timeout_s,
             retries=max(0, args.retries),
+            rate=rate,
+            concurrency=concurrency,
             progress=progress_wanted(),
         )
         if args.gap:
@@ -434,12 +664,10 @@ async def _run(args: argparse.Namespace) -> BackfillResult | None:
             result = await backfill_gap(
                 consumer, args.datagrepper, args.since, args.until, client=client
             )
-        if result is not None and result.status == "done":
+        if result is not None and result.counted:
             # A running listener keeps its window totals in memory: this field
             # tells it the buckets changed under it (re-read its windows).
-            await store.set_health(
-                {"backfill_done_at": time.time(), "backfill_last": json.dumps(result.as_dict())}
-            )
+            await store.set_health({"backfill_done_at": time.time()})
         return result
     finally:
         await store.close()
@@ -451,17 +679,25 @@ def run(args: argparse.Namespace) -> int:
     if args.since is not None and args.since <= 0:
         log.error("--since must be > 0")
         return 2
-    result = asyncio.run(_run(args))
+    try:
+        result = asyncio.run(_run(args))
+    except BackfillRefused as exc:
+        log.error("%s", exc)
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(result.as_dict() if result else {"status": "nothing"}, indent=2))
     elif result is None:
         print("backfill: no gap to fill")
     else:
         print(
-            f"backfill {result.status}: {result.fetched} fetched, {result.accepted} accepted, "
+            f"backfill {result.status}{f' ({result.reason})' if result.reason else ''}: "
+            f"{result.fetched} fetched, {result.accepted} accepted, "
             f"{result.rejected} rejected, {result.counted} new, {result.skipped} skipped "
-            f"(not messages), {result.requests} requests in {result.seconds:.1f} s"
+            f"(not messages), {result.missing} missing, {result.requests} requests in "
+            f"{result.seconds:.1f} s"
         )
     if result is not None and result.status == "busy":
         return EXIT_TEMPFAIL  # 1 is a crash for every command (docs/CONFIG.md)
+    if result is not None and result.status == INCOMPLETE:
+        return EXIT_INCOMPLETE
     return 0

@@ -124,6 +124,7 @@ class Consumer:
             if meta.get("last_message_at"):
                 self.last_message_at = float(meta["last_message_at"])
             self._backfill_done_at = meta.get("backfill_done_at")
+            await self.store.convert_legacy_ids()
             for w, win in self.windows.items():
                 win.reset(await self.store.read_window(w, now, usercat=False), now)
             self.redis_ok = True

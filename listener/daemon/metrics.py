@@ -147,6 +147,15 @@ class ConsumerCollector(Collector):
             wu.add_metric([str(window_s)], len(totals.users))
         yield wm
         yield wu
+        g = GaugeMetricFamily(
+            "fedmsg_wallboard_backfill_status",
+            "1 for the state of the last datagrepper backfill (P:meta backfill_status)",
+            labels=["status"],
+        )
+        status = self.consumer.store.backfill_status
+        for name in ("running", "done", "incomplete"):
+            g.add_metric([name], 1.0 if status == name else 0.0)
+        yield g
         yield from self._alert_families()
 
     def _alert_families(self) -> Iterator[Any]:

@@ -433,7 +433,7 @@ def _start_backfill(lst: Listener) -> asyncio.Task[Any] | None:
 
     def _backfill_done(t: asyncio.Task[Any]) -> None:
         if not t.cancelled() and t.exception() is not None:
-            log.warning("start-up backfill failed: %s", t.exception())
+            log.error("start-up backfill failed: %s", t.exception())
 
     task.add_done_callback(_backfill_done)
     return task

@@ -24,6 +24,21 @@ are de-duplicated by ``msg_id`` (the overlap and the inclusive ends refetch a
 few).  A page made only of one timestamp (more than ``rows_per_page`` messages
 within ``overlap_s``) falls back to ``page=2, 3...`` at the same ``start``.
 
+Rows outside the range asked for (a server that rounds ``end`` up) are dropped and
+never move the cursor.  A server that ignores ``order=asc`` and answers newest
+first is detected from the page's timestamps; the range is then paged downwards
+(``end = oldest - overlap_s``).  The messages received for a range are compared
+with the ``total`` of its first page: fewer is a *shortfall*
+(:attr:`FetchStats.short`), logged at WARNING, which a backfill reports as
+incomplete.
+
+Politeness: every request of a process to one datagrepper goes through one
+:class:`RequestLimiter` (:func:`shared_limiter`: at most ``rate`` requests a
+second and ``concurrency`` at once, whatever the number of clients and worker
+threads; defaults 2/s and 2), time-outs are at most
+:data:`MAX_TIMEOUT_S`, and a ``Retry-After`` (seconds or an HTTP date) holds every
+thread of the client back.
+
 Failures: HTTP 5xx, 429, time-outs and connection errors are retried with
 exponential backoff (``Retry-After`` honoured); a range whose requests keep
 failing that way is split in two, recursively, down to ``min_split_s`` (except
@@ -34,6 +49,8 @@ page raise at once.
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
 import hashlib
 import logging
 import math
@@ -45,10 +62,16 @@ import time
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from listener.core.config import (
+    DATAGREPPER_CONCURRENCY,
+    DATAGREPPER_MAX_TIMEOUT_S,
+    DATAGREPPER_RATE,
+)
 from listener.core.errors import InputError, TransientError
 from listener.core.lograte import milestone_level
 from listener.core.users import UserExtractor, clean_usernames
@@ -60,6 +83,126 @@ MAX_ROWS_PER_PAGE = 100
 
 #: The production instance (Fedora infrastructure).
 FEDORA_DATAGREPPER = "https://apps.fedoraproject.org/datagrepper"
+
+#: Longest time-out of one request, seconds: a slow range is split sooner, and a
+#: retried range cannot hold a backfill for many minutes.
+MAX_TIMEOUT_S = DATAGREPPER_MAX_TIMEOUT_S
+
+#: Defaults of the shared limit: requests a second, requests at once.
+DEFAULT_RATE = DATAGREPPER_RATE
+DEFAULT_CONCURRENCY = DATAGREPPER_CONCURRENCY
+
+#: Longest ``Retry-After`` waited, seconds (a longer one is waited this long).
+MAX_RETRY_AFTER_S = 300.0
+
+#: The limiter spaces requests ``SPACING_MARGIN / rate`` apart, so that the rate the
+#: server sees stays under ``rate`` when one request of a run reaches it up to
+#: ``0.2 / rate`` s late (on a loaded 2-core machine, arrivals at 2/s spaced 0.525 s
+#: came 0.570 then 0.474 s apart): about 1.67 requests a second at the default 2.
+SPACING_MARGIN = 1.2
+
+
+class RequestLimiter:
+    """At most ``rate`` request starts a second and ``concurrency`` requests at
+    once, shared by every thread of a :class:`DatagrepperClient`.
+
+    A token bucket of depth one: request starts are spaced ``SPACING_MARGIN /
+    rate`` seconds apart, so any one-second window holds at most ``ceil(rate)``
+    starts (no burst after an idle spell); a semaphore bounds the requests in
+    flight.  :meth:`defer` (a ``Retry-After``) pushes the next start for every
+    thread.
+
+    Args:
+        rate: requests a second, > 0.
+        concurrency: requests in flight at once, >= 1.
+        clock / sleep: ``time.monotonic`` and ``time.sleep`` (tests may replace them).
+
+    Raises:
+        ValueError: ``rate`` <= 0 or ``concurrency`` < 1.
+    """
+
+    def __init__(
+        self,
+        rate: float = DEFAULT_RATE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not rate > 0 or not math.isfinite(rate):
+            raise ValueError(f"rate must be > 0 requests/s, got {rate}")
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        self.rate = float(rate)
+        self.concurrency = int(concurrency)
+        self.interval_s = SPACING_MARGIN / self.rate
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next = 0.0
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+
+    def defer(self, seconds: float) -> None:
+        """No request starts in the next ``seconds`` (a server's ``Retry-After``)."""
+        with self._lock:
+            self._next = max(self._next, self._clock() + seconds)
+
+    def _wait_turn(self) -> None:
+        with self._lock:
+            now = self._clock()
+            at = max(now, self._next)
+            self._next = at + self.interval_s
+        if at > now:
+            self._sleep(at - now)
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of ``concurrency`` places and wait for this request's turn."""
+        with self._slots:
+            self._wait_turn()
+            yield
+
+
+_LIMITERS: dict[tuple[str, float, int], RequestLimiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def shared_limiter(url: str, rate: float, concurrency: int) -> RequestLimiter:
+    """The process's one :class:`RequestLimiter` for datagrepper host ``url`` with
+    these limits: clients made one after the other (two backfills, the study's
+    and a backfill's) or side by side share it, so the host never sees more than
+    ``rate`` a second from this process.
+
+    Raises:
+        ValueError: see :class:`RequestLimiter`.
+    """
+    key = (urlsplit(url).netloc.lower(), float(rate), int(concurrency))
+    with _LIMITERS_LOCK:
+        limiter = _LIMITERS.get(key)
+        if limiter is None:
+            limiter = _LIMITERS[key] = RequestLimiter(rate, concurrency)
+        return limiter
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP ``Retry-After`` header (RFC 9110 10.2.3: delay-seconds or an
+    HTTP-date) as seconds from ``now`` (UNIX seconds, default the clock), at
+    least 0 and at most :data:`MAX_RETRY_AFTER_S`; None when absent or unreadable."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP-date is always GMT
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 class DatagrepperUnavailable(TransientError):
@@ -134,6 +277,10 @@ class FetchStats:
         bad: entries that were not objects or had no finite ``timestamp``.
         out_of_range: entries outside the requested ``[start, end]`` (dropped).
         expected: sum of ``total`` of the first page of each range (an estimate).
+        short: messages missing against the ``total`` of a range's first page,
+            summed over the ranges that came back short (0 when complete).
+        short_ranges: ``(start, end, total, received)`` of each such range.
+        descending: ranges whose server answered newest first despite ``order=asc``.
     """
 
     requests: int = 0
@@ -145,6 +292,9 @@ class FetchStats:
     bad: int = 0
     out_of_range: int = 0
     expected: int = 0
+    short: int = 0
+    descending: int = 0
+    short_ranges: list[tuple[float, float, int, int]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **deltas: int) -> None:
@@ -152,6 +302,12 @@ class FetchStats:
         with self._lock:
             for name, value in deltas.items():
                 setattr(self, name, getattr(self, name) + value)
+
+    def add_short(self, start: float, end: float, total: int, received: int) -> None:
+        """Record a range of ``total`` messages of which ``received`` came (thread-safe)."""
+        with self._lock:
+            self.short += total - received
+            self.short_ranges.append((start, end, total, received))
 
 
 def raw_url(base_url: str) -> str:
@@ -214,7 +370,8 @@ class DatagrepperClient:
 
     Args:
         base_url: datagrepper's base URL (or its ``/raw`` URL).
-        timeout_s: time-out of one HTTP request (connect and read), seconds.
+        timeout_s: time-out of one HTTP request (connect and read), seconds, at
+            most :data:`MAX_TIMEOUT_S`.
         retries: retries of one request after the first attempt.
         backoff_s / max_backoff_s: first and largest delay between attempts,
             seconds (doubling, with jitter in ``[delay/2, delay]``).
@@ -223,12 +380,18 @@ class DatagrepperClient:
             request starts, seconds (covers ties and float rounding).
         min_split_s: ranges shorter than this are not split further, seconds.
         workers: ranges fetched in parallel threads (1 = one request at a time).
+        rate / concurrency: the limit every request goes through (requests a
+            second, requests at once), shared with every client of this process
+            for the same host and limits (:func:`shared_limiter`); ignored when
+            ``limiter`` is given.
+        limiter: a :class:`RequestLimiter` of the caller's.
         progress: draw a tqdm bar on stderr; ``None``: only when stderr is a TTY.
         session_factory: builds one ``requests.Session`` per thread.
-        sleep: the sleep function (tests may speed it up).
+        sleep: the sleep function of the retries' backoff (tests may speed it up).
 
     Raises:
-        ValueError: ``rows_per_page`` outside 1..100 or ``workers`` < 1.
+        ValueError: ``rows_per_page`` outside 1..100, ``workers`` < 1, a time-out
+            outside ``(0, MAX_TIMEOUT_S]``, or a bad ``rate``/``concurrency``.
     """
 
     def __init__(
@@ -243,6 +406,9 @@ class DatagrepperClient:
         overlap_s: float = 0.001,
         min_split_s: float = 60.0,
         workers: int = 1,
+        rate: float = DEFAULT_RATE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        limiter: RequestLimiter | None = None,
         progress: bool | None = None,
         session_factory: Callable[[], requests.Session] = requests.Session,
         sleep: Callable[[float], None] = time.sleep,
@@ -251,6 +417,11 @@ class DatagrepperClient:
             raise ValueError(f"rows_per_page must be 1..{MAX_ROWS_PER_PAGE}, got {rows_per_page}")
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        if not 0 < timeout_s <= MAX_TIMEOUT_S:
+            raise ValueError(f"timeout_s must be > 0 and <= {MAX_TIMEOUT_S:g}, got {timeout_s}")
+        self.limiter = (
+            limiter if limiter is not None else shared_limiter(base_url, rate, concurrency)
+        )
         self.url = raw_url(base_url)
         self.timeout_s = timeout_s
         self.retries = retries
@@ -264,6 +435,8 @@ class DatagrepperClient:
         self._session_factory = session_factory
         self._sleep = sleep
         self._local = threading.local()
+        self._sessions: list[requests.Session] = []  # every thread's, for close()
+        self._sessions_lock = threading.Lock()
         self.stats = FetchStats()
 
     # -- one request ---------------------------------------------------------
@@ -274,26 +447,26 @@ class DatagrepperClient:
             s = self._session_factory()
             s.headers.setdefault("Accept", "application/json")
             self._local.session = s
+            with self._sessions_lock:
+                self._sessions.append(s)
         return s
 
     def _attempt(self, params: dict[str, Any]) -> RawPage:
-        self.stats.add(requests=1)
         try:
-            resp = self._session().get(self.url, params=params, timeout=self.timeout_s)
+            with self.limiter.slot():
+                self.stats.add(requests=1)
+                resp = self._session().get(self.url, params=params, timeout=self.timeout_s)
         except requests.Timeout as exc:
             raise _Retryable(f"timed out after {self.timeout_s} s ({type(exc).__name__})") from exc
         except requests.RequestException as exc:  # refused, unresolvable, reset, chunking
             raise _Retryable(
                 f"{type(exc).__name__}: {exc}"[:200], splittable=not _cannot_connect(exc)
             ) from exc
-            raise _Retryable(f"{type(exc).__name__}: {exc}"[:200]) from exc
         status = resp.status_code
         if status >= 500 or status in (408, 429):
-            retry_after = None
-            try:
-                retry_after = float(resp.headers.get("Retry-After", ""))
-            except ValueError:
-                pass
+            retry_after = retry_after_s(resp.headers.get("Retry-After"))
+            if retry_after is not None:  # every thread of this client holds back
+                self.limiter.defer(retry_after)
             raise _Retryable(f"HTTP {status}: {resp.text[:160]!r}", retry_after)
         if status != 200:
             raise DatagrepperBadResponse(
@@ -351,12 +524,20 @@ class DatagrepperClient:
                         splittable=exc.splittable,
                     ) from exc
                 self.stats.add(retries=1)
-                wait = exc.retry_after_s if exc.retry_after_s is not None else delay
-                wait = min(self.max_backoff_s, wait) * (0.5 + random.random() / 2)
+                if exc.retry_after_s is not None:  # the limiter waits it out
+                    wait = 0.0
+                else:
+                    wait = min(self.max_backoff_s, delay) * (0.5 + random.random() / 2)
                 log.warning(
-                    "datagrepper: %s; retry %d/%d in %.2f s", exc, attempt + 1, self.retries, wait
+                    "datagrepper: %s; retry %d/%d in %.2f s%s",
+                    exc,
+                    attempt + 1,
+                    self.retries,
+                    wait if exc.retry_after_s is None else exc.retry_after_s,
+                    "" if exc.retry_after_s is None else " (Retry-After)",
                 )
-                self._sleep(wait)
+                if wait:
+                    self._sleep(wait)
                 delay = min(self.max_backoff_s, delay * 2)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -370,44 +551,97 @@ class DatagrepperClient:
     # -- one range, keyset paging -------------------------------------------
 
     def _pages(
-        self, start: float, end: float, stop: threading.Event, depth: int = 0
+        self,
+        start: float,
+        end: float,
+        stop: threading.Event,
+        depth: int = 0,
+        parent: set[str] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield the pages of ``[start, end]``, splitting the rest of the range in
-        two when its requests keep failing."""
-        cursor, page, first = start, 1, True
-        while not stop.is_set():
-            try:
-                result = self.get_page(cursor, end, page)
-            except DatagrepperUnavailable as exc:
-                # a server that cannot be reached is not helped by smaller ranges
-                if not exc.splittable or end - cursor < max(self.min_split_s, 2 * self.overlap_s):
-                    raise
-                result = None
-            if result is None:
-                mid = cursor + (end - cursor) / 2
-                self.stats.add(splits=1)
-                log.warning(
-                    "datagrepper: range %.3f..%.3f keeps failing; splitting at %.3f",
-                    cursor,
-                    end,
-                    mid,
-                )
-                yield from self._pages(cursor, mid, stop, depth + 1)
-                yield from self._pages(mid, end, stop, depth + 1)
-                return
-            if first:
-                self.stats.add(expected=result.total)
-                first = False
-            yield result.messages
-            if result.count < self.rows_per_page or page >= result.pages:
-                return
-            stamps = [t for t in map(message_timestamp, result.messages) if t is not None]
-            newest = max(stamps) if stamps else cursor
-            nxt = newest - self.overlap_s
-            if nxt > cursor:
-                cursor, page = nxt, 1
-            else:  # a full page within overlap_s of the cursor: page on at this start
-                page += 1
+        two when its requests keep failing.
+
+        Keyset paging in the server's order: upwards (``start`` moves to the newest
+        in-range timestamp of a full page) or, for a server that answers newest
+        first despite ``order=asc``, downwards (``end`` moves to the oldest).  Rows
+        outside ``[start, end]`` never move either end.  At the end, the messages
+        received (in range or not, each key once, ``parent`` gets them too) are
+        compared with the first page's ``total``: fewer is recorded in
+        :attr:`FetchStats.short`.
+        """
+        lo, hi, page = start, end, 1
+        total: int | None = None
+        got: set[str] = set()
+        complete = False
+        try:
+            while not stop.is_set():
+                try:
+                    result = self.get_page(lo, hi, page)
+                except DatagrepperUnavailable as exc:
+                    # a server that cannot be reached is not helped by smaller ranges
+                    if not exc.splittable or hi - lo < max(self.min_split_s, 2 * self.overlap_s):
+                        raise
+                    result = None
+                if result is None:
+                    mid = lo + (hi - lo) / 2
+                    self.stats.add(splits=1)
+                    log.warning(
+                        "datagrepper: range %.3f..%.3f keeps failing; splitting at %.3f",
+                        lo,
+                        hi,
+                        mid,
+                    )
+                    yield from self._pages(lo, mid, stop, depth + 1, got)
+                    yield from self._pages(mid, hi, stop, depth + 1, got)
+                    complete = not stop.is_set()
+                    return
+                if total is None:
+                    total = result.total
+                    self.stats.add(expected=result.total)
+                stamps: list[float] = []
+                for m in result.messages:
+                    ts = message_timestamp(m)
+                    if ts is None:
+                        continue
+                    got.add(message_key(m))
+                    if lo <= ts <= hi:
+                        stamps.append(ts)
+                yield result.messages
+                if result.count < self.rows_per_page or page >= result.pages:
+                    complete = True
+                    return
+                descending = len(stamps) > 1 and stamps[0] > stamps[-1]
+                if descending and hi == end and lo == start and page == 1:
+                    self.stats.add(descending=1)
+                    log.warning(
+                        "datagrepper: %s answers newest first despite order=asc; "
+                        "paging this range downwards",
+                        self.url,
+                    )
+                if descending and min(stamps) + self.overlap_s < hi:
+                    hi, page = min(stamps) + self.overlap_s, 1
+                elif not descending and stamps and max(stamps) - self.overlap_s > lo:
+                    lo, page = max(stamps) - self.overlap_s, 1
+                else:  # a full page of one timestamp, or of rows out of range
+                    page += 1
+        finally:
+            if parent is not None:
+                parent |= got
+            if complete and total is not None and len(got) < total:
+                self._short(start, end, total, len(got))
+
+    def _short(self, start: float, end: float, total: int, received: int) -> None:
+        """Record a range that came back with fewer messages than its ``total``."""
+        self.stats.add_short(start, end, total, received)
+        log.warning(
+            "datagrepper: range %.3f..%.3f: %d messages received, the server's total "
+            "is %d: %d missing",
+            start,
+            end,
+            received,
+            total,
+            total - received,
+        )
 
     def _slices(self, start: float, end: float) -> list[tuple[float, float]]:
         n = 1 if self.workers == 1 else self.workers * 4
@@ -544,7 +778,10 @@ class DatagrepperClient:
             stop.set()
 
     def close(self) -> None:
-        """Close this thread's HTTP session."""
-        s = getattr(self._local, "session", None)
-        if s is not None:
+        """Close the HTTP sessions of every thread that sent a request (the worker
+        threads' too); a later request opens a new one."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for s in sessions:
             s.close()
+        self._local = threading.local()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from listener.core import config
+from listener.core.bidi import BIDI_CONTROLS
 from listener.core.config import Config, http_url_problem, network_problem
 from listener.runtime.systemd import journal_handler, stderr_is_journal
 
@@ -71,16 +72,23 @@ def epoch_seconds(text: str) -> float:
     return value
 
 
-#: C0 and C1 control characters: what a terminal would interpret.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: C0 and C1 control characters: what a terminal would interpret; and the
+#: bidirectional controls (:mod:`listener.core.bidi`), which reorder what it shows.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f" + "".join(sorted(BIDI_CONTROLS)) + "]")
 
 
 def printable(text: object) -> str:
     """``text`` safe to print to a terminal: control characters (an escape
     sequence, a newline in a topic or username from the bus) are shown as
-    ``\\xNN`` instead of being interpreted.  For the text output of ``snapshot``,
-    ``radar`` and ``diff``; ``--json`` escapes them already."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+    ``\\xNN`` (a bidirectional control as ``\\uNNNN``) instead of being
+    interpreted.  For the text output of ``snapshot``, ``radar`` and ``diff``;
+    ``--json`` escapes the C0 ones already."""
+    return _CONTROL.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256 else f"\\u{ord(m.group()):04x}"
+        ),
+        str(text),
+    )
 
 
 def http_url(text: str) -> str:
@@ -160,20 +168,50 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_datagrepper_options(p: argparse.ArgumentParser) -> None:
-    """The datagrepper client's options, shared by every command that reads it."""
+    """The datagrepper client's options, shared by every command that reads it.
+
+    ``--rate`` and ``--concurrency`` default to None: the command then takes the
+    settings file's ``datagrepper_rate``/``datagrepper_concurrency`` (see
+    :func:`datagrepper_limits`)."""
     p.add_argument(
         "--timeout",
-        type=float,
-        default=60.0,
+        type=bounded(float, 0, config.DATAGREPPER_MAX_TIMEOUT_S, low_inclusive=False),
+        default=config.DATAGREPPER_MAX_TIMEOUT_S,
         dest="timeout_s",
-        help="datagrepper request time-out, s (default 60)",
+        help=f"datagrepper request time-out, s (default and most "
+        f"{config.DATAGREPPER_MAX_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--retries",
-        type=int,
+        type=bounded(int, 0, 10),
         default=4,
-        help="retries of a failing datagrepper request (default 4)",
+        help="retries of a failing datagrepper request before its range is halved "
+        "(0..10, default 4)",
     )
+    p.add_argument(
+        "--rate",
+        type=bounded(float, 0, low_inclusive=False),
+        metavar="PER_S",
+        help="most datagrepper requests a second "
+        f"(default: datagrepper_rate, {config.DATAGREPPER_RATE:g})",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=bounded(int, 1, 64),
+        metavar="N",
+        help="most datagrepper requests at once "
+        f"(default: datagrepper_concurrency, {config.DATAGREPPER_CONCURRENCY})",
+    )
+
+
+def datagrepper_limits(args: argparse.Namespace, cfg: Config | None = None) -> tuple[float, int]:
+    """``(requests a second, requests at once)`` for a datagrepper client: the
+    flags of :func:`add_datagrepper_options`, else ``cfg``'s settings, else the
+    defaults."""
+    base = cfg if cfg is not None else Config()
+    rate = args.rate if getattr(args, "rate", None) is not None else base.datagrepper_rate
+    conc = getattr(args, "concurrency", None)
+    return float(rate), int(conc if conc is not None else base.datagrepper_concurrency)
 
 
 def config_file(args: argparse.Namespace) -> tuple[Path | None, str]:

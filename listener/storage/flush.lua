@@ -14,10 +14,15 @@ if prev then
 end
 local now = tonumber(redis.call('TIME')[1])
 local ib_size = cfg.ids_bucket
-local function key_of(ib) return p .. ':ids:' .. ib end
+-- an id's set is its hour's shard: slot = hour start * shards + shard (cols[3]),
+-- exact in a double; the same shard of the neighbouring hours is slot -/+ step
+local nsh = cfg.ids_shards
+local step = ib_size * nsh
+local function hour_of(s) return math.floor(s / nsh) end
+local function key_of(s) return p .. ':ids:' .. hour_of(s) .. ':' .. (s % nsh) end
 -- an id set whose expiry time has passed would be deleted at the end of this
 -- script: it is not written (the batch's own ids still de-duplicate, in `added`)
-local function gone(ib) return ib + ib_size + cfg.ids_ttl <= now end
+local function gone(s) return hour_of(s) + ib_size + cfg.ids_ttl <= now end
 local function push(lists, key, value)
   local l = lists[key]
   if not l then
@@ -33,7 +38,7 @@ for idx = 1, #ids do
   local id = ids[idx]
   if id ~= '' then
     local ts = stamps[idx]
-    local ib = ts - (ts % ib_size)
+    local ib = (ts - (ts % ib_size)) * nsh + cols[3][idx]
     stamp_of[idx] = ib
     push(by_bucket, ib, id)
   end
@@ -48,7 +53,7 @@ local function ask(ib)
   pre[ib] = found
   if gone(ib) or redis.call('EXISTS', key_of(ib)) == 0 then return end
   local cands = {}
-  for _, b in ipairs({ib - ib_size, ib, ib + ib_size}) do
+  for _, b in ipairs({ib - step, ib, ib + step}) do
     for _, id in ipairs(by_bucket[b] or {}) do cands[#cands + 1] = id end
   end
   for first = 1, #cands, 1000 do
@@ -61,9 +66,9 @@ local function ask(ib)
   end
 end
 for ib, _ in pairs(by_bucket) do
-  ask(ib - ib_size)
+  ask(ib - step)
   ask(ib)
-  ask(ib + ib_size)
+  ask(ib + step)
 end
 -- 3. message by message, in order, as one SISMEMBER/SADD each would decide: a
 -- duplicate when its id is in its bucket's set or a neighbour's, counting the ids
@@ -83,7 +88,7 @@ for idx = 1, #ids do
   local new = 1
   if id ~= '' then
     local ib = stamp_of[idx]
-    if member(ib - ib_size, id) or member(ib + ib_size, id) or member(ib, id) then
+    if member(ib - step, id) or member(ib + step, id) or member(ib, id) then
       new = 0
     else
       local a = added[ib]
@@ -108,7 +113,7 @@ for ib, t in pairs(to_add) do
   for first = 1, #t, 1000 do
     redis.call('SADD', key_of(ib), unpack(t, first, math.min(first + 999, #t)))
   end
-  id_keys[key_of(ib)] = ib + ib_size + cfg.ids_ttl
+  id_keys[key_of(ib)] = hour_of(ib) + ib_size + cfg.ids_ttl
 end
 local aggs = cjson.decode(ARGV[4])
 if #dups > 0 then

@@ -11,16 +11,21 @@ key                            type    content
 ``P:b:<bucket_s>:<start>:c``   hash    category -> messages
 ``P:b:<bucket_s>:<start>:u``   hash    username -> messages
 ``P:b:<bucket_s>:<start>:uc``  hash    ``username\\x1fcategory`` -> messages
-``P:ids:<hour start>``         set     msg_ids seen with a timestamp in that hour
-                                       (a msg_id is looked up in its hour and the
-                                       two neighbours, so a re-sent message whose
-                                       timestamp moved by < 1 h is still caught)
+``P:ids:<hour>:<shard>``       set     :func:`id_hash` of the msg_ids seen with a
+                                       timestamp in that hour (a msg_id is looked
+                                       up in its hour and the two neighbours, so a
+                                       re-sent message whose timestamp moved by
+                                       < 1 h is still caught); kept ``dedupe_s``
+                                       (default: the longest window + 1 h)
 ``P:batch:<uuid>``             string  a flush already applied (idempotent retry)
 ``P:hist:<window_s>``          list    JSON ``[end, longtail, longtail_normalized,
                                        gini, messages, users]``, oldest first
 ``P:state``                    string  the listener's latest ``tick`` event (JSON)
 ``P:recent``                   list    the latest ``blink`` entries (JSON), newest last
-``P:meta``                     hash    ``epoch``, ``last_message_at``, listener health
+``P:meta``                     hash    ``epoch``, ``last_message_at``, listener health,
+                                       ``backfill_status`` (``running``, ``done``,
+                                       ``incomplete``), ``backfill_last`` (JSON),
+                                       ``backfill_resume_from``, ``backfill_*_at``
 ``P:events``                   pubsub  channel of ``blink`` and ``tick`` events
                                (``P:events:dbN`` on database N > 0: channels are server-wide)
 =============================  ======  =============================================
@@ -49,6 +54,7 @@ script's duration instead (duplicates inside the batch are still caught).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -87,6 +93,34 @@ return cur
 #: Replies of a reachable Redis to a connection's set-up (``SELECT``, ``AUTH``) that
 #: retrying cannot change.
 _CONFIG_REPLIES = ("DB index is out of range", "invalid password", "WRONGPASS", "NOAUTH")
+
+
+#: Extra lifetime of the msg_id sets beyond the longest window, seconds: a backfill
+#: of the whole window that runs for up to this long still finds every set.
+DEDUPE_MARGIN_S = 3600
+
+
+#: msg_id sets per hour: ``P:ids:<hour start>:<id_hash % ID_SHARDS>``.  Each set
+#: then holds ~100 hashes at Fedora's rate (~6,000 messages an hour), under Redis's
+#: ``set-max-intset-entries`` (512): Redis keeps it as an intset, ~10 bytes a
+#: msg_id: 9.6 MiB for a week of 1,000,000 msg_ids, against 92 MiB for one set of
+#: msg_id strings an hour (Redis 7.0, ``bench/dedupe_memory.py``).  A busier shard
+#: becomes a hash table: bigger, as correct.
+ID_SHARDS = 64
+
+
+def id_hash(msg_id: str) -> int:
+    """The 64-bit key a msg_id is de-duplicated by in Redis: the first 8 bytes of
+    its BLAKE2b digest as a signed integer (Redis keeps such members as integers).
+
+    Two different msg_ids collide with probability 2**-64 per pair; a flush checks
+    an id against three hourly sets (~20,000 ids at Fedora's busiest rate), so the
+    chance that a week's ~1,000,000 messages lose one to a collision is ~1e-9.
+    Kept in :data:`ID_SHARDS` sets an hour, a week of them takes ~10x less Redis
+    memory than the msg_id strings (``bench/dedupe_memory.py``, docs/BENCHMARKS.md).
+    """
+    digest = hashlib.blake2b(msg_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 
 
 def _is_config_reply(exc: BaseException) -> bool:
@@ -132,7 +166,9 @@ class Store:
         buckets_s: bucket sizes kept, seconds.
         windows_s: windows read, seconds (bucket retention is derived from them).
         retention_s: lifetime of the coarsest buckets, seconds.
-        dedupe_s: lifetime of msg_id sets, seconds.
+        dedupe_s: lifetime of msg_id sets beyond their hour, seconds; ``None``
+            (default): the longest window + :data:`DEDUPE_MARGIN_S`, so a backfill
+            or replay anywhere in the windows is de-duplicated.
 
     Redis errors propagate as ``redis.exceptions.RedisError`` (``ConnectionError``
     and ``TimeoutError`` are the transient ones).
@@ -145,13 +181,15 @@ class Store:
         buckets_s: Sequence[int] = (60, 3600),
         windows_s: Sequence[int] = (3600, 86400, 604800),
         retention_s: int = 14 * 86400,
-        dedupe_s: int = 86400,
+        dedupe_s: int | None = None,
     ) -> None:
         self.r = client
         self.p = "{" + prefix + "}"
         self.buckets_s = tuple(sorted(buckets_s))
         self.windows_s = tuple(windows_s)
-        self.dedupe_s = dedupe_s
+        self.dedupe_s = max(self.windows_s) + DEDUPE_MARGIN_S if not dedupe_s else int(dedupe_s)
+        #: ``backfill_status`` of ``P:meta`` as last read by :meth:`check_epoch`
+        self.backfill_status: str | None = None
         keep: dict[int, int] = {b: 0 for b in self.buckets_s}
         for w in self.windows_s:
             b = choose_bucket(w, self.buckets_s)
@@ -244,6 +282,7 @@ class Store:
             "batch_ttl": 86400,
             "ids_bucket": 3600,
             "ids_ttl": self.dedupe_s,
+            "ids_shards": ID_SHARDS,
             "buckets": list(self.buckets_s),
         }
         p = self.p
@@ -261,13 +300,16 @@ class Store:
             for (b, start), c in counts.items()
         ]
         # columns (one JSON array per field), not one small array per message
-        ids, stamps, topics, categories, users = zip(*batch, strict=True)
+        msg_ids, stamps, topics, categories, users = zip(*batch, strict=True)
+        hashes = [id_hash(m) if m else 0 for m in msg_ids]
+        ids = [str(h) if m else "" for h, m in zip(hashes, msg_ids, strict=True)]
+        shards = [h % ID_SHARDS for h in hashes]
         res = await self._flush(
             keys=[self.key("meta")],
             args=[
                 p,
                 orjson.dumps(cfg),
-                orjson.dumps([ids, stamps]),  # Counted.timestamp is an int already
+                orjson.dumps([ids, stamps, shards]),  # Counted.timestamp is an int already
                 orjson.dumps(aggs),
                 orjson.dumps([topics, categories, users]),
             ],
@@ -296,13 +338,16 @@ class Store:
 
     async def check_epoch(self, now: float) -> tuple[str, bool, str | None]:
         """:meth:`ensure_epoch` plus ``backfill_done_at`` of ``P:meta``, in one round
-        trip: ``(epoch, created, backfill_done_at or None)``."""
+        trip: ``(epoch, created, backfill_done_at or None)``; ``backfill_status``
+        (``running``, ``done``, ``incomplete`` or None) is kept in
+        :attr:`backfill_status` on the way."""
         epoch = uuid.uuid4().hex
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.hsetnx(self.key("meta"), "epoch", epoch)
-            pipe.hmget(self.key("meta"), ["epoch", "backfill_done_at"])
-            created, (got, done) = await pipe.execute()
+            pipe.hmget(self.key("meta"), ["epoch", "backfill_done_at", "backfill_status"])
+            created, (got, done, status) = await pipe.execute()
         done_at = done.decode() if done else None
+        self.backfill_status = status.decode() if status else None
         if created:
             await self.r.hset(self.key("meta"), "epoch_started_at", str(now))
             return epoch, True, done_at
@@ -408,6 +453,40 @@ class Store:
     async def set_health(self, fields: dict[str, Any]) -> None:
         """Record listener health fields in ``P:meta`` (strings/numbers)."""
         await self.r.hset(self.key("meta"), mapping={k: str(v) for k, v in fields.items()})
+
+    async def convert_legacy_ids(self) -> int:
+        """Move msg_id sets of the one-set-an-hour layout (``P:ids:<hour>``, msg_id
+        strings) to the hashed, sharded one (``P:ids:<hour>:<shard>``, expiring as the
+        flush script sets them: hour + 1 h + ``dedupe_s``), so ids counted before an
+        upgrade still de-duplicate.
+
+        Idempotent (a converted set is deleted); a few hundred thousand ids take
+        about a second.  Returns the number of msg_ids moved.
+        """
+        moved = 0
+        async for raw in self.r.scan_iter(match=self.key("ids", "*"), count=1000):
+            key = _text(raw)
+            hour = key.rsplit(":ids:", 1)[1]
+            if not hour.isdigit():  # already <hour>:<shard>
+                continue
+            at = int(hour) + 3600 + self.dedupe_s
+            members = await self.r.smembers(raw)
+            shards: dict[int, list[int]] = {}
+            for m in members:
+                h = id_hash(_text(m))
+                shards.setdefault(h % ID_SHARDS, []).append(h)
+            pipe = self.r.pipeline(transaction=True)
+            for shard, hashes in shards.items():
+                dest = self.key("ids", hour, shard)
+                for i in range(0, len(hashes), 1000):
+                    pipe.sadd(dest, *hashes[i : i + 1000])
+                pipe.expireat(dest, at)
+            pipe.delete(raw)
+            await pipe.execute()
+            moved += len(members)
+        if moved:
+            log.info("de-duplication: %d msg_ids moved to hashed, sharded sets", moved)
+        return moved
 
     async def meta(self) -> dict[str, str]:
         """``P:meta`` as a str -> str dict."""

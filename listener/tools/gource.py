@@ -69,6 +69,7 @@ import redis.exceptions
 import zmq
 import zmq.asyncio
 
+from listener.core.bidi import strip_bidi
 from listener.core.endpoints import check_endpoint
 from listener.core.envelope import Rejected, category_index, category_of, decode_frames
 from listener.core.users import UserExtractor, clean_usernames, load_fedmsg_config
@@ -119,15 +120,16 @@ class Entry:
 
 def clean_name(text: str) -> str:
     """A username safe as a Gource field: ``|`` and control characters become
-    ``_``, after surrounding whitespace is stripped (``/`` is kept:
+    ``_``, bidirectional controls are removed (:func:`listener.core.bidi.strip_bidi`),
+    after surrounding whitespace is stripped (``/`` is kept:
     ``mbs/mbs.fedoraproject.org`` is a real fedmsg.meta username)."""
-    return _UNSAFE.sub("_", text.strip())
+    return _UNSAFE.sub("_", strip_bidi(text).strip())
 
 
 def clean_part(text: str) -> str:
     """A topic part safe as one path component: like :func:`clean_name`, and ``/``
     becomes ``_`` too."""
-    return _UNSAFE_PART.sub("_", text.strip())
+    return _UNSAFE_PART.sub("_", strip_bidi(text).strip())
 
 
 def topic_path(topic: str, category: str) -> str:

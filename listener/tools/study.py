@@ -39,7 +39,7 @@ from typing import Any
 
 import orjson
 
-from listener.core.errors import InputError
+from listener.core.errors import EXIT_INCOMPLETE, InputError
 from listener.core.longtail import LongtailStats, stats
 from listener.core.users import UserExtractor, clean_usernames, load_fedmsg_config
 from listener.inputs.datagrepper import (
@@ -48,7 +48,13 @@ from listener.inputs.datagrepper import (
     message_timestamp,
     progress_wanted,
 )
-from listener.runtime.options import add_datagrepper_options, epoch_seconds, http_url, plain_text
+from listener.runtime.options import (
+    add_datagrepper_options,
+    datagrepper_limits,
+    epoch_seconds,
+    http_url,
+    plain_text,
+)
 from listener.tools.examples import builtin_examples, unwrap_record
 
 log = logging.getLogger(__name__)
@@ -524,7 +530,11 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
     add_datagrepper_options(p)
     p.add_argument(
-        "--workers", type=int, default=4, help="parallel datagrepper requests (default 4)"
+        "--workers",
+        type=int,
+        default=4,
+        help="threads paging datagrepper's range in slices (default 4; their requests "
+        "share --rate and --concurrency)",
     )
     p.set_defaults(func=run)
 
@@ -565,6 +575,7 @@ def run(args: argparse.Namespace) -> int:
     span_start, span_end = ends[0] - args.range_s, ends[-1]
     users_of = UsersOf(args.fedmsg_config)
     skipped: Counter[str] = Counter()
+    short: list[tuple[float, float, int, int]] = []  # datagrepper ranges that came short
     t0 = time.perf_counter()
 
     def bodies() -> Iterator[Mapping[str, Any]]:
@@ -574,17 +585,21 @@ def run(args: argparse.Namespace) -> int:
             for ex in builtin_examples():
                 yield ex.body
         if args.datagrepper:
+            rate, concurrency = datagrepper_limits(args)
             client = DatagrepperClient(
                 args.datagrepper,
                 timeout_s=args.timeout_s,
                 retries=max(0, args.retries),
                 workers=max(1, args.workers),
+                rate=rate,
+                concurrency=concurrency,
                 progress=progress_wanted(),
             )
             try:
                 yield from client.iter_messages(span_start, span_end)
             finally:
                 client.close()
+            short.extend(client.stats.short_ranges)
 
     stamp = (lambda i, b: 0.0) if args.rebase else None
     events = collect_events(bodies(), users_of, skipped, stamp)
@@ -638,4 +653,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(render_csv(points))
     else:
         sys.stdout.write(render_table(points, args.range_s))
+    if short:
+        missing = sum(total - got for _, _, total, got in short)
+        log.error(
+            "incomplete: datagrepper's total says %d more messages than it sent, in %d "
+            "range%s; the figures above undercount",
+            missing,
+            len(short),
+            "" if len(short) == 1 else "s",
+        )
+        return EXIT_INCOMPLETE
     return 0

@@ -459,7 +459,7 @@ def integrity(
 ) -> dict[str, Any]:
     """The ``/api/integrity`` object: the bus's integrity at a glance, from the
     listener's ``P:meta`` (``listener_integrity_json``, ``listener_links_json``,
-    ``backfill_last``) and :func:`health`'s object.
+    ``backfill_status``, ``backfill_last``) and :func:`health`'s object.
 
     Returns:
         ``{"ok", "bus": {"state", "links": [{"endpoint", "state", "gaps",
@@ -490,6 +490,11 @@ def integrity(
     last = loads("backfill_last")
     if backfill_running:
         state = "running"
+    elif meta.get("backfill_status"):  # running, done or incomplete (daemon/backfill.py)
+        # "running" without its lock: the backfill died before it could say so
+        state = (
+            "incomplete" if meta["backfill_status"] == "running" else str(meta["backfill_status"])
+        )
     elif isinstance(last, dict):
         state = str(last.get("status") or "done")
     else:

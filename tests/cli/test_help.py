@@ -62,7 +62,7 @@ def test_help_is_plain_text(command: str | None) -> None:
 def test_help_lists_every_exit_code() -> None:
     text = " ".join(run_cli("--help").stdout.split())  # wrapped lines joined
     codes = {v for k, v in vars(errors).items() if k.startswith("EXIT_") and isinstance(v, int)}
-    assert codes == {0, 1, 2, 66, 69, 75, 78, 130, 141}
+    assert codes == {0, 1, 2, 3, 66, 69, 75, 78, 130, 141}
     for code in codes:
         assert re.search(rf"\b{code} [A-Za-z]", text), code
 

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.browser
 
 CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<img src=x onerror=alert(1)>"
+#: a username that would show reversed ("kcab" as "back") behind a right-to-left override
+BIDI_USER = "\u202ekcab"
 T = TIMEOUT_FACTOR
 
 if not Path(CHROMIUM).exists():  # pragma: no cover - make sysdeps installs it
@@ -161,10 +163,15 @@ def wall(
     hostile["msg"]["user"] = hostile["msg"]["agent"] = HOSTILE
     hostile["msg_id"] = "hostile-" + uuid.uuid4().hex
     assert extractor.usernames(hostile) == {HOSTILE}
-    # the replay: every example, then the hostile one (newest: in the ticker)
+    bidi = json.loads(json.dumps(ex.body))
+    bidi["msg"]["user"] = bidi["msg"]["agent"] = BIDI_USER
+    bidi["msg_id"] = "bidi-" + uuid.uuid4().hex
+    # the replay: every example, the one with a direction override, then the
+    # hostile one (newest: in the ticker)
     with (tmp / "replay.jsonl").open("w") as fh:
         for e in examples:
             fh.write(json.dumps(e.body) + "\n")
+        fh.write(json.dumps(bidi) + "\n")
         fh.write(json.dumps(hostile) + "\n")
     page = None
     try:
@@ -203,7 +210,7 @@ def wall(
             timeout=120,
         )
         assert proc.returncode == 0, proc.stderr
-        published = len(examples) + 1
+        published = len(examples) + 2
 
         def counted() -> bool:
             status, h = get_json(w.port, "/healthz")
@@ -358,6 +365,33 @@ def test_hostile_username_is_text(wall: tuple[Wall, Any]) -> None:
         "[...document.querySelectorAll('#ticker .users')].map(e => e.textContent)"
     )
     assert any(HOSTILE in u for u in users_cells)
+    fresh.context.close()
+
+
+def test_direction_overrides_cannot_reorder_the_page(wall: tuple[Wall, Any]) -> None:
+    """The API, the ticker and the page's text carry no bidirectional control, and
+    the page lays bus text out in isolated boxes."""
+    w, page = wall
+    settled(w, page)
+    _, state = get_json(w.port, "/api/state")
+    _, snap = get_json(w.port, "/api/snapshot?window=3600")
+    for obj in (state, snap):
+        assert "\u202e" not in json.dumps(obj, ensure_ascii=False)
+    assert any("kcab" in m["users"] for m in state["recent"])
+    fresh = new_page(page.context.browser)
+    fresh.goto(f"http://127.0.0.1:{w.port}/?rows=30")
+    fresh.wait_for_function("wallboard.state.events.snapshot >= 1")
+    fresh.wait_for_function(
+        "[...document.querySelectorAll('#ticker .users')]"
+        ".some(e => e.textContent.includes('kcab'))",
+        timeout=10_000 * T,
+    )
+    assert not fresh.evaluate("document.body.textContent.includes('\\u202e')")
+    bidi = fresh.evaluate(
+        "['.sum', '.users', '.cat'].map(s => getComputedStyle("
+        "document.querySelector('#ticker ' + s)).unicodeBidi)"
+    )
+    assert bidi == ["isolate", "isolate", "isolate"]
     fresh.context.close()
 
 

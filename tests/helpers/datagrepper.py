@@ -23,6 +23,17 @@ Fault injection for the client's tests:
   order on every request (PostgreSQL gives no order among ties).
 * ``on_request(server, args)``: called before each query (e.g. to add messages
   while a client is paging).
+* ``stray``: valid messages outside every range asked for (``timestamp`` past
+  ``end``), added to every page 1 while ``total`` ignores them (a rows query that
+  leaks past ``end``).
+* ``ignore_order``: newest first whatever ``order`` says.
+* ``hide``: the number of matching rows left out of every answer (the newest),
+  while ``total`` still counts them (a ``total`` the pages never reach).
+* ``retry_after``: the ``Retry-After`` header of the ``"429"``/``"503"`` faults
+  (seconds or an HTTP date).
+
+Every request's arrival is logged in :attr:`FakeDatagrepper.arrivals`
+(``time.monotonic()``), for :func:`max_per_second`.
 """
 
 from __future__ import annotations
@@ -70,6 +81,12 @@ class FakeDatagrepper:
         #: entries that are not messages, added to the end of every page 1 (a
         #: broken datagrepper or proxy): the client must count them, not crash
         self.junk: list[Any] = []
+        self.stray: list[dict[str, Any]] = []
+        self.ignore_order = False
+        self.hide = 0
+        self.retry_after: str | None = None
+        #: ``time.monotonic()`` at each request's arrival, in order
+        self.arrivals: list[float] = []
         self._closing = threading.Event()
         self.add(messages)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -154,12 +171,15 @@ class FakeDatagrepper:
                 keyed = [(r[0], self._rng.random(), r[2]) for r in hits]
             else:
                 keyed = [(r[0], r[1], r[2]) for r in hits]
-        keyed.sort(key=lambda r: (r[0], r[1]), reverse=(order == "desc"))
         total = len(keyed)
+        if self.hide:
+            keyed.sort(key=lambda r: (r[0], r[1]))
+            keyed = keyed[: max(0, len(keyed) - self.hide)]
+        keyed.sort(key=lambda r: (r[0], r[1]), reverse=(order == "desc" or self.ignore_order))
         pages = int(math.ceil(total / float(rows))) if rows > 0 else 1
         chosen = [r[2] for r in keyed[rows * (page - 1) : rows * page]] if rows > 0 else []
         if page == 1:
-            chosen = chosen + list(self.junk)
+            chosen = chosen + list(self.junk) + list(self.stray)
         return 200, {
             "raw_messages": chosen,
             "total": total,
@@ -180,6 +200,8 @@ class FakeDatagrepper:
             def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
                 try:
                     self.send_response(status)
+                    if status in (429, 503) and fake.retry_after is not None:
+                        self.send_header("Retry-After", fake.retry_after)
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
@@ -195,6 +217,7 @@ class FakeDatagrepper:
                 args = parse_qs(parts.query, keep_blank_values=True)
                 record: dict[str, Any] = {k: v[0] if len(v) == 1 else v for k, v in args.items()}
                 with fake._lock:
+                    fake.arrivals.append(time.monotonic())
                     fault = fake.faults.pop(0) if fake.faults else None
                     fake.requests.append(record)
                 if fake.on_request is not None:
@@ -284,3 +307,17 @@ def spread(
         out.append(b)
     out.sort(key=lambda m: m["timestamp"])
     return out
+
+
+def max_per_second(arrivals: list[float], window_s: float = 1.0) -> int:
+    """The most requests that arrived within any ``window_s`` seconds (a sliding
+    window ``[t, t + window_s)`` starting at each arrival)."""
+    times = sorted(arrivals)
+    most = 0
+    j = 0
+    for i, t in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < t + window_s:
+            j += 1
+        most = max(most, j - i)
+    return most

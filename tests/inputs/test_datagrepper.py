@@ -18,12 +18,14 @@ from listener.inputs.datagrepper import (
     DatagrepperBadResponse,
     DatagrepperClient,
     DatagrepperUnavailable,
+    RequestLimiter,
     message_users,
     progress_wanted,
     raw_url,
+    retry_after_s,
 )
 from tests.helpers.common import CORPUS
-from tests.helpers.datagrepper import FakeDatagrepper, spread
+from tests.helpers.datagrepper import FakeDatagrepper, max_per_second, spread
 
 T0 = 1_700_000_000.0
 SPAN = 6 * 3600.0
@@ -36,6 +38,7 @@ def day(examples: list[Any]) -> list[dict[str, Any]]:
 
 
 def client(url: str, **kw: Any) -> DatagrepperClient:
+    kw.setdefault("rate", 1000.0)  # the tests of the limit set their own
     kw.setdefault("backoff_s", 0.01)
     kw.setdefault("timeout_s", 2.0)
     kw.setdefault("progress", False)
@@ -285,3 +288,83 @@ def test_raw_url() -> None:
         "https://apps.fedoraproject.org/datagrepper/raw"
     )
     assert raw_url("http://h/raw") == "http://h/raw"
+
+
+def test_rows_past_end_neither_count_nor_end_the_paging(day: list[dict[str, Any]]) -> None:
+    """A rows query that leaks a row past ``end`` into every first page: the row is
+    dropped, and the paging goes on from the newest row in range."""
+    with FakeDatagrepper(day) as srv:
+        srv.stray = [dict(day[0], msg_id="stray-after-end", timestamp=T0 + SPAN + 3600)]
+        c = client(srv.url)
+        got = list(c.iter_messages(T0, T0 + SPAN))
+    assert ids(got) == ids(day)
+    assert c.stats.out_of_range >= 1 and c.stats.short == 0
+
+
+def test_a_server_that_ignores_order_is_paged_downwards(day: list[dict[str, Any]]) -> None:
+    with FakeDatagrepper(day) as srv:
+        srv.ignore_order = True
+        c = client(srv.url)
+        got = list(c.iter_messages(T0, T0 + SPAN))
+    assert ids(got) == ids(day)
+    assert c.stats.descending == 1 and c.stats.short == 0
+
+
+def test_fewer_messages_than_the_total_is_a_shortfall(day: list[dict[str, Any]]) -> None:
+    with FakeDatagrepper(day) as srv:
+        srv.hide = 2  # the newest 2 of every query never come
+        c = client(srv.url)
+        got = list(c.iter_messages(T0, T0 + SPAN))
+    assert len(got) == len(day) - 2
+    assert c.stats.short == 2
+    assert c.stats.short_ranges == [(T0, T0 + SPAN, len(day), len(day) - 2)]
+
+
+def test_the_server_never_sees_more_than_the_limit(day: list[dict[str, Any]]) -> None:
+    """Counted from the server's own arrival log, per sliding second: 4 worker
+    threads, retries included, stay within 2 requests a second."""
+    few = day[:240]
+    with FakeDatagrepper(few) as srv:
+        srv.faults = [None, "500", None, "503"]
+        c = client(srv.url, rate=2.0, concurrency=2, workers=4, rows_per_page=40)
+        got = list(c.iter_messages(T0, few[-1]["timestamp"]))
+        arrivals = list(srv.arrivals)
+    assert ids(got) == ids(few)
+    assert len(arrivals) >= 8
+    assert max_per_second(arrivals) <= 2
+
+
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_holds_every_request_back(day: list[dict[str, Any]], form: str) -> None:
+    import email.utils
+
+    with FakeDatagrepper(day[:50]) as srv:
+        srv.retry_after = (
+            "2" if form == "seconds" else email.utils.formatdate(time.time() + 3, usegmt=True)
+        )
+        srv.faults = ["429"]
+        c = client(srv.url)
+        got = list(c.iter_messages(T0, T0 + SPAN))
+        arrivals = list(srv.arrivals)
+    assert ids(got) == ids(day[:50])
+    assert c.stats.retries == 1
+    # the server's log: the retry came after the date or delay it asked for
+    assert arrivals[1] - arrivals[0] >= 1.0
+
+
+def test_retry_after_values() -> None:
+    assert retry_after_s("7") == 7.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert retry_after_s("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0.0
+    assert retry_after_s("1e9") == 300.0  # bounded
+    assert retry_after_s("soon") is None and retry_after_s(None) is None
+    assert retry_after_s("nan") is None
+
+
+def test_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="timeout_s"):
+        DatagrepperClient("http://127.0.0.1:1", timeout_s=60)
+    with pytest.raises(ValueError, match="rate"):
+        RequestLimiter(rate=0)
+    with pytest.raises(ValueError, match="concurrency"):
+        RequestLimiter(concurrency=0)

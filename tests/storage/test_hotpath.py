@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 
 from listener.core.counting import Counted, aggregate
 from listener.core.windows import Counts
-from listener.storage.store import Store
+from listener.storage.store import ID_SHARDS, Store, id_hash
 
 REFERENCE_FLUSH_LUA = r"""
 local p = ARGV[1]
@@ -47,13 +47,13 @@ local function inc(key, field, at)
   h[field] = (h[field] or 0) + 1
 end
 for idx, m in ipairs(msgs) do
-  local id, ts, topic, cat, users = m[1], m[2], m[3], m[4], m[5]
+  local id, ts, topic, cat, users, sh = m[1], m[2], m[3], m[4], m[5], m[6]
   local new = 1
   if id ~= '' then
     local ib = ts - (ts % cfg.ids_bucket)
-    local ik = p .. ':ids:' .. ib
-    if redis.call('SISMEMBER', p .. ':ids:' .. (ib - cfg.ids_bucket), id) == 1
-        or redis.call('SISMEMBER', p .. ':ids:' .. (ib + cfg.ids_bucket), id) == 1
+    local ik = p .. ':ids:' .. ib .. ':' .. sh
+    if redis.call('SISMEMBER', p .. ':ids:' .. (ib - cfg.ids_bucket) .. ':' .. sh, id) == 1
+        or redis.call('SISMEMBER', p .. ':ids:' .. (ib + cfg.ids_bucket) .. ':' .. sh, id) == 1
         or redis.call('SADD', ik, id) == 0 then
       new = 0
     else
@@ -112,7 +112,17 @@ async def run_reference(
         "ids_ttl": store.dedupe_s,
         "buckets": [[b, store.keep_s[b]] for b in store.buckets_s],
     }
-    msgs = [[m.msg_id, int(m.timestamp), m.topic, m.category, list(m.users)] for m in batch]
+    msgs = [
+        [
+            str(id_hash(m.msg_id)) if m.msg_id else "",
+            int(m.timestamp),
+            m.topic,
+            m.category,
+            list(m.users),
+            id_hash(m.msg_id) % ID_SHARDS,
+        ]
+        for m in batch
+    ]
     res = await script(
         keys=[store.key("meta")], args=[store.p, orjson.dumps(cfg), orjson.dumps(msgs)]
     )

