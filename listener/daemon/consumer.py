@@ -102,9 +102,10 @@ class Consumer:
     def written(self, accepted: int) -> bool:
         """Whether the first ``accepted`` accepted messages left the pending buffer
         and no flush is in flight (pending is FIFO: ``accepted - len(pending)``
-        have been taken).  A standby's are kept, not written: True (its AMQP
-        queue is its own, and the lease holder reads the same messages)."""
-        if not self.holding:
+        have been taken).  A standby's are kept, not written: True when its AMQP
+        queue is its own (``amqp_queue`` empty: a UUID queue; the lease holder
+        reads the same messages from its own)."""
+        if not self.holding and not self.cfg.amqp_queue:
             return True
         taken = self.stats.accepted - len(self.intake.pending)
         return taken >= accepted and self._retry_batch is None

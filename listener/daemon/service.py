@@ -31,7 +31,7 @@ from typing import Any
 
 from listener.core.config import Config
 from listener.core.endpoints import resolve_endpoints
-from listener.core.errors import EXIT_INTERRUPTED
+from listener.core.errors import EXIT_INTERRUPTED, TransientError
 from listener.core.intake import Intake
 from listener.core.lograte import milestone_level
 from listener.core.users import UserExtractor, load_fedmsg_config
@@ -312,11 +312,22 @@ async def _lease_loop(lst: Listener) -> None:
     started); a writer that finds another holder, or whose write Redis refused
     (:attr:`Consumer.fenced`), stops its writer tasks and stands by, keeping the
     bus's messages of the last ``standby_keep_s`` (:meth:`Consumer.expire_kept`).
-    The inputs run all along.  A Redis error changes no role: a writer that cannot
-    reach Redis cannot write either, and the lease expires by itself.
+    The inputs run all along, except an AMQP input on a named queue
+    (``amqp_queue``): a queue shared by the listeners, consumed by the lease holder
+    only, from when it takes the lease; a holder of such a queue that loses the lease
+    stops (exit 69; systemd starts it again as a standby) and the broker hands its
+    unacknowledged deliveries to the next holder.  A Redis error changes no role: a
+    writer that cannot reach Redis cannot write either, and the lease expires by
+    itself.
+
+    Raises:
+        listener.core.errors.TransientError: the lease of a named AMQP queue's
+            consumer was lost.
     """
     store, consumer, me = lst.store, lst.consumer, lst.me
     prefix = store.p.strip("{}")
+    shared_queue = lst.amqp if lst.amqp is not None and lst.cfg.amqp_queue else None
+    queue_task: asyncio.Task[Any] | None = None
     tasks: list[asyncio.Task[Any]] = []
     last_holder: str | None = ""
     try:
@@ -342,6 +353,8 @@ async def _lease_loop(lst: Listener) -> None:
                     else:
                         tasks = _writer_tasks(lst)
                         log.info("writer lease of Redis prefix %r taken: writing", prefix)
+                        if shared_queue is not None and queue_task is None:
+                            queue_task = asyncio.create_task(shared_queue.run(), name="amqp")
                 elif holder is not None and holder != last_holder:
                     log.warning(
                         "another listener (%s) holds Redis prefix %r: standing by, keeping "
@@ -351,16 +364,23 @@ async def _lease_loop(lst: Listener) -> None:
                         lst.cfg.standby_keep_s,
                     )
             if tasks and (holder is not None or consumer.fenced.is_set()):
-                log.warning("writer lease of Redis prefix %r lost: standing by", prefix)
                 consumer.stand_by()
                 await _stop_tasks(tasks)
                 tasks = []
+                if queue_task is not None:
+                    raise TransientError(
+                        f"writer lease of Redis prefix {prefix!r} lost, and AMQP queue "
+                        f"{lst.cfg.amqp_queue!r} is for the holder: stopping"
+                    )
+                log.warning("writer lease of Redis prefix %r lost: standing by", prefix)
             last_holder = holder
             if not consumer.holding:
                 consumer.expire_kept(time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(consumer.fenced.wait(), LEASE_POLL_S)
     finally:
+        if queue_task is not None:
+            tasks.append(queue_task)
         if tasks:
             await _stop_tasks(tasks)
 
@@ -381,7 +401,7 @@ def _tasks(lst: Listener, notifier: Notifier) -> list[asyncio.Task[Any]]:
     ]
     if lst.bus is not None:
         tasks.append(asyncio.create_task(lst.bus.run(), name="bus"))
-    if lst.amqp is not None:
+    if lst.amqp is not None and not lst.cfg.amqp_queue:  # a named one: _lease_loop
         tasks.append(asyncio.create_task(lst.amqp.run(), name="amqp"))
     return tasks
 
