@@ -133,6 +133,7 @@ class Consumer:
     def stand_by(self) -> None:
         """Another listener holds the lease: write nothing, keep what comes in."""
         self.holding = False
+        self.fenced.clear()
 
     def expire_kept(self, now: float) -> int:
         """A standby's bound: drop kept messages whose timestamp is older than

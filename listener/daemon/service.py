@@ -374,9 +374,11 @@ async def _lease_loop(lst: Listener) -> None:
                     )
                 log.warning("writer lease of Redis prefix %r lost: standing by", prefix)
             last_holder = holder
-            if not consumer.holding:
+            if not tasks:
                 consumer.expire_kept(time.time())
-            with contextlib.suppress(TimeoutError):
+                await asyncio.sleep(LEASE_POLL_S)
+                continue
+            with contextlib.suppress(TimeoutError):  # a refused write: at once
                 await asyncio.wait_for(consumer.fenced.wait(), LEASE_POLL_S)
     finally:
         if queue_task is not None:
