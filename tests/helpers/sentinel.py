@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -218,9 +217,3 @@ def sentinel_group(tmp_path: Path) -> Iterator[SentinelGroup]:
         yield group
     finally:
         group.stop()
-
-
-def info_of(group: SentinelGroup) -> dict[str, Any]:
-    """The master's ``INFO replication`` (for failure messages)."""
-    with group.master() as r:
-        return dict(r.info("replication"))
