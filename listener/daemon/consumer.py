@@ -157,10 +157,16 @@ class Consumer:
     # -- Redis side ------------------------------------------------------
 
     async def warm_up(self, now: float | None = None) -> None:
-        """Load every window's totals from Redis (at start and after a Redis reset)."""
+        """Load every window's totals from Redis (at start, after a Redis reset, when
+        this listener takes the lease).  An epoch created here when one was known
+        before is a Redis that came back empty (counted in ``redis_resets``)."""
         now = self.clock() if now is None else now
         async with self._lock:
+            known = self.epoch
             self.epoch, created = await self.store.ensure_epoch(now)
+            if created and known is not None:
+                log.warning("Redis came back empty (epoch missing): windows warm up again")
+                self.stats.redis_resets += 1
             meta = await self.store.meta()
             self.epoch_started_at = float(meta.get("epoch_started_at", now))
             if meta.get("last_message_at"):

@@ -1,12 +1,12 @@
 """Wiring of the ``listen`` job: Redis, bus, consumer, periodic tasks, signals.
 
-Start-up order: Redis (embedded, URL or Sentinel) answers -> bus sockets connected
--> ``READY=1``.  Tasks: bus receive loop, the lease loop (:func:`_lease_loop`: holds
-the writer lease or stands by for it), heartbeat (watchdog + ``STATUS=``); the
-lease holder's writer tasks, started when it takes the lease (windows loaded
-first) and stopped when it loses it: flusher (every ``flush_interval_s``, with
-backoff while Redis is down), stepper (every ``step_s``), blinker (every
-``blink_interval_s``).
+Start-up order: Redis (embedded, URL or Sentinel) answers -> windows loaded -> bus
+sockets connected -> ``READY=1``.  Tasks: bus receive loop, the lease loop
+(:func:`_lease_loop`: holds the writer lease or stands by for it), heartbeat
+(watchdog + ``STATUS=``); the lease holder's writer tasks, started when it takes
+the lease (windows loaded again first) and stopped when it loses it: flusher (every
+``flush_interval_s``, with backoff while Redis is down), stepper (every ``step_s``),
+blinker (every ``blink_interval_s``).
 
 Shutdown (SIGTERM/SIGINT): ``STOPPING=1``, stop the bus, flush what is pending
 (bounded by ``SHUTDOWN_FLUSH_S``), stop the tasks, close.  A second SIGINT exits
@@ -245,6 +245,7 @@ async def _start(
             await store.close()
             stop_embedded(handle)
             raise
+    await consumer.warm_up()  # Redis answers, its epoch is known (again at takeover)
     return Listener(
         cfg, store, handle, me, intake, consumer, bus, amqp, inputs, endpoints, metrics_server
     )
