@@ -23,9 +23,10 @@ import pytest
 from tests.helpers.common import ROOT, TIMEOUT_FACTOR
 from tests.helpers.redis import RedisServer
 
-#: ``tests.helpers.rabbitmq``: the ``rabbitmq`` and ``amqp_url`` fixtures (pytest
+#: ``tests.helpers.rabbitmq``: the ``rabbitmq`` and ``amqp_url`` fixtures;
+#: ``tests.helpers.sentinel``: ``sentinel_group`` (pytest
 #: accepts ``pytest_plugins`` only in the root conftest).
-pytest_plugins = ["tests.helpers.rabbitmq"]
+pytest_plugins = ["tests.helpers.rabbitmq", "tests.helpers.sentinel"]
 
 os.environ.setdefault("FEDMSG_CONFIG", str(ROOT / "fedmsg.d"))
 # The commands look for settings and data where ops keep them ($XDG_CONFIG_HOME,

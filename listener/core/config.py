@@ -96,6 +96,9 @@ _NUMBER_RULES: tuple[tuple[str, float, bool], ...] = (
     ("alert_topics", 0, True),
     ("datagrepper_rate", 0, False),
     ("datagrepper_concurrency", 1, True),
+    ("redis_wait_replicas", -1, True),
+    ("redis_wait_timeout_ms", 1, True),
+    ("standby_keep_s", 1, True),
 )
 
 
@@ -134,6 +137,30 @@ def network_problem(text: str) -> str | None:
     refused: it is ambiguous), or None (:func:`ipaddress.ip_network`, strict)."""
     try:
         ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def sentinel_address(addr: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for an IPv6 address) as ``(host, port)``.
+
+    Raises:
+        ValueError: no port, a port that is not 1-65535, or no host.
+    """
+    host, sep, port = addr.rpartition(":")
+    host = host.strip("[]") if host.startswith("[") else host
+    if not sep or not host:
+        raise ValueError("a sentinel is host:port")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        raise ValueError(f"port {port!r} is not 1-65535")
+    return host, int(port)
+
+
+def sentinel_problem(addr: str) -> str | None:
+    """What is wrong with ``addr`` as a Redis Sentinel address, or None."""
+    try:
+        sentinel_address(addr)
     except ValueError as exc:
         return str(exc)
     return None
@@ -228,6 +255,18 @@ class Config:
         amqp_bindings: routing keys bound on ``amq.topic`` (``#`` = all topics).
         amqp_queue: AMQP queue name; empty: a fresh UUID queue per connection
             (exclusive, auto-deleted); a name makes a durable queue.
+        redis_sentinels: Redis Sentinel addresses (``host:port``); when given,
+            the master named ``redis_master_name`` is found through them (redis-py's
+            Sentinel client) and ``redis_url`` is not used.
+        redis_master_name: the master's name in the sentinels' configuration.
+        redis_wait_replicas: replicas a flush waits for (Redis ``WAIT``) before it
+            counts as written; -1 (auto): 1 when the master reports a connected
+            replica, else 0; 0: no ``WAIT``.
+        redis_wait_timeout_ms: how long one ``WAIT`` waits, milliseconds; an
+            unconfirmed flush is retried with the same batch id.
+        standby_keep_s: what a listener that does not hold its namespace's lease
+            (a hot standby) keeps of the bus, seconds of message timestamps
+            (bounded by ``max_pending`` too); flushed when it takes over.
         datagrepper_url: datagrepper base URL (e.g.
             ``https://apps.fedoraproject.org/datagrepper``); when set, ``listen``
             backfills the gap since the newest counted message at start-up (bounded
@@ -309,6 +348,11 @@ class Config:
     alert_topics: int = 10
     datagrepper_rate: float = DATAGREPPER_RATE
     datagrepper_concurrency: int = DATAGREPPER_CONCURRENCY
+    redis_sentinels: tuple[str, ...] = ()
+    redis_master_name: str = "mymaster"
+    redis_wait_replicas: int = -1
+    redis_wait_timeout_ms: int = 1000
+    standby_keep_s: float = 120.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -353,6 +397,12 @@ class Config:
         for name in ("alert_silence_p", "alert_burst_p"):
             if not getattr(self, name) < 1:
                 problems.append(f"{name} must be < 1 (a probability)")
+        for addr in self.redis_sentinels:
+            problem = sentinel_problem(addr)
+            if problem:
+                problems.append(f"redis_sentinels {addr!r}: {problem}")
+        if self.redis_sentinels and not self.redis_master_name:
+            problems.append("redis_master_name is empty")
         if self.log_level.upper() not in ("", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             problems.append(
                 f"log_level {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL"

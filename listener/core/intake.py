@@ -80,6 +80,8 @@ class Stats:
         blink_dropped: messages left out of blink batches (still counted).
         redis_resets: times Redis came back empty and the windows warmed up again.
         heap_trims: times a burst's memory was handed back (``malloc_trim``).
+        standby_expired: kept by a standby listener, then dropped as older than
+            ``standby_keep_s`` (the lease holder counted them).
     """
 
     received: int = 0
@@ -97,6 +99,7 @@ class Stats:
     blink_dropped: int = 0
     redis_resets: int = 0
     heap_trims: int = 0
+    standby_expired: int = 0
 
 
 class Writer(Protocol):
@@ -385,6 +388,19 @@ class Intake:
         self._seen_order.clear()
 
     # -- the writer's side ---------------------------------------------------
+
+    def drop_older(self, before: float) -> int:
+        """Drop the pending messages whose timestamp is before ``before`` (UNIX s),
+        oldest first, up to the first newer one (pending is in arrival order), and
+        count them in ``stats.standby_expired``.  A standby listener's bound on what
+        it keeps.  Returns the number dropped."""
+        pending = self.pending
+        n = 0
+        while pending and pending[0].timestamp < before:
+            pending.popleft()
+            n += 1
+        self.stats.standby_expired += n
+        return n
 
     def take_batch(self, limit: int) -> list[Counted]:
         """Remove and return the oldest ``limit`` pending messages (all when fewer)."""

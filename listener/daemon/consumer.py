@@ -26,7 +26,7 @@ from listener.core.snapshot import live_snapshot
 from listener.core.windows import SlidingWindow, choose_bucket
 from listener.daemon.memory import trim_heap
 from listener.storage.readers import read_hourly_fields
-from listener.storage.store import Store
+from listener.storage.store import Fenced, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ class Consumer:
             :attr:`~listener.core.intake.Intake.stats` are this consumer's too.
         store: the Redis namespace.
         clock: returns UNIX seconds (``time.time``); injected for tests.
+        lease: this listener's writer lease token (``P:writer``): every flush,
+            tick and blink carries it and Redis refuses them once another listener
+            holds the lease (fencing, :class:`listener.storage.store.Fenced`).
+            None: not checked.  A consumer with a lease starts as a standby: it
+            writes nothing until :meth:`hold` (the lease was claimed).
     """
 
     def __init__(
@@ -57,8 +62,16 @@ class Consumer:
         intake: Intake,
         store: Store,
         clock: Callable[[], float] = time.time,
+        lease: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.lease = lease
+        #: whether this consumer writes (it holds the lease, or has none to check);
+        #: a standby keeps what the inputs accept (:meth:`expire_kept`) instead
+        self.holding = lease is None
+        #: set when Redis refused a write of this consumer's (another listener holds
+        #: the lease): the service makes it a standby again
+        self.fenced = asyncio.Event()
         self.intake = intake
         self.store = store
         self.clock = clock
@@ -93,13 +106,20 @@ class Consumer:
         self._alert_hour: int | None = None  # the hour whose history the detector has
 
     def unwritten(self) -> bool:
-        """Whether anything accepted is not yet in Redis."""
+        """Whether anything accepted is not yet in Redis (a standby: never, it
+        writes nothing)."""
+        if not self.holding:
+            return False
         return bool(self.intake.pending) or self._retry_batch is not None
 
     def written(self, accepted: int) -> bool:
         """Whether the first ``accepted`` accepted messages left the pending buffer
         and no flush is in flight (pending is FIFO: ``accepted - len(pending)``
-        have been taken)."""
+        have been taken).  A standby's are kept, not written: True when its AMQP
+        queue is its own (``amqp_queue`` empty: a UUID queue; the lease holder
+        reads the same messages from its own)."""
+        if not self.holding and not self.cfg.amqp_queue:
+            return True
         taken = self.stats.accepted - len(self.intake.pending)
         return taken >= accepted and self._retry_batch is None
 
@@ -112,13 +132,54 @@ class Consumer:
         """Live messages over the last 60 s (:meth:`Intake.rate_per_min`)."""
         return self.intake.rate_per_min(now)
 
+    # -- the lease -------------------------------------------------------
+
+    async def hold(self) -> None:
+        """This listener now holds the lease: load the windows from Redis (what the
+        previous holder wrote), then write what it kept (the overlap with what the
+        previous holder wrote is dropped by the flush's msg_id de-dup)."""
+        self.fenced.clear()
+        self.holding = True
+        await self.warm_up()
+        self.flush_wanted.set()
+
+    def stand_by(self) -> None:
+        """Another listener holds the lease: write nothing, keep what comes in."""
+        self.holding = False
+        self.fenced.clear()
+
+    def expire_kept(self, now: float) -> int:
+        """A standby's bound: drop kept messages whose timestamp is older than
+        ``standby_keep_s`` before ``now`` (UNIX s), and the blink batch (only
+        the holder publishes).  Returns the messages dropped."""
+        self.intake.take_blink()
+        dropped = self.intake.drop_older(now - self.cfg.standby_keep_s)
+        if self._retry_batch is not None and all(
+            m.timestamp < now - self.cfg.standby_keep_s for m in self._retry_batch[1]
+        ):
+            dropped += len(self._retry_batch[1])
+            self._retry_batch = None
+        return dropped
+
+    def _refused(self, exc: Fenced) -> None:
+        if not self.fenced.is_set():
+            log.warning("Redis refused a write: %s", exc)
+        self.holding = False
+        self.fenced.set()
+
     # -- Redis side ------------------------------------------------------
 
     async def warm_up(self, now: float | None = None) -> None:
-        """Load every window's totals from Redis (at start and after a Redis reset)."""
+        """Load every window's totals from Redis (at start, after a Redis reset, when
+        this listener takes the lease).  An epoch created here when one was known
+        before is a Redis that came back empty (counted in ``redis_resets``)."""
         now = self.clock() if now is None else now
         async with self._lock:
+            known = self.epoch
             self.epoch, created = await self.store.ensure_epoch(now)
+            if created and known is not None:
+                log.warning("Redis came back empty (epoch missing): windows warm up again")
+                self.stats.redis_resets += 1
             meta = await self.store.meta()
             self.epoch_started_at = float(meta.get("epoch_started_at", now))
             if meta.get("last_message_at"):
@@ -142,6 +203,8 @@ class Consumer:
         """
         limit = self.cfg.flush_batch_max if limit is None else limit
         async with self._lock:
+            if not self.holding:
+                return 0
             if self._retry_batch is not None:
                 batch_id, batch = self._retry_batch
             else:
@@ -156,7 +219,10 @@ class Consumer:
             # that would expire at once (by the wall clock, as Redis) are left out
             agg = aggregate(batch, self.store.buckets_s, self.store.oldest_starts(time.time()))
             try:
-                flags = await self.store.flush(batch, batch_id, agg)
+                flags = await self.store.flush(batch, batch_id, agg, self.lease)
+            except Fenced as exc:
+                self._refused(exc)
+                raise
             except Exception:
                 self.stats.flush_errors += 1
                 self.redis_ok = False
@@ -327,7 +393,11 @@ class Consumer:
             "alerts": self.alerts,
         }
         # history points, the stored tick and its publication: one round trip
-        await self.store.record_tick(points, self.cfg.history_len, tick)
+        try:
+            await self.store.record_tick(points, self.cfg.history_len, tick, self.lease)
+        except Fenced as exc:
+            self._refused(exc)
+            raise
         return tick
 
     async def publish_blink(self) -> dict[str, Any] | None:
@@ -335,7 +405,11 @@ class Consumer:
         event = self.intake.take_blink()
         if event is None:
             return None
-        await self.store.publish_blink(event, self.cfg.recent_len)
+        try:
+            await self.store.publish_blink(event, self.cfg.recent_len, self.lease)
+        except Fenced as exc:
+            self._refused(exc)
+            raise
         return event
 
     def health(self, now: float) -> dict[str, Any]:

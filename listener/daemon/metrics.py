@@ -87,6 +87,11 @@ class ConsumerCollector(Collector):
             ),
             ("redis_resets", "Times Redis came back empty", s.redis_resets),
             ("heap_trims", "Times a burst's memory was handed back", s.heap_trims),
+            (
+                "standby_expired",
+                "Messages a standby kept, then dropped as older than standby_keep_s",
+                s.standby_expired,
+            ),
         )
         for name, doc, value in counters:
             c = CounterMetricFamily(f"fedmsg_wallboard_{name}", doc)
@@ -112,6 +117,11 @@ class ConsumerCollector(Collector):
             "Duration of each successful flush, seconds",
             s.flush_durations,
         )
+        g = GaugeMetricFamily(
+            "fedmsg_wallboard_lease_held", "1 when this listener holds the writer lease"
+        )
+        g.add_metric([], 1.0 if self.consumer.holding else 0.0)
+        yield g
         g = GaugeMetricFamily("fedmsg_wallboard_redis_up", "1 when the last Redis call worked")
         g.add_metric([], 1.0 if self.consumer.redis_ok else 0.0)
         yield g

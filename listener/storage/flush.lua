@@ -5,6 +5,12 @@
 -- JSON, increments; the caller's docstring gives their shapes.
 local p = ARGV[1]
 local cfg = cjson.decode(ARGV[2])
+-- fencing: a batch from a writer whose lease token (cfg.lease) is not the one in
+-- P:writer any more is refused, nothing written: {-2, the holder's token}
+if cfg.lease then
+  local holder = redis.call('GET', p .. ':writer')
+  if holder ~= cfg.lease then return {-2, holder or ''} end
+end
 local cols = cjson.decode(ARGV[3])
 local ids, stamps = cols[1], cols[2]
 local bk = p .. ':batch:' .. cfg.batch

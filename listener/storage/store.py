@@ -65,6 +65,7 @@ from urllib.parse import urlsplit
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio import ConnectionPool
+from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import AuthenticationError
 
 from listener.core.counting import Counted, aggregate
@@ -88,6 +89,56 @@ if not cur or cur == ARGV[1] or (ARGV[3] ~= '' and cur == ARGV[3]) then
 end
 return cur
 """
+
+
+#: A step's writes (:meth:`Store.record_tick`), fenced: nothing is written unless
+#: ``KEYS[1]`` (the writer lease) holds ``ARGV[1]`` ('' = not checked); returns 1
+#: when written, 0 when fenced.  KEYS: lease, ``P:state``, then each window's history
+#: list; ARGV: token, events channel, tick JSON, history length, then one point per
+#: history list.
+TICK_LUA = r"""
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 3, #KEYS do
+  redis.call('RPUSH', KEYS[i], ARGV[i + 2])
+  redis.call('LTRIM', KEYS[i], -tonumber(ARGV[4]), -1)
+end
+redis.call('SET', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+#: A blink (:meth:`Store.publish_blink`), fenced as :data:`TICK_LUA`.  KEYS: lease,
+#: ``P:recent``; ARGV: token, events channel, event JSON, ticker length, then the
+#: ticker entries (JSON).
+BLINK_LUA = r"""
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if #ARGV > 4 then
+  for i = 5, #ARGV, 1000 do
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[4]), -1)
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+"""
+
+#: How often the number of replicas connected to the master is asked (``ROLE``)
+#: when ``wait_replicas`` is automatic, seconds.
+REPLICAS_CHECK_S = 5.0
+
+
+class Fenced(TransientError):
+    """A write refused because the writer does not hold the namespace's lease
+    (``P:writer``) any more: another listener took over."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(f"not the writer any more: the lease is held by {holder or 'nobody'}")
+        self.holder = holder
+
+
+class NotReplicated(TransientError):
+    """A flush applied on the master but not confirmed by ``WAIT`` on enough
+    replicas in time: retried with the same batch id."""
 
 
 #: Replies of a reachable Redis to a connection's set-up (``SELECT``, ``AUTH``) that
@@ -182,8 +233,14 @@ class Store:
         windows_s: Sequence[int] = (3600, 86400, 604800),
         retention_s: int = 14 * 86400,
         dedupe_s: int | None = None,
+        wait_replicas: int = -1,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self.r = client
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+        #: ``(replicas connected to the master, monotonic time asked)``
+        self._replicas: tuple[int, float] | None = None
         self.p = "{" + prefix + "}"
         self.buckets_s = tuple(sorted(buckets_s))
         self.windows_s = tuple(windows_s)
@@ -199,6 +256,8 @@ class Store:
         self.keep_s = {b: (k or max(self.windows_s)) for b, k in keep.items()}
         self._flush = self.r.register_script(FLUSH_LUA)
         self._claim = self.r.register_script(WRITER_LUA)
+        self._tick = self.r.register_script(TICK_LUA)
+        self._blink = self.r.register_script(BLINK_LUA)
         self._release = self.r.register_script(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end"
         )
@@ -220,6 +279,35 @@ class Store:
         check_redis_url(url)
         client = aioredis.from_url(
             url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+        )
+        return cls(client, **kwargs)
+
+    @classmethod
+    def from_sentinels(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        master_name: str,
+        timeout_s: float = 5.0,
+        **kwargs: Any,
+    ) -> Store:
+        """The master ``master_name`` found through Redis Sentinel (redis-py's
+        ``redis.asyncio.sentinel.Sentinel``): every new connection asks the sentinels
+        where the master is, and a connection to a master demoted to a replica is
+        dropped (redis-py's ``SentinelManagedConnection``).
+
+        Args:
+            sentinels: ``[(host, port), ...]``.
+        """
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            sentinels,
+            socket_timeout=timeout_s,
+            sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+        )
+        client = sentinel.master_for(
+            master_name,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             health_check_interval=30,
@@ -258,6 +346,7 @@ class Store:
         batch: Sequence[Counted],
         batch_id: str | None = None,
         counts: dict[tuple[int, int], Counts] | None = None,
+        lease: str | None = None,
     ) -> list[bool]:
         """Write a batch of messages atomically and idempotently.
 
@@ -267,6 +356,15 @@ class Store:
                 ``None`` makes a fresh one.
             counts: ``aggregate(batch, self.buckets_s)`` when the caller already
                 has it (the consumer needs it for its windows); not modified.
+            lease: the writer's lease token (:meth:`claim_writer`): the script
+                refuses the batch unless ``P:writer`` holds it (fencing).  None: not
+                checked (the ``backfill`` command).
+
+        Raises:
+            Fenced: ``lease`` is not the lease holder's; nothing was written.
+            NotReplicated: applied, but ``WAIT`` did not confirm it on
+                :meth:`replicas_wanted` replicas within ``wait_timeout_ms``.
+            redis.exceptions.RedisError: Redis unreachable or failing.
 
         Returns:
             One flag per message: True if it was counted as new, False if its
@@ -277,7 +375,7 @@ class Store:
             return []
         if counts is None:
             counts = aggregate(batch, self.buckets_s)
-        cfg = {
+        cfg: dict[str, Any] = {
             "batch": batch_id or uuid.uuid4().hex,
             "batch_ttl": 86400,
             "ids_bucket": 3600,
@@ -285,6 +383,8 @@ class Store:
             "ids_shards": ID_SHARDS,
             "buckets": list(self.buckets_s),
         }
+        if lease is not None:
+            cfg["lease"] = lease
         p = self.p
         keep = self.keep_s
         aggs = [
@@ -304,16 +404,33 @@ class Store:
         hashes = [id_hash(m) if m else 0 for m in msg_ids]
         ids = [str(h) if m else "" for h, m in zip(hashes, msg_ids, strict=True)]
         shards = [h % ID_SHARDS for h in hashes]
-        res = await self._flush(
-            keys=[self.key("meta")],
-            args=[
-                p,
-                orjson.dumps(cfg),
-                orjson.dumps([ids, stamps, shards]),  # Counted.timestamp is an int already
-                orjson.dumps(aggs),
-                orjson.dumps([topics, categories, users]),
-            ],
-        )
+        keys = [self.key("meta")]
+        args: list[bytes | str] = [
+            p,
+            orjson.dumps(cfg),
+            orjson.dumps([ids, stamps, shards]),  # Counted.timestamp is an int already
+            orjson.dumps(aggs),
+            orjson.dumps([topics, categories, users]),
+        ]
+        wanted = await self.replicas_wanted()
+        if wanted:
+            # WAIT counts the replicas that have this connection's writes: the
+            # script and WAIT go on one connection, in one round trip
+            async with self.r.pipeline(transaction=False) as pipe:
+                await self._flush(keys=keys, args=args, client=pipe)  # queued
+                pipe.execute_command("WAIT", wanted, self.wait_timeout_ms)
+                res, acked = await pipe.execute()
+        else:
+            res = await self._flush(keys=keys, args=args)
+            acked = 0
+        if res[0] == -2:  # fenced (flush.lua): the lease holder's token instead
+            raise Fenced(_text(res[1]))
+        if wanted and int(acked) < wanted:
+            self._replicas = None  # ask again: a replica may have gone
+            raise NotReplicated(
+                f"flush confirmed by {acked} replica(s) of {wanted} within "
+                f"{self.wait_timeout_ms} ms"
+            )
         # ``[new count, flags]`` (``-1`` for a retry of an applied batch: the flags
         # it recorded), the flags one string of "1"/"0", one per message: one bulk
         # reply instead of an array of one integer per message
@@ -325,6 +442,19 @@ class Store:
         if res[0] == len(batch):  # every message new: live traffic
             return [True] * len(batch)
         return [c == 49 for c in recorded]  # b"1"
+
+    async def replicas_wanted(self) -> int:
+        """How many replicas ``WAIT`` must confirm a flush on: ``wait_replicas``,
+        or when it is -1 (automatic), 1 if the master had a connected replica when
+        last asked (``ROLE``, every :data:`REPLICAS_CHECK_S`), else 0."""
+        if self.wait_replicas >= 0:
+            return self.wait_replicas
+        now = asyncio.get_running_loop().time()
+        if self._replicas is None or now - self._replicas[1] > REPLICAS_CHECK_S:
+            role = await self.r.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            connected = len(role[2]) if _text(role[0]) == "master" else 0
+            self._replicas = (connected, now)
+        return 1 if self._replicas[0] else 0
 
     async def ensure_epoch(self, now: float) -> tuple[str, bool]:
         """Return the namespace's epoch id, creating it if missing.
@@ -362,24 +492,42 @@ class Store:
             await pipe.execute()
 
     async def record_tick(
-        self, points: dict[int, list[Any]], maxlen: int, tick: dict[str, Any]
+        self,
+        points: dict[int, list[Any]],
+        maxlen: int,
+        tick: dict[str, Any],
+        lease: str | None = None,
     ) -> None:
-        """What a step writes, in one pipeline (one round trip): each window's history
-        point (as :meth:`append_history`), then the ``tick`` stored (as
-        :meth:`set_state`) and published (as :meth:`publish`), encoded once.
+        """What a step writes, in one script (:data:`TICK_LUA`, one round trip):
+        each window's history point (as :meth:`append_history`), then the ``tick``
+        stored (as :meth:`set_state`) and published (as :meth:`publish`), encoded
+        once.
 
         Args:
             points: ``{window_s: point}``; maxlen: points kept per window.
+            lease: the writer's lease token: nothing is written unless it holds the
+                lease (None: not checked).
+
+        Raises:
+            Fenced: ``lease`` does not hold the lease.
         """
         data = orjson.dumps(tick)
-        async with self.r.pipeline(transaction=False) as pipe:
-            for window_s, point in points.items():
-                k = self.key("hist", window_s)
-                pipe.rpush(k, orjson.dumps(point))
-                pipe.ltrim(k, -maxlen, -1)
-            pipe.set(self.key("state"), data)
-            pipe.publish(self.events_channel, data)
-            await pipe.execute()
+        written = await self._tick(
+            keys=[
+                self.key("writer"),
+                self.key("state"),
+                *(self.key("hist", w) for w in points),
+            ],
+            args=[
+                lease or "",
+                self.events_channel,
+                data,
+                maxlen,
+                *(orjson.dumps(point) for point in points.values()),
+            ],
+        )
+        if not written:
+            raise Fenced("another listener")
 
     async def history(self, window_s: int, limit: int = 2880) -> list[list[Any]]:
         """A window's longtail history: ``[[end, longtail, longtail_normalized, gini,
@@ -413,15 +561,28 @@ class Store:
         pipe.rpush(k, *[orjson.dumps(e) for e in entries])
         pipe.ltrim(k, -maxlen, -1)
 
-    async def publish_blink(self, event: dict[str, Any], maxlen: int) -> None:
+    async def publish_blink(
+        self, event: dict[str, Any], maxlen: int, lease: str | None = None
+    ) -> None:
         """Append a ``blink`` event's ``msgs`` to the ticker list (bounded to
         ``maxlen``) and publish the event: :meth:`push_recent` then :meth:`publish`,
-        in that order, in one round trip."""
-        async with self.r.pipeline(transaction=False) as pipe:
-            if event.get("msgs"):
-                self._queue_recent(pipe, event["msgs"], maxlen)
-            pipe.publish(self.events_channel, orjson.dumps(event))
-            await pipe.execute()
+        in that order, in one script (:data:`BLINK_LUA`, one round trip).
+
+        Raises:
+            Fenced: ``lease`` (None: not checked) does not hold the lease.
+        """
+        written = await self._blink(
+            keys=[self.key("writer"), self.key("recent")],
+            args=[
+                lease or "",
+                self.events_channel,
+                orjson.dumps(event),
+                maxlen,
+                *(orjson.dumps(e) for e in event.get("msgs") or ()),
+            ],
+        )
+        if not written:
+            raise Fenced("another listener")
 
     async def recent(self, limit: int = 50) -> list[dict[str, Any]]:
         """The latest blink entries, oldest first."""
@@ -432,11 +593,14 @@ class Store:
 
         Two listeners counting into one namespace would each keep running totals
         of half the truth and publish disagreeing ticks (docs/ARCHITECTURE.md: one
-        writer); the listener claims this at start-up and renews it every heartbeat.
+        writer); the listener claims this lease and renews it
+        (``listener.daemon.service._lease_loop``); its writes carry ``me`` and are
+        refused once another token holds it (fencing: :data:`FLUSH_LUA`,
+        :data:`TICK_LUA`, :data:`BLINK_LUA`).
 
         Args:
-            me: this writer's id (``host:pid:random``).
-            gone: a holder known to be dead (same host, no such pid): taken over.
+            me: this writer's lease token (random, then ``@host:pid`` for the logs).
+            gone: a holder known to be gone: taken over.
 
         Returns:
             None when ``me`` holds the role now; else the holder's id.

@@ -91,7 +91,11 @@ def _run_check(args: argparse.Namespace) -> int:
         "config_source": source,
         "endpoints": endpoints,
         "windows_s": list(cfg.windows_s),
-        "redis": cfg.redis_url or f"embedded in {cfg.state_dir}",
+        "redis": (
+            f"sentinels {','.join(cfg.redis_sentinels)} ({cfg.redis_master_name})"
+            if cfg.redis_sentinels
+            else cfg.redis_url or f"embedded in {cfg.state_dir}"
+        ),
         "validate_signatures": bool(fcfg.get("validate_signatures")),
     }
     if amqp is not None:  # (a ZeroMQ-only report keeps its shape)

@@ -82,6 +82,15 @@ SNAPSHOT_CACHE_S = 1.0
 STATUS_INTERVAL_S = 5.0
 #: Longest backoff between pub/sub reconnection attempts, seconds.
 RESUBSCRIBE_MAX_S = 10.0
+#: Steps (``step_s``) without any event after which the events subscription is
+#: made again (a subscription gone silent, as after a Redis failover).
+SILENT_STEPS = 3
+
+
+class _Silent(Exception):
+    """The events subscription carried nothing for ``SILENT_STEPS`` steps."""
+
+
 #: What a web process applies on SIGHUP (it finds no users: no FAS cache).
 WEB_RELOADABLE = frozenset({"log_level"})
 #: Longest wait for websockets to close at shutdown, seconds.
@@ -127,6 +136,8 @@ class WebServer:
         self.pubsub_ok = False
         self.redis_ok = False
         self.resubscribes = 0
+        #: subscriptions dropped and made again for their silence (:data:`SILENT_STEPS`)
+        self.silent_resubscribes = 0
         self.bad_events = 0
         #: websockets refused, by reason (the routes count ``per_address`` too)
         self.rejected: Counter[str] = Counter()
@@ -299,17 +310,28 @@ class WebServer:
         A ``subscribe`` confirmation after the first one (redis-py reconnected by
         itself, or this loop did) pushes a fresh ``snapshot`` to every client: the
         events missed meanwhile are lost, the snapshot replaces them.
+
+        A subscription that carried nothing for :data:`SILENT_STEPS` x ``step_s``
+        (the listener ticks every ``step_s``) is dropped and made again: after a
+        Redis failover a connection may stay open to a server nobody publishes on
+        any more, and a new one goes to the master Sentinel names now.
         """
         delay = 0.5
         confirmations = 0
+        loop = asyncio.get_running_loop()
+        silent_s = SILENT_STEPS * self.cfg.step_s
         while True:
             pubsub = self.store.r.pubsub()
             try:
                 await pubsub.subscribe(self.store.events_channel)
+                heard = loop.time()
                 while True:
-                    msg = await pubsub.get_message(timeout=1.0)
+                    msg = await pubsub.get_message(timeout=min(1.0, silent_s))
                     if msg is None:
+                        if loop.time() - heard > silent_s:
+                            raise _Silent()
                         continue
+                    heard = loop.time()
                     if msg["type"] == "subscribe":
                         confirmations += 1
                         self.pubsub_ok = True
@@ -325,6 +347,9 @@ class WebServer:
                         self.on_event(msg["data"])
             except asyncio.CancelledError:
                 raise
+            except _Silent:  # made again at once; the subscription itself worked
+                self.silent_resubscribes += 1
+                log.info("no event for %.0f s: subscribing again", silent_s)
             except Exception as exc:  # redis ConnectionError/TimeoutError, OSError
                 self.pubsub_ok = False
                 wait = delay * (0.5 + random.random() / 2)
@@ -444,6 +469,11 @@ class WebCollector(Collector):
             ),
             ("web_clients_cut", "Websockets closed for a backlog (slow)", hub.stats.cut),
             ("web_resubscribes", "Redis pub/sub subscriptions re-established", w.resubscribes),
+            (
+                "web_silent_resubscribes",
+                "Redis pub/sub subscriptions made again after 3 steps without an event",
+                w.silent_resubscribes,
+            ),
             ("web_bad_events", "Pub/sub messages that were not events", w.bad_events),
             ("web_filter_ticks", "Filtered ticks sent (one per filter)", w.filtered.ticks),
             (

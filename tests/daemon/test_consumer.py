@@ -202,3 +202,56 @@ async def test_flush_of_a_full_batch_asks_for_the_next_one_at_once(
     assert got == [(10, True), (10, False), (5, False)]
     assert (await c.store.read_window(3600, time.time())).messages == 25
     await c.store.close()
+
+
+async def test_a_standby_keeps_then_writes_and_a_fenced_writer_stands_by(
+    redis_url: str, extractor: Any
+) -> None:
+    """Two consumers of one prefix with lease tokens: the one without the lease
+    writes nothing and keeps ``standby_keep_s`` of messages; when it holds the
+    lease it writes what it kept, the overlap with the old holder's flushes dropped
+    by msg_id; the old holder's next flush is refused (nothing written) and makes
+    it a standby."""
+    import pytest
+
+    from listener.storage.store import Fenced
+
+    a = make(redis_url, extractor, standby_keep_s=60.0)
+    cfg = a.cfg
+    store_b = Store.from_url(
+        redis_url, prefix=cfg.key_prefix, buckets_s=cfg.buckets_s, windows_s=cfg.windows_s
+    )
+    b = Consumer(cfg, Intake(cfg, extractor, time.time), store_b, lease="token-b")
+    a = Consumer(cfg, a.intake, a.store, lease="token-a")
+    assert not a.holding and not b.holding  # a consumer with a lease starts standing by
+    now = time.time()
+    assert await a.store.claim_writer("token-a", 30) is None
+    await a.hold()
+    assert b.intake.handle_body(body(99, now - 120))  # older than standby_keep_s
+    for i in range(10):  # both read the bus
+        assert a.intake.handle_body(body(i, now))
+        assert b.intake.handle_body(body(i, now))
+    assert await b.flush() == 0 and b.written(b.stats.accepted)  # kept, not written
+    assert b.expire_kept(now) == 1 and b.stats.standby_expired == 1
+    assert len(b.intake.pending) == 10
+    assert await a.flush() == 10
+    for i in range(10, 15):  # a freezes before writing these
+        assert a.intake.handle_body(body(i, now))
+        assert b.intake.handle_body(body(i, now))
+    await a.store.r.delete(a.store.key("writer"))  # a's lease expired
+    assert await b.store.claim_writer("token-b", 30) is None
+    await b.hold()
+    assert b.holding and await b.flush() == 5  # ov-10..14; ov-0..9 were counted by a
+    assert b.stats.duplicates == 10
+    with pytest.raises(Fenced):
+        await a.flush()  # a thaws: refused
+    assert a.fenced.is_set() and not a.holding and not a.unwritten()
+    with pytest.raises(Fenced):
+        a.holding = True
+        await a.step()
+    assert (await b.step())["windows"]["3600"]["messages"] == 15
+    counts = await b.store.read_window(3600, time.time())
+    assert counts.messages == 15
+    assert (await b.store.meta())["messages_total"] == "15"
+    await a.store.close()
+    await b.store.close()

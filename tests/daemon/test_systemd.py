@@ -818,7 +818,7 @@ def test_a_stop_during_the_start_up_wait_for_redis_exits_0_at_once(
     assert "not reachable" not in out
 
 
-def test_second_listener_on_one_prefix_waits_for_the_first_then_takes_over(
+def test_second_listener_on_one_prefix_stands_by_then_takes_over(
     redis_url: str, tmp_path: Path
 ) -> None:
     prefix = f"w{uuid.uuid4().hex[:8]}"
@@ -844,22 +844,22 @@ def test_second_listener_on_one_prefix_waits_for_the_first_then_takes_over(
                 )
             if name == "a":
                 wait_for(
-                    lambda: "listener ready" in logs["a"].read_text(),
+                    lambda: "taken: writing" in logs["a"].read_text(),
                     60,
-                    what="first listener ready",
+                    what="first listener writing",
                 )
-        # the second one sees the first's claim and waits instead of counting too
+        # the second one sees the first's lease and stands by instead of counting too
         wait_for(
             lambda: "holds Redis prefix" in logs["b"].read_text(),
             60,
-            what="second listener waiting",
+            what="second listener standing by",
         )
-        assert "listener ready" not in logs["b"].read_text()
+        assert "taken: writing" not in logs["b"].read_text()
         procs["a"].send_signal(signal.SIGTERM)
         assert procs["a"].wait(30) == 0
-        # the first released its claim on a clean stop: the second takes over
+        # the first released its lease on a clean stop: the second takes over
         wait_for(
-            lambda: "listener ready" in logs["b"].read_text(), 30, what="second listener ready"
+            lambda: "taken: writing" in logs["b"].read_text(), 30, what="second listener writing"
         )
         procs["b"].send_signal(signal.SIGTERM)
         assert procs["b"].wait(30) == 0

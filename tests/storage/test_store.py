@@ -176,34 +176,61 @@ async def test_one_writer_per_namespace_claimed_renewed_released(redis_url: str)
     await st.close()
 
 
-async def test_a_second_listener_waits_then_gives_up_but_takes_over_a_dead_one(
-    redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import asyncio
-    import socket
-    import subprocess
-    import sys
+async def test_a_writer_without_the_lease_is_fenced_off(redis_url: str) -> None:
+    """Flushes, ticks and blinks carry the writer's lease token; Redis refuses them
+    (nothing written) once another token holds ``P:writer``, or none does."""
+    from listener.storage.store import Fenced
 
-    import listener.daemon.service as service
-    from listener.core.errors import TransientError
-
-    monkeypatch.setattr(service, "WRITER_TTL_S", 1.0)
     st = make_store(redis_url)
-    stop = asyncio.Event()
-    # a live holder elsewhere: waited for, then exit 69 (TransientError)
-    assert await st.claim_writer("elsewhere:1:x", 60) is None
-    with pytest.raises(TransientError, match=r"another listener \(elsewhere:1:x\)"):
-        await service.claim_writer(st, "here:2:y", stop)
-    # a holder on this host whose process is gone: taken over at once
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    await st.r.set(st.key("writer"), f"{socket.gethostname()}:{dead}:z")
-    await service.claim_writer(st, "me:3:w", stop)
-    assert (await st.r.get(st.key("writer"))) == b"me:3:w"
+    batch = [Counted("m1", int(time.time()), "org.fedoraproject.prod.x", "x", ("alice",))]
+    assert await st.claim_writer("token-a", 30) is None
+    assert await st.flush(batch, "b1", lease="token-a") == [True]
+    assert await st.claim_writer("token-b", 30) == "token-a"  # still held
+    await st.r.delete(st.key("writer"))  # expired
+    assert await st.claim_writer("token-b", 30) is None
+    late = [Counted("m2", int(time.time()), "org.fedoraproject.prod.x", "x", ("bob",))]
+    with pytest.raises(Fenced, match="token-b") as refused:
+        await st.flush(late, "b2", lease="token-a")
+    assert refused.value.holder == "token-b"
+    with pytest.raises(Fenced):
+        await st.record_tick({3600: [1, 2, 3, 4, 5, 6]}, 10, {"type": "tick"}, "token-a")
+    with pytest.raises(Fenced):
+        await st.publish_blink({"type": "blink", "msgs": [{"a": 1}]}, 10, "token-a")
+    assert (await st.meta())["messages_total"] == "1"  # m2 not written
+    assert await st.r.exists(st.key("batch", "b2"), st.key("state"), st.key("recent")) == 0
+    assert await st.history(3600) == []
+    # the holder writes, and so does a caller that checks no lease (backfill)
+    assert await st.flush(late, "b2", lease="token-b") == [True]
+    await st.record_tick({3600: [1, 2, 3, 4, 5, 6]}, 10, {"type": "tick"}, "token-b")
+    await st.publish_blink({"type": "blink", "msgs": [{"a": 1}]}, 10, "token-b")
+    assert await st.state() == {"type": "tick"}
+    assert await st.recent() == [{"a": 1}]
+    assert await st.history(3600) == [[1, 2, 3, 4, 5, 6]]
+    await st.r.delete(st.key("writer"))
+    with pytest.raises(Fenced, match="nobody"):
+        await st.flush(late, "b3", lease="token-b")
+    third = [Counted("m3", int(time.time()), "org.fedoraproject.prod.x", "x", ("carol",))]
+    assert await st.flush(third, "b4") == [True]
+    assert (await st.meta())["messages_total"] == "3"
+    await st.close()
+
+
+async def test_an_unconfirmed_flush_is_applied_once_and_retried(redis_url: str) -> None:
+    """``WAIT`` on a master without the replicas asked for: the flush is applied
+    but reported unconfirmed (NotReplicated); its retry with the same batch id
+    changes nothing.  Automatic: no replica connected, no ``WAIT``."""
+    from listener.storage.store import NotReplicated
+
+    st = make_store(redis_url)
+    assert await st.replicas_wanted() == 0  # auto, and this server has no replica
+    batch = [Counted("m1", int(time.time()), "org.fedoraproject.prod.x", "x", ("alice",))]
+    strict = Store(st.r, prefix=st.p.strip("{}"), wait_replicas=1, wait_timeout_ms=50)
+    with pytest.raises(NotReplicated, match="0 replica"):
+        await strict.flush(batch, "b1")
+    with pytest.raises(NotReplicated):
+        await strict.flush(batch, "b1")  # the retry: applied already
+    assert await st.flush(batch, "b1") == [True]  # the flags recorded the first time
+    assert (await st.meta())["messages_total"] == "1"
     await st.close()
 
 

@@ -85,6 +85,12 @@ BAD_VALUES = [
     ('allowed_origins = ["not an origin"]\n', "allowed_origins 'not an origin': not an http"),
     ('allowed_origins = ["https://wall.example.org/"]\n', "with nothing after (no path"),
     ("amqp_bindings = [[1]]\n", "amqp_bindings must be a list of strings, got [1]"),
+    ('redis_sentinels = ["127.0.0.1"]\n', "redis_sentinels '127.0.0.1': a sentinel is host:port"),
+    ('redis_sentinels = ["h:0"]\n', "redis_sentinels 'h:0': port '0' is not 1-65535"),
+    ('redis_sentinels = [":26379"]\n', "a sentinel is host:port"),
+    ('redis_sentinels = ["h:1"]\nredis_master_name = ""\n', "redis_master_name is empty"),
+    ("redis_wait_replicas = -2\n", "redis_wait_replicas must be >= -1"),
+    ("standby_keep_s = 0\n", "standby_keep_s must be >= 1"),
     # libzmq takes these as a C int: an overflow crashed listen (rc 1)
     ("hwm = 9999999999999\n", "hwm must be <= 2147483647"),
     ("reconnect_ivl_ms = 9999999999999\n", "reconnect_ivl_ms must be <= 2147483647"),
@@ -841,3 +847,28 @@ def test_the_tools_find_a_running_demo_with_no_flag(tmp_path: Path) -> None:
     assert not pointer.exists()
     r = run_cli("snapshot")  # the demo is gone: no data where the tools look by default
     assert r.returncode == 66, r.stderr
+
+
+def test_redis_sentinel_flags_override_the_file(tmp_path: Path) -> None:
+    """``--redis-sentinel`` (repeated) and ``--redis-master-name``: what
+    ``check-config`` reports as the Redis; IPv6 addresses in brackets."""
+    from listener.core.config import sentinel_address
+
+    cfg = write(
+        tmp_path,
+        'redis_sentinels = ["a:1"]\nredis_master_name = "m"\nendpoints = ["tcp://127.0.0.1:9"]\n',
+    )
+    r = run_cli(
+        "check-config",
+        "--config",
+        str(cfg),
+        "--redis-sentinel",
+        "10.0.0.1:26379",
+        "--redis-sentinel=[::1]:26380",
+        "--redis-master-name",
+        "wall",
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["redis"] == "sentinels 10.0.0.1:26379,[::1]:26380 (wall)"
+    assert sentinel_address("[::1]:26380") == ("::1", 26380)

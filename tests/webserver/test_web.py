@@ -678,6 +678,27 @@ async def test_resubscribes_after_redis_restart(redis_server: Any, redis_url: st
         await store.close()
 
 
+async def test_a_silent_subscription_is_made_again(redis_url: str) -> None:
+    """No event for 3 x ``step_s``: the subscription is dropped and made again (a
+    connection left on a server nobody publishes on after a failover would stay
+    silent for ever); the clients get a fresh snapshot and the events after it."""
+    cfg = make_cfg(redis_url, step_s=0.2)
+    store = open_store(cfg)
+    web = WebServer(cfg, store)
+    await web.start("127.0.0.1", 0)
+    await web.wait_subscribed(10 * T)
+    try:
+        async with connect(f"ws://127.0.0.1:{web.port}/ws") as ws:
+            await recv_type(ws, "snapshot")
+            await recv_type(ws, "snapshot", timeout=10)  # pushed after the resubscription
+            assert web.silent_resubscribes >= 1 and web.resubscribes >= 1 and web.pubsub_ok
+            await store.publish({"type": "tick", "end": 7, "windows": {}})
+            assert (await recv_type(ws, "tick"))["end"] == 7
+    finally:
+        await web.stop()
+        await store.close()
+
+
 # -- the process ---------------------------------------------------------------------
 
 
