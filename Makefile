@@ -10,7 +10,7 @@ DEMO_BUS ?= tcp://127.0.0.1:9940
 DEMO_RATE ?= 40
 export FEDMSG_CONFIG := $(CURDIR)/fedmsg.d
 
-.PHONY: install sysdeps run run-amqp test test-fast test-faults test-ha bench man dist clean
+.PHONY: install sysdeps run run-amqp run-ha test test-fast test-faults test-ha bench man dist clean
 
 # Debian packages: Kerberos headers (gssapi, via fasjson-client), a real
 # redis-server (tests), chromium (browser tests), fonts for screenshots.
@@ -61,6 +61,16 @@ run: $(STAMP)
 AMQP_CORPUS ?= $(CURDIR)/../shared/corpus/amqp/today_bus.jsonl
 run-amqp: $(STAMP)
 	@$(BIN)/python -m listener.tools.demo --dir $(DEMO_DIR) --port $(DEMO_PORT) --rate $(DEMO_RATE) --fedora-broker --native '$(AMQP_CORPUS)'
+
+## The highly available topology on one machine (docs/SCALING.md): 3 redis-server
+## and 3 sentinels, 2 listeners (one writes, one stands by), 3 web nodes behind
+## haproxy on $(HA_WEB_PORT), a looping replay; state and logs in $(HA_DIR).
+HA_DIR ?= .demo-ha
+HA_WEB_PORT ?= 8080
+HA_BASE_PORT ?= 6390
+HA_BUS ?= 9950
+run-ha: $(STAMP)
+	@$(BIN)/python -m listener.tools.ha_demo --dir $(HA_DIR) --web-port $(HA_WEB_PORT) --base-port $(HA_BASE_PORT) --bus $(HA_BUS) --rate $(DEMO_RATE)
 
 ## The test suite (real Redis, real ZeroMQ, real websockets, real chromium), with
 ## branch coverage of the package, the processes the tests start included; the

@@ -42,6 +42,9 @@ from tests.helpers.redis import RedisServer
 from tests.helpers.rigs import PublisherProcess, until, write_config
 from tests.helpers.web_proc import WebProcess
 
+# the failover suite (make test-ha): web nodes behind haproxy, one of them killed
+pytestmark = pytest.mark.ha
+
 T = TIMEOUT_FACTOR
 #: The nodes' per-address cap in these tests.
 CAP = 10
