@@ -1146,6 +1146,7 @@
     colorFor,
     tz: TZ,
     onEvent: (f) => { eventHooks.push(f); },
+    withFilter, // an api/... URL with the page's filter (web/ops.js)
   };
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);

@@ -187,7 +187,9 @@
 
   async function loadAlerts() {
     try {
-      const r = await fetch("api/alerts", { cache: "no-store" });
+      // the screen's filter: a filtered wall lists its own categories' alerts
+      const url = typeof W.withFilter === "function" ? W.withFilter("api/alerts") : "api/alerts";
+      const r = await fetch(url, { cache: "no-store" });
       if (r.ok) onAlerts(await r.json());
     } catch (e) { /* the next tick brings them */ }
   }

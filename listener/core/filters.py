@@ -542,3 +542,61 @@ def filter_blink(event: Mapping[str, Any], flt: Filter) -> dict[str, Any] | None
     if partial:
         out["partial"] = True
     return out
+
+
+def filtered_alerts(report: Mapping[str, Any], flt: Filter) -> dict[str, Any]:
+    """The silence detector's report (``/api/alerts``, a tick's ``alerts``) as a
+    filtered screen sees it: a category's alert kept when its category passes the
+    category rules, a topic's when the topic passes the category and topic rules
+    (:meth:`Filter.topic_ok`).  User rules do not apply (an alert concerns a
+    category or a topic, not who sent it): under one, the report says so.
+
+    Args:
+        report: ``{"mode", "time", "judged", "alerts": [{"kind", "name", ...}], ...}``
+            (:meth:`listener.core.silence.Detector.evaluate`).
+        flt: the screen's filter.
+
+    Returns:
+        The same report with the matching ``alerts`` only, plus ``filter`` (the
+        filter's values) and ``unfiltered`` (``["users"]`` under a user rule, else
+        ``[]``); the report itself when ``flt`` is empty.
+    """
+    if flt.empty:
+        return dict(report)
+    cats = _rule_categories(flt.topics)
+    kept = []
+    for alert in report.get("alerts") or []:
+        if not isinstance(alert, Mapping):
+            continue
+        name = str(alert.get("name", ""))
+        if alert.get("kind") == "topic":
+            if flt.topic_ok(name):
+                kept.append(alert)
+        elif flt.category_ok(name) and (cats is None or name in cats):
+            kept.append(alert)
+    return {
+        **report,
+        "alerts": kept,
+        "filter": flt.as_dict(),
+        "unfiltered": ["users"] if flt.has_user_rules else [],
+    }
+
+
+#: Continuations of a topic prefix: an environment token and a category after it,
+#: or not (:func:`_rule_categories`).
+_PROBE_TAILS = ("a.b.c", "z.y.x", "prod.a.b", "prod.z.y", "stg.a.b")
+
+
+def _rule_categories(rules: TopicRules) -> frozenset[str] | None:
+    """The categories the topics of ``rules`` can be in, or None when any (no
+    rule, or a prefix too short to fix the category: ``org.fedoraproject.``)."""
+    if not rules:
+        return None
+    cats = {category_of(t) for t in rules.exact}
+    for prefix in rules.prefixes:
+        # the prefix fixes the category when no continuation changes it
+        found = {category_of(prefix + tail) for tail in _PROBE_TAILS}
+        if len(found) != 1:
+            return None
+        cats |= found
+    return frozenset(cats)

@@ -37,6 +37,7 @@ from listener.core.filters import (
     Filter,
     filter_blink,
     filter_counts,
+    filtered_alerts,
     needed_kinds,
     snapshot_of_filtered,
 )
@@ -278,6 +279,8 @@ class FilteredViews:
             "filter": flt.as_dict(),
             "unfiltered": EVENT_UNFILTERED,
         }
+        if isinstance(tick.get("alerts"), Mapping):
+            out["alerts"] = filtered_alerts(tick["alerts"], flt)
         self.ticks += 1
         self.hub.broadcast(orjson.dumps(out), key)
 

@@ -257,8 +257,10 @@ class Routes:
         return self._json(health, 200 if health["ok"] else 503)
 
     async def _api_alerts(self, query: dict[str, list[str]]) -> Response:
+        flt = webapi.parse_filter(query)
         state = await self.store.state()
-        return self._json(webapi.alerts_of(state, self.clock(), self.cfg.step_s))
+        report = webapi.alerts_of(state, self.clock(), self.cfg.step_s)
+        return self._json(filters.filtered_alerts(report, flt))
 
     async def _api_integrity(self, query: dict[str, list[str]]) -> Response:
         health = await self.health()

@@ -21,6 +21,7 @@ from listener.core.filters import (
     diff_by_category,
     filter_blink,
     filter_counts,
+    filtered_alerts,
     filtered_diff,
     filtered_radar,
     filtered_snapshot,
@@ -368,3 +369,72 @@ def test_no_filter_and_a_user_with_every_message_of_a_category() -> None:
     solo = count([(P + "copr.build.end", "copr", ("bot",))] * 3 + [(P + "git.receive", "git", ())])
     got, unfiltered = filter_counts(solo, f(not_user="bot"))
     assert got.categories == {"git": 1} and got.messages == 1 and unfiltered == {"topics", "users"}
+
+
+# -- alerts ------------------------------------------------------------------------
+
+ALERTS = {
+    "mode": "week",
+    "alerts": [
+        {"kind": "category", "name": "bodhi", "state": "silent"},
+        {"kind": "category", "name": "buildsys", "state": "bursting"},
+        {"kind": "topic", "name": "org.fedoraproject.prod.bodhi.update.comment"},
+        {"kind": "topic", "name": "org.fedoraproject.prod.buildsys.tag"},
+    ],
+}
+
+
+@pytest.mark.parametrize(
+    "query, kept",
+    [
+        (
+            {},
+            [
+                "bodhi",
+                "buildsys",
+                "org.fedoraproject.prod.bodhi.update.comment",
+                "org.fedoraproject.prod.buildsys.tag",
+            ],
+        ),
+        ({"category": ["bodhi"]}, ["bodhi", "org.fedoraproject.prod.bodhi.update.comment"]),
+        ({"not_category": ["bodhi"]}, ["buildsys", "org.fedoraproject.prod.buildsys.tag"]),
+        # a prefix that fixes the category keeps that category's alert
+        (
+            {"topic": ["org.fedoraproject.prod.bodhi.*"]},
+            ["bodhi", "org.fedoraproject.prod.bodhi.update.comment"],
+        ),
+        (
+            {"topic": ["org.fedoraproject.prod.buildsys.tag"]},
+            ["buildsys", "org.fedoraproject.prod.buildsys.tag"],
+        ),
+        # one that does not: every category may have matching topics
+        (
+            {"topic": ["org.fedoraproject."]},
+            [
+                "bodhi",
+                "buildsys",
+                "org.fedoraproject.prod.bodhi.update.comment",
+                "org.fedoraproject.prod.buildsys.tag",
+            ],
+        ),
+        (
+            {"not_topic": ["org.fedoraproject.prod.buildsys."]},
+            ["bodhi", "buildsys", "org.fedoraproject.prod.bodhi.update.comment"],
+        ),
+    ],
+)
+def test_alerts_follow_the_category_and_topic_rules(
+    query: dict[str, list[str]], kept: list[str]
+) -> None:
+    out = filtered_alerts(ALERTS, parse_filter(query))
+    assert [a["name"] for a in out["alerts"]] == kept
+    assert out["mode"] == "week"
+    assert out.get("unfiltered", []) == []
+
+
+def test_user_rules_do_not_apply_to_alerts_and_say_so() -> None:
+    out = filtered_alerts(ALERTS, parse_filter({"user": ["ralph"]}))
+    assert len(out["alerts"]) == 4 and out["unfiltered"] == ["users"]
+    assert out["filter"] == {"user": ["ralph"]}
+    junk = filtered_alerts({"alerts": ["junk", None]}, parse_filter({"category": ["a"]}))
+    assert junk["alerts"] == []

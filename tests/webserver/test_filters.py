@@ -159,6 +159,7 @@ async def test_every_api_route_takes_the_filter(
         ("/api/state?package=kernel", "package: this wallboard does not record"),
         ("/api/radar?not_user=a%00b", "not_user: 'a\\x00b' is not"),
         ("/api/diff?topic=a*b", "topic: 'a*b' is not"),
+        ("/api/alerts?category=%3Cx%3E", "category: '<x>' is not"),
         ("/api/snapshot?" + "&".join(f"user=u{i}" for i in range(17)), "user: at most 16 values"),
         ("/api/snapshot?topic=" + "a" * 300, "topic: 'aaaaaaaa"),
     ],

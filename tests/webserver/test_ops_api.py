@@ -136,6 +136,10 @@ def test_alerts_route_answers_the_listener_report(stack: Stack) -> None:
     # a new namespace: no history, the listener just started (alert_warmup_s = 6 h)
     assert a["mode"] == "warming_up" and a["alerts"] == [] and a["judged"] == 0
     assert a["window_s"] == 600
+    # a filtered screen's report says its filter, and what cannot follow it
+    f = get_json(stack.port, "/api/alerts?category=bodhi&not_user=bodhi")
+    assert f["filter"] == {"category": ["bodhi"], "not_user": ["bodhi"]}
+    assert f["unfiltered"] == ["users"] and f["mode"] == "warming_up"
 
 
 # -- pure parts ------------------------------------------------------------------
