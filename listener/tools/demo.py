@@ -60,7 +60,7 @@ def _spawn(
     )
 
 
-def _wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def wait_port(host: str, port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
     """Wait until ``host:port`` accepts connections (False if ``proc`` died or time ran out)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         web = ["web", "--redis-url", url, "--host", args.host, "--port", str(args.port)]
         children.append(("web", _spawn("web", web, logs)))
         where = f"http://{args.host}:{args.port}/"
-        if not _wait_port(args.host, args.port, children[-1][1], 30.0):
+        if not wait_port(args.host, args.port, children[-1][1], 30.0):
             print(f"the web server did not come up; see {logs / 'web.log'}", flush=True)
             where = "(web server failed)"
 

@@ -33,10 +33,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from listener.core.errors import EXIT_TEMPFAIL
+from listener.tools.demo import wait_port
 
 #: The master's name in the sentinels.
 MASTER_NAME = "mymaster"
@@ -48,6 +50,11 @@ FAILOVER_TIMEOUT_MS = 10000
 RESTART_S = 5.0
 #: The repository root: deploy/ and fedmsg.d/ are read from it.
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _up(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """127.0.0.1:``port`` accepts connections before ``proc`` died or time ran out."""
+    return wait_port("127.0.0.1", port, proc, timeout_s)
 
 
 def _tool(name: str, *fallbacks: str) -> str | None:
@@ -68,19 +75,6 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> bool:
-    """Wait until 127.0.0.1:``port`` accepts connections (False if ``proc`` died or
-    time ran out)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.2)
-    return False
 
 
 class Topology:
@@ -222,23 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     top = Topology(base, redis_server, haproxy)
     sentinels = [a for p in sentinel_ports for a in ("--redis-sentinel", f"127.0.0.1:{p}")]
     endpoint = f"tcp://127.0.0.1:{args.bus}"
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: stopping.set())
     try:
         for n, port in enumerate(redis_ports):
             proc = top.redis(n, port, None if n == 0 else redis_ports[0])
-            if not _wait_port(port, proc, 15):
+            if not _up(port, proc, 15):
                 print(f"redis-server :{port} did not start; see {top.logs}", file=sys.stderr)
                 return EXIT_TEMPFAIL
         for n, port in enumerate(sentinel_ports):
             proc = top.sentinel(n, port, redis_ports[0])
-            if not _wait_port(port, proc, 15):
+            if not _up(port, proc, 15):
                 print(f"sentinel :{port} did not start; see {top.logs}", file=sys.stderr)
                 return EXIT_TEMPFAIL
         for n in (1, 2):
@@ -255,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = top.wallboard(
                 f"web{n}", "web", *sentinels, "--port", str(port), "--trusted-proxy", "127.0.0.1"
             )
-            if not _wait_port(port, proc, 30):
+            if not _up(port, proc, 30):
                 print(f"web node {n} did not start; see {top.logs}", file=sys.stderr)
                 return EXIT_TEMPFAIL
         env = dict(os.environ)
@@ -276,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             ],
             env=env,
         )
-        if not _wait_port(args.web_port, proc, 15):
+        if not _up(args.web_port, proc, 15):
             print(f"haproxy did not start; see {top.logs / 'haproxy.log'}", file=sys.stderr)
             return EXIT_TEMPFAIL
         top.wallboard(
@@ -312,9 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         exited_at: dict[str, float] = {}
-        while not stopping:
+        while not stopping.wait(0.5):
             top.restart_exited(exited_at)
-            time.sleep(0.5)
         return 0
     finally:
         top.stop()

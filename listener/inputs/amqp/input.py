@@ -488,9 +488,10 @@ class AmqpInput:
         with contextlib.suppress(Exception):
             await self.ack_counted(flush=False)
         conn, closed = self._conn, self._closed
-        if conn is not None and not (conn.is_closed or conn.is_closing):
-            with contextlib.suppress(Exception):
-                conn.close()
+        if conn is not None and not conn.is_closed:
+            if not conn.is_closing:  # one closing already: wait for its end too
+                with contextlib.suppress(Exception):
+                    conn.close()
             if closed is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(closed), timeout_s)
