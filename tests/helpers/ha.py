@@ -8,8 +8,8 @@ What was sent is known exactly: the replay's plan is
 :func:`listener.tools.replay.schedule` of the built-in examples (``--loop
 --rebase-time --count N``: pass 0 keeps the recorded msg_ids, pass ``k`` adds
 ``-rk``).  What was counted is read from Redis: the topics of every 60 s bucket
-(``P:b:60:<start>:t``) and the msg_id sets (``P:ids:<hour>``).  Per topic: lost =
-sent msg_ids absent from the id sets; double = counted - (sent msg_ids present).
+(``P:b:60:<start>:t``) and the msg_id hash sets (``P:ids:<hour>:<shard>``).  Per topic: lost =
+sent msg_ids whose hash is absent from the sets; double = counted - (sent msg_ids present).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect
 
 from listener.core.envelope import topic_too_long
+from listener.storage.store import id_hash
 from listener.tools.examples import builtin_examples
 from listener.tools.replay import schedule, wire_body
 from tests.helpers.common import ROOT, TIMEOUT_FACTOR, free_port, wait_for
@@ -325,7 +326,8 @@ class HaRig:
         plan = planned(self.count, self.rate, bool(self.amqp_url))
         topics, ids, total = self.settled()
         sent: Counter[str] = Counter(plan.values())
-        present: Counter[str] = Counter(t for m, t in plan.items() if m in ids)
+        # the sets hold each msg_id's hash (listener.storage.store.id_hash)
+        present: Counter[str] = Counter(t for m, t in plan.items() if str(id_hash(m)) in ids)
         rows: dict[str, dict[str, int]] = {}
         for topic in sorted(set(sent) | set(topics)):
             rows[topic] = {
