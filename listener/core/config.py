@@ -260,8 +260,8 @@ class Config:
             Sentinel client) and ``redis_url`` is not used.
         redis_master_name: the master's name in the sentinels' configuration.
         redis_wait_replicas: replicas a flush waits for (Redis ``WAIT``) before it
-            counts as written; -1 (auto): 1 when the master reports a connected
-            replica, else 0; 0: no ``WAIT``.
+            counts as written; -1 (auto): 1 once a master reported a connected
+            replica (then flushes wait for one), else 0; 0: no ``WAIT``.
         redis_wait_timeout_ms: how long one ``WAIT`` waits, milliseconds; an
             unconfirmed flush is retried with the same batch id.
         standby_keep_s: what a listener that does not hold its namespace's lease

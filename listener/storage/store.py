@@ -241,6 +241,8 @@ class Store:
         self.wait_timeout_ms = wait_timeout_ms
         #: ``(replicas connected to the master, monotonic time asked)``
         self._replicas: tuple[int, float] | None = None
+        #: a master of this store has reported a connected replica
+        self._had_replicas = False
         self.p = "{" + prefix + "}"
         self.buckets_s = tuple(sorted(buckets_s))
         self.windows_s = tuple(windows_s)
@@ -445,8 +447,14 @@ class Store:
 
     async def replicas_wanted(self) -> int:
         """How many replicas ``WAIT`` must confirm a flush on: ``wait_replicas``,
-        or when it is -1 (automatic), 1 if the master had a connected replica when
-        last asked (``ROLE``, every :data:`REPLICAS_CHECK_S`), else 0."""
+        or when it is -1 (automatic), 1 once a master of this store has reported a
+        connected replica (``ROLE``, asked every :data:`REPLICAS_CHECK_S`), else 0.
+
+        Once replicas were seen, a master without one (a new master whose replicas
+        are still syncing after a failover, or one whose replicas died) holds the
+        flushes, retried, until a replica confirms them: written there alone, they
+        would be lost by the next failover.  A server that never had a replica is
+        written without ``WAIT``."""
         if self.wait_replicas >= 0:
             return self.wait_replicas
         now = asyncio.get_running_loop().time()
@@ -454,7 +462,8 @@ class Store:
             role = await self.r.execute_command("ROLE")  # type: ignore[no-untyped-call]
             connected = len(role[2]) if _text(role[0]) == "master" else 0
             self._replicas = (connected, now)
-        return 1 if self._replicas[0] else 0
+            self._had_replicas = self._had_replicas or connected > 0
+        return 1 if self._had_replicas else 0
 
     async def ensure_epoch(self, now: float) -> tuple[str, bool]:
         """Return the namespace's epoch id, creating it if missing.
