@@ -224,7 +224,10 @@ async def _start(
     if cfg.bus == "auto":
         bus_name = effective_bus("auto", bool(resolve_endpoints(cfg.endpoints, fcfg)))
         if bus_name == "fedora":
-            log.info('bus = "auto" and no ZeroMQ endpoint: Fedora\'s public AMQP broker')
+            log.info(
+                'bus = "auto" and no ZeroMQ endpoint configured: reading Fedora\'s public '
+                'AMQP broker (give --endpoint, or bus = "zmq", for a ZeroMQ bus)'
+            )
         cfg = dataclasses.replace(cfg, bus=bus_name)
     endpoints = resolve_endpoints(cfg.endpoints, fcfg) if cfg.bus in ("zmq", "both") else []
     # the AMQP settings are checked before Redis is opened: bad ones exit 78 at once

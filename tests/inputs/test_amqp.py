@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 import fedmsg.meta
 import pytest
 import zmq
+from pika.adapters.utils.connection_workflow import AMQPConnectionWorkflowFailed
 
 from listener.core.config import Config
 from listener.core.envelope import Rejected, category_of, encode_frames
@@ -42,6 +44,7 @@ from listener.inputs.amqp import (
     to_fedmsg,
     unwrap_bridged,
 )
+from listener.inputs.amqp.input import connect_failure
 from listener.storage.store import Store
 from listener.tools.amqp_replay import configure_publisher, publish_replay
 from listener.tools.replay import wire_body
@@ -871,3 +874,13 @@ async def test_a_stuck_ack_task_does_not_keep_the_input_from_reconnecting(
         assert h.input.state(time.time()) == "ok"
     finally:
         await h.close()
+
+
+def test_connect_failures_name_their_cause() -> None:
+    dns = AMQPConnectionWorkflowFailed([socket.gaierror(-2, "Name or service not known")])
+    assert connect_failure(dns).startswith(
+        "the broker's host name does not resolve (Name or service not known): "
+    )
+    refused = connect_failure(ConnectionRefusedError(111, "Connection refused"))
+    assert refused.startswith("the broker refused the connection")
+    assert connect_failure(ValueError("odd")) == "ValueError('odd')"

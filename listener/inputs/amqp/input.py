@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 import uuid
 from collections import Counter
@@ -85,6 +86,21 @@ class AmqpStats:
     reconnects: int = 0
     users_from: Counter[str] = field(default_factory=Counter)
     connected: bool = False
+
+
+def connect_failure(exc: BaseException) -> str:
+    """pika's connection failure in a line ops read: the address that could not be
+    resolved or reached first, then pika's own text (``AMQPConnectionWorkflowFailed``
+    wraps the socket's error in its repr)."""
+    text = repr(exc)
+    if "gaierror" in text:
+        why = re.search(r"gaierror\(-?\d+, '([^']+)'\)", text)
+        return f"the broker's host name does not resolve ({why[1] if why else 'DNS'}): {text}"
+    if "ConnectionRefusedError" in text or "Connection refused" in text:
+        return f"the broker refused the connection (nothing listens there?): {text}"
+    if "TimeoutError" in text or "timed out" in text:
+        return f"the broker did not answer in time: {text}"
+    return text
 
 
 class SessionClosed(Exception):
@@ -308,7 +324,7 @@ class AmqpInput:
 
         def on_open_error(conn: Any, exc: BaseException) -> None:
             if not opened.done():
-                opened.set_exception(SessionClosed(f"connect failed: {exc!r}"))
+                opened.set_exception(SessionClosed(f"connect failed: {connect_failure(exc)}"))
             if not closed.done():
                 closed.set_result(repr(exc))
 
