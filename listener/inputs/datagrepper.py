@@ -56,6 +56,7 @@ import logging
 import math
 import queue
 import random
+import re
 import sys
 import threading
 import time
@@ -223,6 +224,17 @@ class DatagrepperUnavailable(TransientError):
 class DatagrepperBadResponse(InputError):
     """datagrepper answered with a client error (4xx other than 408/429) or a body
     that is not a ``/raw`` page: retrying would not help."""
+
+
+def _request_error(exc: requests.RequestException) -> str:
+    """A failed request's cause in one line, the cause first: requests wraps
+    urllib3's error (``Max retries exceeded ... (Caused by NewConnectionError(
+    '<...>: Failed to establish a new connection: [Errno 111] Connection
+    refused'))``), whose ``reason`` says it; at most 200 characters."""
+    inner = exc.args[0] if exc.args else None
+    reason = getattr(inner, "reason", None)
+    text = f"{type(exc).__name__}: {reason if reason is not None else exc}"
+    return re.sub(r"<[^<>]*>: ", "", text)[:200]
 
 
 def _cannot_connect(exc: Exception) -> bool:
@@ -459,9 +471,7 @@ class DatagrepperClient:
         except requests.Timeout as exc:
             raise _Retryable(f"timed out after {self.timeout_s} s ({type(exc).__name__})") from exc
         except requests.RequestException as exc:  # refused, unresolvable, reset, chunking
-            raise _Retryable(
-                f"{type(exc).__name__}: {exc}"[:200], splittable=not _cannot_connect(exc)
-            ) from exc
+            raise _Retryable(_request_error(exc), splittable=not _cannot_connect(exc)) from exc
         status = resp.status_code
         if status >= 500 or status in (408, 429):
             retry_after = retry_after_s(resp.headers.get("Retry-After"))
