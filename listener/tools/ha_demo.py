@@ -293,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             f"(one writes, one stands by)\n"
             f"  try:        kill -KILL {pids['redis0']}   (the Redis master: a sentinel "
             f"promotes a replica)\n"
-            f"              kill -KILL {pids['listener1']}   (a listener: the other takes "
-            f"over if it held the lease)\n"
+            f"              kill -KILL {pids['listener1']}   (listener1: if it holds the lease, "
+            f"listener2 takes over;\n"
+            f"              the writer is the one whose log says 'taken: writing')\n"
             f"              kill -KILL {pids['web1']}   (a web node: its walls move)\n"
             f"  logs:       {top.logs}/\n"
             f"Ctrl-C to stop.\n",
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         top.stop()
         lock.close()
+        print("HA demo stopped", flush=True)
 
 
 if __name__ == "__main__":
