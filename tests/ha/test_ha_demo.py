@@ -81,7 +81,13 @@ def test_run_ha_serves_the_page_through_haproxy_and_survives_a_master_kill(
             0.5,
             "counting after the master's death",
         )
-        assert "redis0 exited with -9: starting it again" in out.read_text()
+        # and the killed server is started again (a replica now), as systemd would
+        wait_for(
+            lambda: "redis0 exited with -9: starting it again" in out.read_text(),
+            30,
+            0.5,
+            "the killed Redis started again",
+        )
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 12  # 3 redis, 3 sentinels, 2 listeners, 3 web, haproxy, replay
     finally:
