@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,53 @@ def configure_publisher(amqp_url: str) -> None:
         _publisher_url = amqp_url
 
 
+@dataclass(frozen=True)
+class Pace:
+    """How a publish runs: its rate, its length and its limits.
+
+    Attributes:
+        rate: messages per second; None or 0: as fast as the broker confirms.
+        loop: start again after the last message (fresh ``r<N>`` ids).
+        count: stop after this many (None: one pass, or forever with ``loop``).
+        stop: set it to stop early (checked between messages).
+        timeout_s: longest wait for one confirm, seconds.
+        run_id: a suffix for every msg_id of this run (``schedule``'s ``run_id``).
+    """
+
+    rate: float | None = None
+    loop: bool = False
+    count: int | None = None
+    stop: threading.Event | None = None
+    timeout_s: float = 30.0
+    run_id: str = ""
+
+    def stopped(self) -> bool:
+        """Whether :attr:`stop` is set."""
+        return self.stop is not None and self.stop.is_set()
+
+    def sleep_until(self, at: float) -> bool:
+        """Wait until ``at`` (UNIX s); False when :attr:`stop` was set meanwhile."""
+        delay = at - time.time()
+        if delay > 0:
+            if self.stop is None:
+                time.sleep(delay)
+            elif self.stop.wait(delay):
+                return False
+        return True
+
+    def publish(self, message: Any) -> None:
+        """fedora-messaging's ``api.publish`` of ``message``, waiting at most
+        :attr:`timeout_s` (at least 1 s) for the broker's confirm.
+
+        Raises:
+            fedora_messaging.exceptions.PublishException: refused or not confirmed.
+        """
+        # imported here: fedora_messaging is slow to import; only what uses it pays
+        from fedora_messaging import api
+
+        api.publish(message, timeout=int(max(1, self.timeout_s)))
+
+
 def bridged_message(body: Mapping[str, Any]) -> Any:
     """A fedora-messaging ``Message`` carrying a whole fedmsg envelope, as
     fedmsg-migration-tools' ``zmq_to_amqp`` bridge publishes it (AMQP id =
@@ -91,14 +139,7 @@ def bridged_message(body: Mapping[str, Any]) -> Any:
 
 
 def publish_replay(
-    amqp_url: str,
-    bodies: Iterable[Mapping[str, Any]],
-    rate: float | None = None,
-    loop: bool = False,
-    count: int | None = None,
-    stop: threading.Event | None = None,
-    timeout_s: float = 30.0,
-    run_id: str = "",
+    amqp_url: str, bodies: Iterable[Mapping[str, Any]], pace: Pace | None = None
 ) -> int:
     """Publish fedmsg bodies to ``amq.topic`` as bridged messages, with
     fedora-messaging's publish API (each publish waits for the broker's confirm).
@@ -106,13 +147,10 @@ def publish_replay(
     Args:
         amqp_url: the broker (``amqp://guest:guest@127.0.0.1:5672/%2F``).
         bodies: fedmsg envelopes (``listener.tools.replay.wire_body`` shape).
-        rate: messages per second; None or 0: as fast as the broker confirms.
-        loop: start again after the last body (fresh ``-rN`` msg_ids, timestamps
-            set to the send time), as ``listener.tools.replay.schedule`` does.
-        count: stop after this many (None: one pass, or forever with ``loop``).
-        stop: set it to stop early (checked between messages).
-        timeout_s: longest wait for one confirm, seconds.
-        run_id: a suffix for every msg_id of this run (``schedule``'s ``run_id``).
+        pace: rate, loop, count, stop, confirm timeout and run id (:class:`Pace`;
+            default: one pass as fast as the broker confirms).  A ``loop`` starts
+            again after the last body (fresh ``-rN`` msg_ids, timestamps set to the
+            send time), as ``listener.tools.replay.schedule`` does.
 
     Returns:
         Messages published.  A body whose topic is not a routing key (not a
@@ -120,12 +158,10 @@ def publish_replay(
 
     Raises:
         fedora_messaging.exceptions.PublishException: the broker refused a
-            message or did not confirm it in ``timeout_s``.
+            message or did not confirm it in ``pace.timeout_s``.
         ValueError: see :func:`configure_publisher`.
     """
-    # imported here: fedora_messaging is slow to import; only what uses it pays
-    from fedora_messaging import api
-
+    pace = pace or Pace()
     configure_publisher(amqp_url)
     items = []
     for b in bodies:
@@ -142,18 +178,11 @@ def publish_replay(
         items.append(wire_body(dict(b)))
     sent = 0
     for at, body in schedule(
-        items, rate or None, None, loop, count, rebase_time=True, run_id=run_id
+        items, pace.rate or None, None, pace.loop, pace.count, rebase_time=True, run_id=pace.run_id
     ):
-        if stop is not None and stop.is_set():
+        if pace.stopped() or not pace.sleep_until(at):
             break
-        delay = at - time.time()
-        if delay > 0:
-            if stop is not None:
-                if stop.wait(delay):
-                    break
-            else:
-                time.sleep(delay)
-        api.publish(bridged_message(body), timeout=int(max(1, timeout_s)))
+        pace.publish(bridged_message(body))
         sent += 1
     return sent
 
@@ -272,20 +301,11 @@ def bridge_native(rec: Mapping[str, Any], index: int, sent_at: float) -> dict[st
     }
 
 
-def publish_native(
-    amqp_url: str,
-    records: list[dict[str, Any]],
-    rate: float | None = None,
-    loop: bool = False,
-    count: int | None = None,
-    stop: threading.Event | None = None,
-    timeout_s: float = 30.0,
-    run_id: str = "",
-) -> int:
+def publish_native(amqp_url: str, records: list[dict[str, Any]], pace: Pace | None = None) -> int:
     """Publish today's-bus records as native messages (:func:`native_message`)
     with fedora-messaging's publish API, each confirmed by the broker.
 
-    Args: as :func:`publish_replay`; passes after the first of a ``loop`` get
+    Args: as :func:`publish_replay`; passes after the first of a ``pace.loop`` get
     fresh ids (suffix ``r<N>``).  ``amqp_url`` ``""``: fedora-messaging's config's.
 
     Returns:
@@ -294,9 +314,8 @@ def publish_native(
     Raises:
         fedora_messaging.exceptions.PublishException: refused or not confirmed.
     """
-    # imported here: fedora_messaging is slow to import; only what uses it pays
-    from fedora_messaging import api
-
+    pace = pace or Pace()
+    count = pace.count
     configure_publisher(amqp_url)
     schemas = schema_names()
     items = [(i, r) for i, r in enumerate(records) if not topic_too_long(r["topic"])]
@@ -305,26 +324,21 @@ def publish_native(
             "skipped %d record(s) whose topic is not a routing key", len(records) - len(items)
         )
     sent, rnd = 0, 0
-    gap = 1.0 / rate if rate else 0.0
+    gap = 1.0 / pace.rate if pace.rate else 0.0
     next_at = time.time()
     while items:
         for index, rec in items:
-            if (count is not None and sent >= count) or (stop is not None and stop.is_set()):
+            if (count is not None and sent >= count) or pace.stopped():
                 return sent
-            delay = next_at - time.time()
-            if delay > 0:
-                if stop is None:
-                    time.sleep(delay)
-                elif stop.wait(delay):
-                    return sent
+            if not pace.sleep_until(next_at):
+                return sent
             next_at = max(next_at + gap, time.time() - 1.0)
-            suffix = "-".join(x for x in (run_id, f"r{rnd}" if rnd else "") if x)
+            suffix = "-".join(x for x in (pace.run_id, f"r{rnd}" if rnd else "") if x)
             now = datetime.datetime.now(datetime.UTC)
-            msg = native_message(rec, index, now, schemas, suffix)
-            api.publish(msg, timeout=int(max(1, timeout_s)))
+            pace.publish(native_message(rec, index, now, schemas, suffix))
             sent += 1
         rnd += 1
-        if not loop or (count is not None and sent >= count):
+        if not pace.loop or (count is not None and sent >= count):
             break
     return sent
 
@@ -408,20 +422,11 @@ def run_replay(args: argparse.Namespace) -> int:
         return 2
     shown = redact(url) if url else "$FEDORA_MESSAGING_CONF's amqp_url"
     try:
+        pace = Pace(args.rate, args.loop, args.count, timeout_s=args.timeout, run_id=run_id)
         if args.native:
-            n = publish_native(
-                url, records, args.rate, args.loop, args.count, None, args.timeout, run_id
-            )
+            n = publish_native(url, records, pace)
         else:
-            n = publish_replay(
-                url,
-                bodies,
-                args.rate,
-                args.loop,
-                args.count,
-                timeout_s=args.timeout,
-                run_id=run_id,
-            )
+            n = publish_replay(url, bodies, pace)
     except (ConnectionException, PublishException) as exc:
         log.error("publishing to %s failed: %s", shown, exc)
         return 69

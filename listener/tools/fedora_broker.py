@@ -19,7 +19,7 @@ bound to ``amq.topic``.  :class:`FedoraBroker` runs Debian's ``rabbitmq-server``
   refused, ``ACCESS_REFUSED``); user ``publisher`` may only write to
   ``amq.topic``; ``guest`` is deleted;
 * its own ``epmd`` on a free port, its own node name, data and logs in the
-  folder: nothing touches a system broker.
+  folder: nothing touches a system broker (:class:`listener.tools.rabbitmq_node.RabbitNode`).
 
 :meth:`FedoraBroker.listener_conf` and :meth:`FedoraBroker.publisher_conf` write
 fedora-messaging config files (``fedora.toml`` shape) for either user.
@@ -31,18 +31,15 @@ the node does not boot.
 from __future__ import annotations
 
 import datetime
-import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-#: Debian's server script (the ``/usr/sbin`` wrapper would ``su`` to ``rabbitmq``).
-SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
-CTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+from listener.tools.rabbitmq_node import BrokerError, RabbitNode
+
+__all__ = ["BrokerError", "FedoraBroker", "issue", "make_ca"]
+
 #: The vhost and exchange of Fedora's public broker.
 VHOST = "/public_pubsub"
 EXCHANGE = "amq.topic"
@@ -52,18 +49,6 @@ UUID_RE = "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 FEDORA_PERMISSIONS = (f"^{UUID_RE}$", f"^{UUID_RE}$", f"^({UUID_RE}|amq\\.topic)$")
 #: ... and of ``publisher``: publish to ``amq.topic`` only.
 PUBLISHER_PERMISSIONS = ("^$", "^amq\\.topic$", "^$")
-#: RabbitMQ boots in ~5-10 s on 2 cores.
-BOOT_TIMEOUT_S = 60.0
-
-
-class BrokerError(RuntimeError):
-    """The broker cannot be made or started (missing tools, boot failure)."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -150,12 +135,13 @@ def issue(
     return cert, key
 
 
-class FedoraBroker:
+class FedoraBroker(RabbitNode):
     """A RabbitMQ node shaped like Fedora's public broker (module docstring).
 
     Args:
         folder: where its data, logs and certificates go (created).
         name: part of the Erlang node name (``<name>-<pid>@localhost``).
+        timeout_factor: multiplies every wait (:class:`RabbitNode`).
 
     Attributes:
         port: the AMQPS port on 127.0.0.1.
@@ -164,16 +150,11 @@ class FedoraBroker:
             ``fedora-expired.pem``/``.key``, ``wrong-ca.pem``.
     """
 
-    def __init__(self, folder: Path, name: str = "wallboard-fedora") -> None:
-        self.tmp = folder
-        folder.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.dist_port = _free_port()
-        self.epmd_port = _free_port()
-        self.node = f"{name}-{os.getpid()}@localhost"
+    def __init__(
+        self, folder: Path, name: str = "wallboard-fedora", timeout_factor: float = 1.0
+    ) -> None:
+        super().__init__(folder, name, timeout_factor)
         self.tls = folder / "tls"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.epmd: subprocess.Popen[bytes] | None = None
 
     # -- files ------------------------------------------------------------------
 
@@ -197,11 +178,23 @@ class FedoraBroker:
         )
         make_ca(self.tls, "wrong-ca")
 
-    def _write_config(self) -> None:
-        (self.tmp / "home").mkdir(exist_ok=True)
-        (self.tmp / "enabled_plugins").write_text("[rabbitmq_auth_mechanism_ssl].\n")
+    plugins = ("rabbitmq_auth_mechanism_ssl",)
+
+    def configure(self) -> None:
+        """The certificates (:meth:`make_pki`), then the config files.
+
+        Raises:
+            BrokerError: openssl is missing or failed.
+        """
+        if not shutil.which("openssl"):
+            raise BrokerError("needs openssl (make sysdeps)")
+        self.make_pki()
+        super().configure()
+
+    def listeners(self) -> str:
+        """TLS only, client certificates checked, the login is their CN (SASL EXTERNAL)."""
         t = self.tls
-        (self.tmp / "rabbitmq.conf").write_text(
+        return (
             "listeners.tcp = none\n"
             f"listeners.ssl.default = 127.0.0.1:{self.port}\n"
             f"ssl_options.cacertfile = {t / 'ca.pem'}\n"
@@ -213,9 +206,6 @@ class FedoraBroker:
             "ssl_options.versions.2 = tlsv1.2\n"
             "auth_mechanisms.1 = EXTERNAL\n"
             "ssl_cert_login_from = common_name\n"
-            "disk_free_limit.absolute = 10MB\n"
-            "log.console = false\n"
-            "log.file.level = info\n"
         )
 
     @property
@@ -257,71 +247,9 @@ class FedoraBroker:
 
     # -- the node -----------------------------------------------------------------
 
-    def env(self) -> dict[str, str]:
-        """The environment of the server and of ``rabbitmqctl`` (same cookie, epmd)."""
-        env = dict(os.environ)
-        env.update(
-            HOME=str(self.tmp / "home"),
-            ERL_EPMD_PORT=str(self.epmd_port),
-            RABBITMQ_NODENAME=self.node,
-            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(self.tmp / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.tmp / "log"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.tmp / "enabled_plugins"),
-            RABBITMQ_PLUGINS_EXPAND_DIR=str(self.tmp / "plugins-expand"),
-            RABBITMQ_CONFIG_FILE=str(self.tmp / "rabbitmq.conf"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.tmp / "advanced.config"),
-            RABBITMQ_CONF_ENV_FILE=str(self.tmp / "rabbitmq-env.conf"),
-        )
-        return env
-
-    def _port_open(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    def start(self, timeout_s: float = BOOT_TIMEOUT_S) -> None:
-        """Make the certificates, start the node, wait for it, and set up the vhost
-        and users (idempotent across restarts).
-
-        Raises:
-            BrokerError: a tool is missing, or the node exited or did not boot.
-        """
-        if not (os.path.exists(SERVER) and shutil.which("epmd") and shutil.which("openssl")):
-            raise BrokerError("needs Debian's rabbitmq-server and openssl (make sysdeps)")
-        self.make_pki()
-        self._write_config()
-        if self.epmd is None or self.epmd.poll() is not None:
-            self.epmd = subprocess.Popen(
-                ["epmd", "-port", str(self.epmd_port)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        with open(self.tmp / "server.out", "ab") as log:
-            self.proc = subprocess.Popen(
-                [SERVER],
-                env=self.env(),
-                cwd=str(self.tmp),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout_s
-        while not self._port_open():
-            if self.proc.poll() is not None:
-                raise BrokerError(f"rabbitmq-server exited: {self.tail()}")
-            if time.monotonic() > deadline:
-                raise BrokerError(f"rabbitmq-server did not start: {self.tail()}")
-            time.sleep(0.2)
-        self.ctl("await_startup", "--timeout", str(int(timeout_s)))
-        self._provision()
-
-    def _provision(self) -> None:
+    def provision(self) -> None:
+        """The vhost, users ``fedora`` and ``publisher`` (certificate login only) and
+        their permissions; ``guest`` deleted."""
         users = self.ctl("list_users", "-q", "--no-table-headers")
         if "guest" in users.split():
             self.ctl("delete_user", "guest")
@@ -333,66 +261,6 @@ class FedoraBroker:
                 self.ctl("clear_password", user)  # certificate login only
             self.ctl("set_permissions", "-p", VHOST, user, *perms)
 
-    def ctl(self, *args: str, timeout: float = 60.0) -> str:
-        """Run ``rabbitmqctl -n NODE ARGS`` and return its stdout.
-
-        Raises:
-            subprocess.CalledProcessError: rabbitmqctl failed.
-        """
-        done = subprocess.run(
-            [CTL, "-n", self.node, *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=True,
-        )
-        return done.stdout
-
     def queues(self) -> dict[str, tuple[int, int]]:
         """``{queue: (ready, unacknowledged)}`` in ``/public_pubsub``."""
-        out = self.ctl(
-            "list_queues", "-p", VHOST, "-q", "--no-table-headers",
-            "name", "messages_ready", "messages_unacknowledged",
-        )  # fmt: skip
-        counts = {}
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 3:
-                counts[parts[0]] = (int(parts[1]), int(parts[2]))
-        return counts
-
-    def stop(self) -> None:
-        """Stop the node (``rabbitmqctl stop``, else kill its process group)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                self.ctl("stop", timeout=60)
-            except (subprocess.SubprocessError, OSError):
-                pass
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.proc = None
-
-    def close(self) -> None:
-        """Stop the node and its epmd."""
-        self.stop()
-        if self.epmd is not None and self.epmd.poll() is None:
-            self.epmd.terminate()
-            try:
-                self.epmd.wait(10)
-            except subprocess.TimeoutExpired:
-                self.epmd.kill()
-                self.epmd.wait()
-        self.epmd = None
-
-    def tail(self, n: int = 2000) -> str:
-        """The end of the server's output (for error messages)."""
-        try:
-            return (self.tmp / "server.out").read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return self.queue_counts(VHOST)

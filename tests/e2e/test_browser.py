@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -28,11 +26,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.common import ROOT, TIMEOUT_FACTOR, free_port, run_cli, wait_for
+from tests.helpers.common import TIMEOUT_FACTOR, run_cli, wait_for
+from tests.helpers.wall import CHROMIUM, WallStack, chromium, get_json, new_page
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 HOSTILE = "<img src=x onerror=alert(1)>"
 #: a username that would show reversed ("kcab" as "back") behind a right-to-left override
 BIDI_USER = "\u202ekcab"
@@ -42,106 +40,24 @@ if not Path(CHROMIUM).exists():  # pragma: no cover - make sysdeps installs it
     pytest.skip("Debian chromium not installed (make sysdeps)", allow_module_level=True)
 
 
-def new_page(browser: Any, width: int = 1920, height: int = 1080) -> Any:
-    """A page in its own context.  ``bypass_csp``: Playwright's polling predicates
-    are evaluated strings, which the page's CSP (no eval) would refuse; it also
-    makes the hostile-username test rely on textContent alone."""
-    ctx = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True)
-    return ctx.new_page()
-
-
-def get_json(port: int, path: str) -> tuple[int, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, None
-
-
-class Wall:
-    """The running stack: processes, ports, prefix, logs."""
+class Wall(WallStack):
+    """The running stack (:class:`tests.helpers.wall.WallStack`) and the arguments its
+    listener was started with (to start it again the same way)."""
 
     def __init__(self, redis_url: str, tmp: Path) -> None:
-        self.redis_url = redis_url
-        self.tmp = tmp
-        self.prefix = "b" + uuid.uuid4().hex[:8]
-        self.bus = f"tcp://127.0.0.1:{free_port()}"
-        self.port = free_port()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        super().__init__(redis_url, tmp)
         self.listener_args: tuple[str, ...] = ()
 
-    def spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        # the child has its own copy of the log's descriptor: ours is closed at once
-        with open(self.tmp / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "listener", *args],
-                cwd=str(ROOT),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs[name] = proc
-        return proc
 
-    def replay_loop(self, name: str, rate: int) -> subprocess.Popen[bytes]:
-        """A replay of the shipped examples at ``rate`` msgs/s, looping with new ids,
-        until :meth:`stop`'d (a publisher that stays up)."""
-        return self.spawn(
-            name,
-            "replay",
-            "--builtin-examples",
-            "--endpoint",
-            self.bus,
-            "--rebase-time",
-            "--rate",
-            str(rate),
-            "--loop",
-            "--new-ids",
-            "--wait-timeout",
-            "30",
-        )
-
-    def start_web(self) -> None:
-        self.spawn(
-            "web",
-            "web",
-            "--redis-url",
-            self.redis_url,
-            "--key-prefix",
-            self.prefix,
-            "--port",
-            str(self.port),
-            "--step",
-            "1",
-        )
-        wait_for(lambda: get_json(self.port, "/healthz")[0] in (200, 503), 30, 0.1, "web up")
-
-    def stop(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.tmp.glob("*.log")
-        )
+def get_api(w: Wall, path: str) -> tuple[int, Any]:
+    """``(status, JSON body)`` of a GET of ``path`` (``/api/...``) on the web process."""
+    return get_json(w.url + path.lstrip("/"))
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -192,7 +108,7 @@ def wall(
         )
         w.spawn("listener", *w.listener_args)
         w.start_web()
-        wait_for(lambda: get_json(w.port, "/healthz")[0] == 200, 60, 0.2, "listener heartbeat")
+        wait_for(lambda: get_api(w, "/healthz")[0] == 200, 60, 0.2, "listener heartbeat")
         page = new_page(browser)
         page.on("dialog", lambda d: (setattr(page, "xss_dialog", d.message), d.dismiss()))
         page.goto(f"http://127.0.0.1:{w.port}/")
@@ -213,7 +129,7 @@ def wall(
         published = len(examples) + 2
 
         def counted() -> bool:
-            status, h = get_json(w.port, "/healthz")
+            status, h = get_api(w, "/healthz")
             return bool(h) and h["bus"]["messages_total"] == published
 
         wait_for(counted, 60, 0.2, f"{published} messages counted")
@@ -224,8 +140,7 @@ def wall(
     finally:
         if page is not None:
             page.context.close()
-        for name in list(w.procs):
-            w.stop(name)
+        w.stop_all()
 
 
 def settled(w: Wall, page: Any, window: int = 3600) -> dict[str, Any]:
@@ -234,7 +149,7 @@ def settled(w: Wall, page: Any, window: int = 3600) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
     def same() -> bool:
-        _, api = get_json(w.port, f"/api/snapshot?window={window}")
+        _, api = get_api(w, f"/api/snapshot?window={window}")
         shown = page.evaluate(f"(wallboard.state.windows['{window}'] || {{}}).messages")
         found["api"] = api
         return bool(api) and shown == api["messages"]
@@ -298,7 +213,7 @@ def test_lights_blink_for_the_replayed_categories(wall: tuple[Wall, Any]) -> Non
     assert all(n > 0 for _, n in shown)
     # the ticker shows the newest messages as text
     rows = page.evaluate("[...document.querySelectorAll('#ticker li')].map(li => li.dataset.msgId)")
-    recent = [m["msg_id"] for m in get_json(w.port, "/api/state")[1]["recent"]][::-1]
+    recent = [m["msg_id"] for m in get_api(w, "/api/state")[1]["recent"]][::-1]
     assert rows == recent[: len(rows)] and len(rows) == 8
 
 
@@ -348,7 +263,7 @@ def test_hostile_username_is_text(wall: tuple[Wall, Any]) -> None:
     # the hostile user is in the window's users; find it in the page as text
     page.evaluate("wallboard.show('longtail')")
     page.evaluate("wallboard.show('live')")
-    _, state = get_json(w.port, "/api/state")
+    _, state = get_api(w, "/api/state")
     assert HOSTILE in state["recent"][-1]["users"]
     fresh = new_page(page.context.browser)
     fresh.on("dialog", lambda d: (setattr(fresh, "xss_dialog", d.message), d.dismiss()))
@@ -373,8 +288,8 @@ def test_direction_overrides_cannot_reorder_the_page(wall: tuple[Wall, Any]) -> 
     the page lays bus text out in isolated boxes."""
     w, page = wall
     settled(w, page)
-    _, state = get_json(w.port, "/api/state")
-    _, snap = get_json(w.port, "/api/snapshot?window=3600")
+    _, state = get_api(w, "/api/state")
+    _, snap = get_api(w, "/api/snapshot?window=3600")
     for obj in (state, snap):
         assert "\u202e" not in json.dumps(obj, ensure_ascii=False)
     assert any("kcab" in m["users"] for m in state["recent"])
@@ -397,7 +312,7 @@ def test_direction_overrides_cannot_reorder_the_page(wall: tuple[Wall, Any]) -> 
 
 def test_radar_view_equals_api(wall: tuple[Wall, Any], browser: Any) -> None:
     w, _ = wall
-    _, api = get_json(w.port, "/api/radar?window=3600")
+    _, api = get_api(w, "/api/radar?window=3600")
     assert api["users"], api
     page = new_page(browser)
     try:
@@ -419,7 +334,7 @@ def test_radar_view_equals_api(wall: tuple[Wall, Any], browser: Any) -> None:
         pick = list(api["users"])[-2:]
         page.goto(f"http://127.0.0.1:{w.port}/?view=radar&users={','.join(pick)}")
         page.wait_for_function("wallboard.state.radar !== null", timeout=15_000 * T)
-        _, want = get_json(w.port, f"/api/radar?window=3600&users={','.join(pick)}")
+        _, want = get_api(w, f"/api/radar?window=3600&users={','.join(pick)}")
         got = page.evaluate("Chart.getChart('radar').data.datasets.map(d => [d.label, d.data])")
         axes = radar_axes(want)
         assert got == [[u, [s[i] for i in axes]] for u, s in want["users"].items()]
@@ -435,7 +350,7 @@ def test_diff_view_equals_api(wall: tuple[Wall, Any], browser: Any) -> None:
         page.goto(f"http://127.0.0.1:{w.port}/?view=diff")
         page.wait_for_function("wallboard.state.diff.week !== undefined", timeout=15_000 * T)
         for period in ("day", "week"):
-            _, api = get_json(w.port, f"/api/diff?period={period}")
+            _, api = get_api(w, f"/api/diff?period={period}")
             risers = sorted(
                 (r for r in api["rows"] if r["delta"] > 0), key=lambda r: (-r["delta"], r["topic"])
             )[:8]
@@ -696,7 +611,7 @@ def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any, bro
             # heartbeat older than max(3 * step_s, 15) s
             page.wait_for_function(f"{badge} === 'listener down'", timeout=45_000 * T)
             assert page.text_content("#rate") == "\u2013"
-            status, api = get_json(w.port, "/api/state")
+            status, api = get_api(w, "/api/state")
             assert status == 200 and api["source"] == "redis", api
             assert api["rate_per_min"] is None, api
         finally:
@@ -706,7 +621,7 @@ def test_badge_names_what_is_down(wall: tuple[Wall, Any], redis_server: Any, bro
     finally:
         w.stop("replay-badge")
     page.wait_for_function(f"{badge} === 'bus down'", timeout=30_000 * T)
-    assert get_json(w.port, "/healthz")[1]["bus"]["state"] == "dead"
+    assert get_api(w, "/healthz")[1]["bus"]["state"] == "dead"
 
 
 def test_radar_with_fewer_than_three_categories_says_so(
@@ -772,9 +687,7 @@ def test_radar_with_fewer_than_three_categories_says_so(
 
         replay({"bodhi"}, "one.jsonl")
         wait_for(
-            lambda: (
-                (get_json(w.port, "/api/radar?window=3600")[1] or {}).get("categories") == ["bodhi"]
-            ),
+            lambda: (get_api(w, "/api/radar?window=3600")[1] or {}).get("categories") == ["bodhi"],
             30,
             0.3,
             "one category counted",
@@ -784,10 +697,7 @@ def test_radar_with_fewer_than_three_categories_says_so(
         assert page.evaluate(box) is True
         replay({"buildsys", "git"}, "more.jsonl")
         wait_for(
-            lambda: (
-                len((get_json(w.port, "/api/radar?window=3600")[1] or {}).get("categories", []))
-                >= 3
-            ),
+            lambda: len((get_api(w, "/api/radar?window=3600")[1] or {}).get("categories", [])) >= 3,
             30,
             0.3,
             "three categories",
@@ -805,8 +715,7 @@ def test_radar_with_fewer_than_three_categories_says_so(
         assert page.evaluate(box) is True
     finally:
         page.context.close()
-        for name in list(w.procs):
-            w.stop(name)
+        w.stop_all()
 
 
 def test_filtered_screen_shows_only_its_categories(
@@ -815,7 +724,7 @@ def test_filtered_screen_shows_only_its_categories(
     """``?category=a&category=b``: the server sends the screen only its messages; the
     lights, ticker, bars and longtail equal the filtered ``/api/snapshot``."""
     w, _ = wall
-    _, api = get_json(w.port, "/api/snapshot?window=3600")
+    _, api = get_api(w, "/api/snapshot?window=3600")
     chosen = sorted(c for c in ("bodhi", "pagure", "compose") if c in api["categories"])[:2]
     assert len(chosen) == 2, api["categories"]
     query = "&".join(f"category={c}" for c in chosen)
@@ -840,7 +749,7 @@ def test_filtered_screen_shows_only_its_categories(
         found: dict[str, Any] = {}
 
         def same() -> bool:
-            _, got = get_json(w.port, f"/api/snapshot?window=3600&{query}")
+            _, got = get_api(w, f"/api/snapshot?window=3600&{query}")
             found["api"] = got
             shown = page.evaluate("(wallboard.state.windows['3600'] || {}).messages")
             return bool(got) and shown == got["messages"]
@@ -906,7 +815,7 @@ def test_filtered_screen_shows_only_its_categories(
         page.wait_for_function("wallboard.state.events.snapshot >= 1", timeout=20_000 * T)
         assert page.text_content(".lt-mini .v[data-window='3600']") == "–"
         assert "users & longtail" in page.text_content("#filter-note")
-        _, api = get_json(w.port, f"/api/snapshot?window=3600&not_user=bodhi&category={chosen[0]}")
+        _, api = get_api(w, f"/api/snapshot?window=3600&not_user=bodhi&category={chosen[0]}")
         assert api["longtail"] is None and "longtail" in api["unfiltered"]
         assert page.evaluate("wallboard.state.windows['3600'].messages") == api["messages"]
         # a hostile filter: refused by the server (400), shown as text, no websocket

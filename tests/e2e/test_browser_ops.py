@@ -10,30 +10,23 @@ rare ``fas``.  Gaps caused on the publisher's sequence show on the integrity pan
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
-from tests.helpers.common import ROOT, TIMEOUT_FACTOR, free_port, wait_for
+from tests.helpers.bus_stack import BusStack
+from tests.helpers.common import TIMEOUT_FACTOR, wait_for
 from tests.helpers.history import seed_hours
-from tests.helpers.listener_proc import start_listener, stop_listener
-from tests.helpers.rigs import FAST_LINK, Sender, write_config
+from tests.helpers.wall import CHROMIUM, chromium, new_page
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
 T = TIMEOUT_FACTOR
 BUSY, RARE = "buildsys", "fas"
 TOPICS = {
@@ -57,35 +50,16 @@ if not Path(CHROMIUM).exists():  # pragma: no cover - make sysdeps installs it
     pytest.skip("Debian chromium not installed (make sysdeps)", allow_module_level=True)
 
 
-def get_json(port: int, path: str) -> Any:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-class Ops:
-    """The stack: publisher, listener and web processes, the page."""
+class Ops(BusStack):
+    """The stack (:class:`tests.helpers.bus_stack.BusStack`) on a week of hourly
+    history: ``BUSY`` at 3600 messages an hour, ``RARE`` at one a day."""
 
     def __init__(self, redis_url: str, tmp: Path) -> None:
-        self.prefix = "p" + uuid.uuid4().hex[:8]
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.port = free_port()
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.pub = Sender(self.ctx, self.endpoint)
-        now = time.time()
-        hour = int(now // 3600) * 3600
+        prefix = "p" + uuid.uuid4().hex[:8]
+        hour = int(time.time() // 3600) * 3600
         hours = [{BUSY: 3600, RARE: 1 if i % 24 == 7 else 0} for i in range(168)]
-        seed_hours(redis_url, self.prefix, hour - 168 * 3600, hours, TOPICS)
-        config = write_config(tmp, step_s=1.0, alert_min_gap_s=2.0, alert_topics=0, **FAST_LINK)
-        self.listener = start_listener(redis_url, self.endpoint, self.prefix, config)
-        self.web_log = open(tmp / "web.log", "wb")  # noqa: SIM115 - closed in close()
-        self.web = subprocess.Popen(
-            [sys.executable, "-m", "listener", "web", "--redis-url", redis_url,
-             "--key-prefix", self.prefix, "--port", str(self.port), "--step", "1"],
-            cwd=str(ROOT), stdout=self.web_log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        seed_hours(redis_url, prefix, hour - 168 * 3600, hours, TOPICS)
+        super().__init__(redis_url, tmp, prefix, alert_min_gap_s=2.0, alert_topics=0)
 
     def send(self, category: str, n: int = 1) -> float:
         """``n`` messages of ``category``; returns the last one's timestamp."""
@@ -94,45 +68,29 @@ class Ops:
             self.pub.send()
         return time.time()
 
-    def close(self) -> str:
-        self.web.terminate()
-        self.web.wait(15)
-        self.web_log.close()
-        out = stop_listener(self.listener)
-        self.pub.close()
-        self.ctx.destroy(linger=0)
-        return out
-
 
 @pytest.fixture(scope="module")
 def ops(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ops, Any]]:
-    from playwright.sync_api import sync_playwright
-
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
     stack = Ops(redis_server.url, tmp_path_factory.mktemp("ops"))
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            ctx = browser.new_context(viewport={"width": 1920, "height": 1080}, bypass_csp=True)
-            page = ctx.new_page()
-            wait_for(lambda: get_json(stack.port, "/api/alerts"), 30, 0.2, "web up")
+        with chromium() as browser:
+            page = new_page(browser)
+            wait_for(lambda: stack.get("/api/alerts"), 30, 0.2, "web up")
 
             def joined() -> bool:
                 stack.send(BUSY)
-                a = get_json(stack.port, "/api/alerts")
+                a = stack.get("/api/alerts")
                 return bool(a and a["fresh"] and a["mode"] == "week") and bool(
-                    ((get_json(stack.port, "/api/integrity") or {}).get("hour") or {}).get(
-                        "counted"
-                    )
+                    ((stack.get("/api/integrity") or {}).get("hour") or {}).get("counted")
                 )
 
             wait_for(joined, 60, 0.5, "the listener counting, with a week of history")
             page.goto(f"http://127.0.0.1:{stack.port}/")
             page.wait_for_function("wallboard.state.events.snapshot >= 1", timeout=20_000 * T)
             yield stack, page
-            ctx.close()
-            browser.close()
+            page.context.close()
     finally:
         print(stack.close()[-3000:])
 
@@ -178,7 +136,7 @@ def test_silence_flag_appears_when_the_rule_predicts_and_not_for_a_rare_category
         ".map((li) => [li.dataset.name, li.dataset.state])"
     )
     assert [BUSY, "silent"] in listed and all(name != RARE for name, _ in listed)
-    api = get_json(stack.port, "/api/alerts")
+    api = stack.get("/api/alerts")
     a = next(x for x in api["alerts"] if x["name"] == BUSY)
     assert a["gap_s"] >= PREDICTED_S and a["p"] < 0.001 and a["usual_per_h"] == 3600
     assert flag(page, RARE) == ""  # a few a day: never judged, however long the gap
@@ -190,7 +148,7 @@ def test_silence_flag_appears_when_the_rule_predicts_and_not_for_a_rare_category
 
 def test_integrity_panel_gap_count_equals_the_gaps_caused(ops: tuple[Ops, Any]) -> None:
     stack, page = ops
-    before = get_json(stack.port, "/api/integrity")["gaps"]
+    before = stack.get("/api/integrity")["gaps"]
     assert before == 0
     stack.send(BUSY, 3)
     stack.pub.i += 4  # four messages lost on the way: the next one shows the gap
@@ -201,7 +159,7 @@ def test_integrity_panel_gap_count_equals_the_gaps_caused(ops: tuple[Ops, Any]) 
         "document.querySelector('#integrity [data-key=gaps] dd')?.textContent === '6'",
         timeout=20_000 * T,
     )
-    x = get_json(stack.port, "/api/integrity")
+    x = stack.get("/api/integrity")
     assert x["gaps"] == 6 and x["bus"]["links"][0]["gaps"] == 6
     shown = page.evaluate("document.getElementById('confidence').textContent")
     assert shown == x["confidence"] and shown.endswith(": 6 gaps"), shown

@@ -24,7 +24,7 @@ import pytest
 
 from tests.helpers.common import ROOT, TIMEOUT_FACTOR, wait_for
 from tests.helpers.subpath_proxy import HAPROXY, SubpathProxy
-from tests.helpers.wall import CHROMIUM, WallStack, get_json, new_page
+from tests.helpers.wall import CHROMIUM, WallStack, chromium, get_json, new_page
 
 pytestmark = pytest.mark.browser
 
@@ -127,13 +127,8 @@ def contrast(a: list[int], b: list[int]) -> float:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    # imported once chromium is known to be there (the module skips otherwise)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

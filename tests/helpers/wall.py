@@ -14,6 +14,8 @@ import sys
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,25 @@ from tests.helpers.common import ROOT, free_port, wait_for
 CHROMIUM = "/usr/bin/chromium"
 
 
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium launched by Playwright (no sandbox: tests run as root),
+    closed on exit."""
+    # imported once chromium is known to be there (the browser modules skip otherwise)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
 def new_page(browser: Any, width: int = 1920, height: int = 1080, **context: Any) -> Any:
     """A page in a context of its own (``context``: Playwright's ``new_context``
     options, e.g. ``reduced_motion="reduce"``, ``timezone_id``).  ``bypass_csp``:
     Playwright's polling predicates are evaluated strings, which the page's CSP
-    (no eval) would refuse."""
+    (no eval) would refuse; it also makes the hostile-username tests rely on
+    textContent alone."""
     ctx = browser.new_context(
         viewport={"width": width, "height": height}, bypass_csp=True, **context
     )

@@ -46,7 +46,7 @@ from listener.inputs.amqp import (
 )
 from listener.inputs.amqp.input import connect_failure
 from listener.storage.store import Store
-from listener.tools.amqp_replay import configure_publisher, publish_replay
+from listener.tools.amqp_replay import Pace, configure_publisher, publish_replay
 from listener.tools.replay import wire_body
 from tests.helpers.common import ROOT, TIMEOUT_FACTOR, demo_command, free_port, run_cli
 
@@ -718,7 +718,7 @@ async def test_listen_bus_amqp_end_to_end(
         assert ok, "".join(lines)
         queue = next(ln for ln in lines if "AMQP connected" in ln).split("queue ")[1].split()[0]
         bodies = fresh(examples, 30)
-        assert await asyncio.to_thread(publish_replay, amqp_url, bodies, 200.0) == 30
+        assert await asyncio.to_thread(publish_replay, amqp_url, bodies, Pace(rate=200.0)) == 30
 
         async def counted() -> int:
             return (await store.read_window(3600, time.time() + 1)).messages

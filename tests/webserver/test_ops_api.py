@@ -5,60 +5,21 @@ sent over real ZeroMQ, the backfill state set as ``backfill`` sets it."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-import zmq
 
 from listener.webserver import api as webapi
-from tests.helpers.common import ROOT, free_port, wait_for
-from tests.helpers.listener_proc import start_listener, stop_listener
-from tests.helpers.rigs import FAST_LINK, Sender, write_config
+from tests.helpers.bus_stack import BusStack
+from tests.helpers.common import wait_for
 
 
-def get_json(port: int, path: str) -> Any:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-            return json.loads(r.read())
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return None
-
-
-class Stack:
-    def __init__(self, redis_url: str, tmp: Path) -> None:
-        self.redis_url = redis_url
-        self.prefix = "o" + uuid.uuid4().hex[:8]
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.port = free_port()
-        self.ctx: zmq.Context[Any] = zmq.Context()
-        self.pub = Sender(self.ctx, self.endpoint)
-        config = write_config(tmp, step_s=1.0, **FAST_LINK)
-        self.listener = start_listener(redis_url, self.endpoint, self.prefix, config)
-        with open(tmp / "web.log", "wb") as log:
-            self.web = subprocess.Popen(
-                [sys.executable, "-m", "listener", "web", "--redis-url", redis_url,
-                 "--key-prefix", self.prefix, "--port", str(self.port), "--step", "1"],
-                cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
+class Stack(BusStack):
     def integrity(self) -> Any:
-        return get_json(self.port, "/api/integrity")
-
-    def close(self) -> str:
-        self.web.terminate()
-        self.web.wait(15)
-        out = stop_listener(self.listener)
-        self.pub.close()
-        self.ctx.destroy(linger=0)
-        return out
+        return self.get("/api/integrity")
 
 
 @pytest.fixture
@@ -129,7 +90,7 @@ def test_integrity_counts_what_was_caused(stack: Stack) -> None:
 
 def test_alerts_route_answers_the_listener_report(stack: Stack) -> None:
     def fresh() -> Any:
-        a = get_json(stack.port, "/api/alerts")
+        a = stack.get("/api/alerts")
         return a if a and a["fresh"] else None
 
     a = wait_for(fresh, 30, 0.3, "a fresh alerts report")
@@ -137,7 +98,7 @@ def test_alerts_route_answers_the_listener_report(stack: Stack) -> None:
     assert a["mode"] == "warming_up" and a["alerts"] == [] and a["judged"] == 0
     assert a["window_s"] == 600
     # a filtered screen's report says its filter, and what cannot follow it
-    f = get_json(stack.port, "/api/alerts?category=bodhi&not_user=bodhi")
+    f = stack.get("/api/alerts?category=bodhi&not_user=bodhi")
     assert f["filter"] == {"category": ["bodhi"], "not_user": ["bodhi"]}
     assert f["unfiltered"] == ["users"] and f["mode"] == "warming_up"
 
