@@ -315,8 +315,14 @@ def test_page_works_through_haproxy(stack: Stack) -> None:
             page.wait_for_function("wallboard.state.events.snapshot >= 1", timeout=20_000 * T)
             ticks = page.evaluate("wallboard.state.events.tick")
             page.wait_for_function(f"wallboard.state.events.tick > {ticks}", timeout=15_000 * T)
-            badge = page.evaluate("document.getElementById('status-text').textContent")
-            assert badge in ("live", "stale"), badge
+            # the badge follows the listener's heartbeat (15 s of grace): it says the
+            # wall is live once the status events through haproxy say so
+            page.wait_for_function(
+                "['live', 'stale'].includes(document.getElementById('status-text').textContent)",
+                timeout=30_000 * T,
+            )
+            status, body = http_get(stack.haproxy.http + "/healthz")
+            assert status == 200 and json.loads(body)["listener"]["ok"] is True, body
         finally:
             browser.close()
 
