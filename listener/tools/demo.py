@@ -80,16 +80,19 @@ def _busy_ports(args: argparse.Namespace) -> list[str]:
         host, _, port = args.bus[len("tcp://") :].rpartition(":")
         if port.isdigit():
             wanted.append(("bus", host or "127.0.0.1", int(port)))
-    busy = []
-    for what, host, port in wanted:
-        with socket.socket() as probe:
-            # as the web server and libzmq bind: a port in TIME_WAIT is free
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError:
-                busy.append(f"{what} {host}:{port}")
-    return busy
+    return [f"{what} {host}:{port}" for what, host, port in wanted if not port_free(host, port)]
+
+
+def port_free(host: str, port: int) -> bool:
+    """Nothing listens on ``host:port``: bound as the web server and libzmq bind
+    (``SO_REUSEADDR``: a port in TIME_WAIT is free)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,6 @@ import fcntl
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 
 from listener.core.errors import EXIT_TEMPFAIL
-from listener.tools.demo import wait_port
+from listener.tools.demo import port_free, wait_port
 
 #: The master's name in the sentinels.
 MASTER_NAME = "mymaster"
@@ -65,16 +64,6 @@ def _tool(name: str, *fallbacks: str) -> str | None:
         if Path(cand).is_file():
             return cand
     return shutil.which(name)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Topology:
@@ -194,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     busy = [
         p
         for p in (*redis_ports, *sentinel_ports, *web_ports, args.web_port, args.bus)
-        if not _port_free(p)
+        if not port_free("127.0.0.1", p)
     ]
     if busy:
         print(
